@@ -1,0 +1,554 @@
+//! Conversion between wire types (`pb`) and domain types, and request
+//! validation: every request field is parsed here, once, and every problem
+//! is reported with the field's path.
+//!
+//! Invariant: past these functions, no wire type and no unparsed value
+//! reaches the application.
+
+use prost_types::Timestamp;
+
+use crate::{
+    engine::{
+        self, Address, AddressKind, ChangeContext, Channel, ConsentMark, ConsentState,
+        ProfileAddresses, ProfileId, Tenant, UnixMillis, ADDRESSES_PER_KIND_MAX, Invalid,
+    },
+    error::{Error, FieldViolation},
+    pb,
+};
+
+/// Collects the problems of one request, so that the caller hears of all of them at once.
+#[derive(Debug, Default)]
+pub(crate) struct Check {
+    /// The problems found so far.
+    violations: Vec<FieldViolation>,
+}
+
+/// A tuple of options that are all `Some` when no violation was recorded.
+pub(crate) trait AllSome {
+    /// The tuple of values.
+    type Out;
+    /// The values, if all are present.
+    fn all_some(self) -> Option<Self::Out>;
+}
+
+macro_rules! all_some {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t),+> AllSome for ($(Option<$t>,)+) {
+            type Out = ($($t,)+);
+            fn all_some(self) -> Option<Self::Out> {
+                Some(($(self.$i?,)+))
+            }
+        }
+    };
+}
+all_some!(A 0);
+all_some!(A 0, B 1);
+all_some!(A 0, B 1, C 2);
+all_some!(A 0, B 1, C 2, D 3);
+all_some!(A 0, B 1, C 2, D 3, E 4);
+all_some!(A 0, B 1, C 2, D 3, E 4, F 5);
+all_some!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+
+impl Check {
+    /// Records a violation of `field`.
+    pub(crate) fn violation(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.violations.push(FieldViolation::new(field, description));
+    }
+
+    /// Keeps a parsed value, or records why it did not parse.
+    pub(crate) fn field<T>(&mut self, field: &str, parsed: Result<T, Invalid>) -> Option<T> {
+        parsed
+            .map_err(|invalid| self.violation(field, invalid.0))
+            .ok()
+    }
+
+    /// The values, or every violation recorded.
+    pub(crate) fn finish<T: AllSome>(self, values: T) -> Result<T::Out, Error> {
+        if !self.violations.is_empty() {
+            return Err(Error::InvalidArgument(self.violations));
+        }
+        // Every `None` came with a violation, so this holds; say so if it ever does not.
+        values
+            .all_some()
+            .ok_or_else(|| Error::invalid("request", "the request is incomplete"))
+    }
+
+    /// The tenant; also recorded on the request's span.
+    pub(crate) fn tenant(&mut self, raw: &str) -> Option<Tenant> {
+        let tenant = self.field("tenant", Tenant::parse(raw))?;
+        tracing::Span::current().record("tenant", tenant.as_str());
+        Some(tenant)
+    }
+
+    /// A profile id in field `field`.
+    pub(crate) fn profile_id(&mut self, field: &str, raw: &str) -> Option<ProfileId> {
+        self.field(field, ProfileId::parse(raw))
+    }
+
+    /// A list of profile ids (`profile_ids[i]`), each checked.
+    pub(crate) fn profile_ids(&mut self, field: &str, raw: &[String]) -> Option<Vec<ProfileId>> {
+        let before = self.violations.len();
+        let ids: Vec<ProfileId> = raw
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| self.profile_id(&format!("{field}[{i}]"), id))
+            .collect();
+        (self.violations.len() == before).then_some(ids)
+    }
+
+    /// A required channel.
+    pub(crate) fn channel(&mut self, field: &str, raw: i32) -> Option<Channel> {
+        match pb::Channel::try_from(raw) {
+            Ok(pb::Channel::Unspecified) => {
+                self.violation(field, "is required: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL");
+                None
+            }
+            Ok(channel) => Some(channel_from_pb(channel)),
+            Err(_) => {
+                self.violation(field, format!("unknown channel value {raw}"));
+                None
+            }
+        }
+    }
+
+    /// A required change context.
+    pub(crate) fn context(&mut self, raw: Option<&pb::ChangeContext>) -> Option<ChangeContext> {
+        let Some(raw) = raw else {
+            self.violation("context", "is required: say where the change comes from (context.source)");
+            return None;
+        };
+        let source = match pb::Source::try_from(raw.source) {
+            Ok(pb::Source::Unspecified) => {
+                self.violation("context.source", "is required: every change must say where it comes from");
+                None
+            }
+            Ok(source) => Some(source_from_pb(source)),
+            Err(_) => {
+                self.violation("context.source", format!("unknown source value {}", raw.source));
+                None
+            }
+        };
+        match ChangeContext::new(source.unwrap_or(engine::Source::Api), &raw.actor, &raw.reason) {
+            Ok(context) => source.map(|_| context),
+            Err((field, invalid)) => {
+                self.violation(format!("context.{field}"), invalid.0);
+                None
+            }
+        }
+    }
+
+    /// An address and its type (inferred when unspecified).
+    pub(crate) fn address(&mut self, raw: &str, address_type: i32) -> Option<Address> {
+        let kind = match pb::AddressType::try_from(address_type) {
+            Ok(pb::AddressType::Unspecified) => None,
+            Ok(pb::AddressType::Email) => Some(AddressKind::Email),
+            Ok(pb::AddressType::Phone) => Some(AddressKind::Phone),
+            Ok(pb::AddressType::PushToken) => Some(AddressKind::PushToken),
+            Err(_) => {
+                self.violation("address_type", format!("unknown address type value {address_type}"));
+                return None;
+            }
+        };
+        self.field("address", Address::parse(kind, raw))
+    }
+
+    /// A list of addresses of one kind: at most [`ADDRESSES_PER_KIND_MAX`],
+    /// each parsed, duplicates dropped (first kept).
+    pub(crate) fn addresses(
+        &mut self,
+        field: &str,
+        raw: &[String],
+        parse: fn(&str) -> Result<Address, Invalid>,
+    ) -> Option<Vec<Address>> {
+        if raw.len() > ADDRESSES_PER_KIND_MAX {
+            self.violation(
+                field,
+                format!("has {} entries; at most {ADDRESSES_PER_KIND_MAX} are allowed", raw.len()),
+            );
+            return None;
+        }
+        let before = self.violations.len();
+        let mut out: Vec<Address> = Vec::with_capacity(raw.len());
+        for (i, text) in raw.iter().enumerate() {
+            if let Some(address) = self.field(&format!("{field}[{i}]"), parse(text)) {
+                if !out.contains(&address) {
+                    out.push(address);
+                }
+            }
+        }
+        (self.violations.len() == before).then_some(out)
+    }
+
+    /// The addresses of an upsert.
+    pub(crate) fn profile_addresses(
+        &mut self,
+        req: &pb::UpsertProfileRequest,
+    ) -> Option<ProfileAddresses> {
+        let emails = self.addresses("emails", &req.emails, Address::email);
+        let phones = self.addresses("phones", &req.phones, Address::phone);
+        let push_tokens = self.addresses("push_tokens", &req.push_tokens, Address::push_token);
+        let postal = self.field("postal_address", engine::parse_postal_address(&req.postal_address));
+        Some(ProfileAddresses {
+            emails: emails?,
+            phones: phones?,
+            push_tokens: push_tokens?,
+            postal_address: postal?,
+        })
+    }
+
+    /// A timestamp that must be a valid instant, if given.
+    pub(crate) fn timestamp(&mut self, field: &str, raw: Option<&Timestamp>) -> Option<Option<UnixMillis>> {
+        let Some(ts) = raw else {
+            return Some(None);
+        };
+        if !(0..1_000_000_000).contains(&ts.nanos) {
+            self.violation(field, "nanos must be 0 to 999,999,999");
+            return None;
+        }
+        match ts.seconds.checked_mul(1000) {
+            Some(ms) => Some(Some(ms + i64::from(ts.nanos / 1_000_000))),
+            None => {
+                self.violation(field, "is out of range");
+                None
+            }
+        }
+    }
+
+    /// A page size: 0 means `default`, over `max` is clamped, negative is invalid.
+    pub(crate) fn page_size(&mut self, raw: i32, default: usize, max: usize) -> Option<usize> {
+        match usize::try_from(raw) {
+            Err(_) => {
+                self.violation("page_size", "must not be negative");
+                None
+            }
+            Ok(0) => Some(default),
+            Ok(n) => Some(n.min(max)),
+        }
+    }
+}
+
+pub(crate) fn channel_from_pb(channel: pb::Channel) -> Channel {
+    match channel {
+        pb::Channel::Email | pb::Channel::Unspecified => Channel::Email,
+        pb::Channel::Sms => Channel::Sms,
+        pb::Channel::Push => Channel::Push,
+        pb::Channel::Voice => Channel::Voice,
+        pb::Channel::DirectMail => Channel::DirectMail,
+    }
+}
+
+pub(crate) fn channel_to_pb(channel: Channel) -> pb::Channel {
+    match channel {
+        Channel::Email => pb::Channel::Email,
+        Channel::Sms => pb::Channel::Sms,
+        Channel::Push => pb::Channel::Push,
+        Channel::Voice => pb::Channel::Voice,
+        Channel::DirectMail => pb::Channel::DirectMail,
+    }
+}
+
+fn source_from_pb(source: pb::Source) -> engine::Source {
+    match source {
+        pb::Source::LandingPage => engine::Source::LandingPage,
+        pb::Source::Operator => engine::Source::Operator,
+        pb::Source::Api | pb::Source::Unspecified => engine::Source::Api,
+        pb::Source::Import => engine::Source::Import,
+        pb::Source::DeliveryFeedback => engine::Source::DeliveryFeedback,
+    }
+}
+
+pub(crate) fn source_to_pb(source: engine::Source) -> pb::Source {
+    match source {
+        engine::Source::LandingPage => pb::Source::LandingPage,
+        engine::Source::Operator => pb::Source::Operator,
+        engine::Source::Api => pb::Source::Api,
+        engine::Source::Import => pb::Source::Import,
+        engine::Source::DeliveryFeedback => pb::Source::DeliveryFeedback,
+    }
+}
+
+pub(crate) fn context_to_pb(context: &ChangeContext) -> pb::ChangeContext {
+    pb::ChangeContext {
+        source: source_to_pb(context.source).into(),
+        actor: context.actor.clone(),
+        reason: context.reason.clone(),
+    }
+}
+
+pub(crate) fn timestamp(ms: UnixMillis) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        // rem_euclid(1000) is 0..999, so the product fits an i32.
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+pub(crate) fn consent_status_to_pb(status: engine::ConsentStatus) -> pb::ConsentStatus {
+    match status {
+        engine::ConsentStatus::NoPreference => pb::ConsentStatus::NoPreference,
+        engine::ConsentStatus::OptedIn => pb::ConsentStatus::OptedIn,
+        engine::ConsentStatus::OptedOut => pb::ConsentStatus::OptedOut,
+    }
+}
+
+fn mark_to_pb(mark: &ConsentMark) -> pb::ConsentMark {
+    pb::ConsentMark {
+        status: consent_status_to_pb(mark.status).into(),
+        changed_at: mark.changed.map(|(at, _)| timestamp(at)),
+        source: mark
+            .changed
+            .map_or(pb::Source::Unspecified, |(_, source)| source_to_pb(source))
+            .into(),
+    }
+}
+
+pub(crate) fn consent_to_pb(consent: &ConsentState) -> pb::ConsentState {
+    pb::ConsentState {
+        all_channels: Some(mark_to_pb(&consent.all_channels)),
+        channels: Channel::ALL
+            .iter()
+            .map(|&channel| pb::ChannelConsent {
+                channel: channel_to_pb(channel).into(),
+                mark: Some(mark_to_pb(&consent.channel(channel))),
+                effective_status: consent_status_to_pb(consent.effective(channel)).into(),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn profile_to_pb(profile: &engine::Profile) -> pb::Profile {
+    let texts = |list: &[Address]| list.iter().map(|a| a.as_str().to_owned()).collect();
+    pb::Profile {
+        profile_id: profile.id.as_str().to_owned(),
+        emails: texts(&profile.emails),
+        phones: texts(&profile.phones),
+        push_tokens: texts(&profile.push_tokens),
+        postal_address: profile.postal_address.clone(),
+        consent: Some(consent_to_pb(&profile.consent)),
+        created_at: Some(timestamp(profile.created_at)),
+        updated_at: Some(timestamp(profile.updated_at)),
+    }
+}
+
+pub(crate) fn address_type_to_pb(kind: AddressKind) -> pb::AddressType {
+    match kind {
+        AddressKind::Email => pb::AddressType::Email,
+        AddressKind::Phone => pb::AddressType::Phone,
+        AddressKind::PushToken => pb::AddressType::PushToken,
+    }
+}
+
+pub(crate) fn address_status_to_pb(status: engine::AddressStatus) -> pb::AddressStatus {
+    match status {
+        engine::AddressStatus::Valid => pb::AddressStatus::Valid,
+        engine::AddressStatus::WithErrors => pb::AddressStatus::WithErrors,
+        engine::AddressStatus::Quarantined => pb::AddressStatus::Quarantined,
+        engine::AddressStatus::Denylisted => pb::AddressStatus::Denylisted,
+    }
+}
+
+pub(crate) fn error_reason_from_pb(raw: i32) -> Result<engine::ErrorReason, Invalid> {
+    use engine::ErrorReason as R;
+    Ok(match pb::DeliveryErrorReason::try_from(raw) {
+        Ok(pb::DeliveryErrorReason::Unspecified) => R::Unspecified,
+        Ok(pb::DeliveryErrorReason::UserUnknown) => R::UserUnknown,
+        Ok(pb::DeliveryErrorReason::InvalidDomain) => R::InvalidDomain,
+        Ok(pb::DeliveryErrorReason::Unreachable) => R::Unreachable,
+        Ok(pb::DeliveryErrorReason::AccountDisabled) => R::AccountDisabled,
+        Ok(pb::DeliveryErrorReason::MailboxFull) => R::MailboxFull,
+        Ok(pb::DeliveryErrorReason::Refused) => R::Refused,
+        Ok(pb::DeliveryErrorReason::NotConnected) => R::NotConnected,
+        Ok(pb::DeliveryErrorReason::Other) => R::Other,
+        Err(_) => return Err(Invalid(format!("unknown error reason value {raw}"))),
+    })
+}
+
+pub(crate) fn error_reason_to_pb(reason: engine::ErrorReason) -> pb::DeliveryErrorReason {
+    use engine::ErrorReason as R;
+    match reason {
+        R::Unspecified => pb::DeliveryErrorReason::Unspecified,
+        R::UserUnknown => pb::DeliveryErrorReason::UserUnknown,
+        R::InvalidDomain => pb::DeliveryErrorReason::InvalidDomain,
+        R::Unreachable => pb::DeliveryErrorReason::Unreachable,
+        R::AccountDisabled => pb::DeliveryErrorReason::AccountDisabled,
+        R::MailboxFull => pb::DeliveryErrorReason::MailboxFull,
+        R::Refused => pb::DeliveryErrorReason::Refused,
+        R::NotConnected => pb::DeliveryErrorReason::NotConnected,
+        R::Other => pb::DeliveryErrorReason::Other,
+    }
+}
+
+pub(crate) fn feedback_kind_from_pb(raw: i32) -> Result<engine::FeedbackKind, Invalid> {
+    use engine::FeedbackKind as K;
+    match pb::FeedbackKind::try_from(raw) {
+        Ok(pb::FeedbackKind::HardBounce) => Ok(K::HardBounce),
+        Ok(pb::FeedbackKind::SoftBounce) => Ok(K::SoftBounce),
+        Ok(pb::FeedbackKind::Ignored) => Ok(K::Ignored),
+        Ok(pb::FeedbackKind::Complaint) => Ok(K::Complaint),
+        Ok(pb::FeedbackKind::Delivered) => Ok(K::Delivered),
+        Ok(pb::FeedbackKind::Unspecified) => Err(Invalid(
+            "is required: HARD_BOUNCE, SOFT_BOUNCE, IGNORED, COMPLAINT or DELIVERED".into(),
+        )),
+        Err(_) => Err(Invalid(format!("unknown feedback kind value {raw}"))),
+    }
+}
+
+pub(crate) fn feedback_kind_to_pb(kind: engine::FeedbackKind) -> pb::FeedbackKind {
+    use engine::FeedbackKind as K;
+    match kind {
+        K::HardBounce => pb::FeedbackKind::HardBounce,
+        K::SoftBounce => pb::FeedbackKind::SoftBounce,
+        K::Ignored => pb::FeedbackKind::Ignored,
+        K::Complaint => pb::FeedbackKind::Complaint,
+        K::Delivered => pb::FeedbackKind::Delivered,
+    }
+}
+
+/// An address status filter or target: `allow_unspecified` makes UNSPECIFIED
+/// mean `None`; `allowed` lists the statuses accepted.
+pub(crate) fn address_status_from_pb(
+    raw: i32,
+    allowed: &[engine::AddressStatus],
+    allow_unspecified: bool,
+) -> Result<Option<engine::AddressStatus>, Invalid> {
+    use engine::AddressStatus as S;
+    let status = match pb::AddressStatus::try_from(raw) {
+        Ok(pb::AddressStatus::Unspecified) if allow_unspecified => return Ok(None),
+        Ok(pb::AddressStatus::Unspecified) => None,
+        Ok(pb::AddressStatus::Valid) => Some(S::Valid),
+        Ok(pb::AddressStatus::WithErrors) => Some(S::WithErrors),
+        Ok(pb::AddressStatus::Quarantined) => Some(S::Quarantined),
+        Ok(pb::AddressStatus::Denylisted) => Some(S::Denylisted),
+        Err(_) => return Err(Invalid(format!("unknown address status value {raw}"))),
+    };
+    match status {
+        Some(status) if allowed.contains(&status) => Ok(Some(status)),
+        _ => {
+            let names: Vec<String> = allowed
+                .iter()
+                .map(|s| address_status_to_pb(*s).as_str_name().to_owned())
+                .collect();
+            Err(Invalid(format!("must be one of {}", names.join(", "))))
+        }
+    }
+}
+
+pub(crate) fn address_state_to_pb(address: &Address, state: &engine::AddressState) -> pb::AddressState {
+    pb::AddressState {
+        address: address.as_str().to_owned(),
+        address_type: address_type_to_pb(address.kind()).into(),
+        status: address_status_to_pb(state.status).into(),
+        last_error_reason: error_reason_to_pb(state.last_error_reason).into(),
+        last_reason: state.last_reason.clone(),
+        error_count: state.error_count,
+        first_error_at: state.first_error_at.map(timestamp),
+        last_error_at: state.last_error_at.map(timestamp),
+        updated_at: state.updated_at.map(timestamp),
+    }
+}
+
+pub(crate) fn address_event_to_pb(event: &engine::AddressEvent) -> pb::AddressHistoryEntry {
+    use engine::AddressEventKind as K;
+    let mut entry = pb::AddressHistoryEntry {
+        sequence: event.sequence,
+        occurred_at: Some(timestamp(event.occurred_at)),
+        recorded_at: Some(timestamp(event.recorded_at)),
+        old_status: address_status_to_pb(event.old_status).into(),
+        new_status: address_status_to_pb(event.new_status).into(),
+        context: Some(context_to_pb(&event.context)),
+        ..Default::default()
+    };
+    match &event.kind {
+        K::Feedback {
+            kind,
+            reason,
+            event_id,
+        } => {
+            entry.event_type = pb::AddressEventType::Feedback.into();
+            entry.feedback_kind = feedback_kind_to_pb(*kind).into();
+            entry.error_reason = error_reason_to_pb(*reason).into();
+            entry.event_id = event_id.as_str().to_owned();
+        }
+        K::Manual(status) => {
+            entry.event_type = pb::AddressEventType::ManualQuarantine.into();
+            entry.requested_status = address_status_to_pb(*status).into();
+        }
+        K::Release => entry.event_type = pb::AddressEventType::Release.into(),
+    }
+    entry
+}
+
+pub(crate) fn exclusion_reason_to_pb(reason: engine::ExclusionReason) -> pb::ExclusionReason {
+    use engine::ExclusionReason as R;
+    match reason {
+        R::ProfileNotFound => pb::ExclusionReason::ProfileNotFound,
+        R::OptedOutAllChannels => pb::ExclusionReason::OptedOutAllChannels,
+        R::OptedOutChannel => pb::ExclusionReason::OptedOutChannel,
+        R::NoAddress => pb::ExclusionReason::NoAddress,
+        R::AddressQuarantined => pb::ExclusionReason::AddressQuarantined,
+        R::AddressDenylisted => pb::ExclusionReason::AddressDenylisted,
+    }
+}
+
+pub(crate) fn decision_to_pb(id: ProfileId, decision: engine::Decision) -> pb::Decision {
+    pb::Decision {
+        profile_id: id.as_str().to_owned(),
+        eligible: decision.eligible(),
+        reasons: decision
+            .reasons
+            .iter()
+            .map(|r| exclusion_reason_to_pb(*r).into())
+            .collect(),
+        addresses: decision.addresses,
+    }
+}
+
+pub(crate) fn summary_to_pb(summary: &engine::Summary) -> pb::EligibilitySummary {
+    pb::EligibilitySummary {
+        total: summary.total,
+        eligible: summary.eligible,
+        excluded: summary.excluded(),
+        excluded_by_reason: summary
+            .by_reason()
+            .map(|(reason, count)| pb::ReasonCount {
+                reason: exclusion_reason_to_pb(reason).into(),
+                count,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_through_millis() {
+        for ms in [0i64, 1, 999, 1_767_225_600_123, -1, -1001] {
+            let mut check = Check::default();
+            let back = check.timestamp("t", Some(&timestamp(ms)));
+            assert_eq!(back, Some(Some(ms)), "{ms}");
+        }
+    }
+
+    #[test]
+    fn all_violations_are_reported_at_once() {
+        let mut check = Check::default();
+        let tenant = check.tenant("");
+        let id = check.profile_id("profile_id", "");
+        let channel = check.channel("channel", 99);
+        let Err(Error::InvalidArgument(violations)) = check.finish((tenant, id, channel)) else {
+            panic!("expected violations");
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["tenant", "profile_id", "channel"]);
+    }
+
+    #[test]
+    fn page_sizes_follow_aip_158() {
+        let mut check = Check::default();
+        assert_eq!(check.page_size(0, 100, 1000), Some(100));
+        assert_eq!(check.page_size(5000, 100, 1000), Some(1000));
+        assert_eq!(check.page_size(-1, 100, 1000), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! The gRPC edge: the only code that names tonic or prost types (besides
+//! `server`, which wires transport). Each handler parses its request into
+//! domain values (`convert`), calls the application, and converts the result
+//! back; errors become statuses in one place (`status`).
+
+mod convert;
+mod eligibility;
+mod page;
+mod profile;
+mod quarantine;
+mod status;
+
+use crate::{
+    app::App,
+    pb::{
+        consent_service_server::ConsentServiceServer,
+        eligibility_service_server::EligibilityServiceServer,
+        profile_service_server::ProfileServiceServer,
+        quarantine_service_server::QuarantineServiceServer,
+    },
+};
+
+pub use eligibility::BATCH_PROFILE_IDS_MAX;
+pub use status::ERROR_DOMAIN;
+
+/// Largest request message of the profile, consent and quarantine services.
+pub const DECODE_LIMIT_DEFAULT_BYTES: usize = 1024 * 1024;
+/// Largest request message of the eligibility service: 10,000 ids of 256
+/// bytes are 2.6 MB.
+pub const DECODE_LIMIT_ELIGIBILITY_BYTES: usize = 8 * 1024 * 1024;
+/// Largest response message of the profile, consent and quarantine services.
+pub const ENCODE_LIMIT_DEFAULT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest response message of the eligibility service: 10,000 decisions.
+pub const ENCODE_LIMIT_ELIGIBILITY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The consent.v1 services, each with its message size limits.
+#[derive(Debug)]
+pub(crate) struct Services {
+    /// `consent.v1.ProfileService`.
+    pub(crate) profile: ProfileServiceServer<profile::ProfileApi>,
+    /// `consent.v1.ConsentService`.
+    pub(crate) consent: ConsentServiceServer<profile::ProfileApi>,
+    /// `consent.v1.QuarantineService`.
+    pub(crate) quarantine: QuarantineServiceServer<quarantine::QuarantineApi>,
+    /// `consent.v1.EligibilityService`.
+    pub(crate) eligibility: EligibilityServiceServer<eligibility::EligibilityApi>,
+}
+
+impl Services {
+    /// Builds every service over one application.
+    pub(crate) fn new(app: &App) -> Self {
+        let profiles = profile::ProfileApi { app: app.clone() };
+        Self {
+            profile: ProfileServiceServer::new(profiles.clone())
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            consent: ConsentServiceServer::new(profiles)
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            quarantine: QuarantineServiceServer::new(quarantine::QuarantineApi { app: app.clone() })
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            eligibility: EligibilityServiceServer::new(eligibility::EligibilityApi { app: app.clone() })
+                .max_decoding_message_size(DECODE_LIMIT_ELIGIBILITY_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_ELIGIBILITY_BYTES),
+        }
+    }
+}

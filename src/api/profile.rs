@@ -1,0 +1,194 @@
+//! `consent.v1.ProfileService` and `consent.v1.ConsentService`.
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{self, Check},
+    page::{self, TokenKind},
+};
+use crate::{
+    app::App,
+    engine::{ConsentStatus, Scope},
+    pb::{self, consent_service_server::ConsentService, profile_service_server::ProfileService},
+};
+
+/// Serves profiles and consent.
+#[derive(Debug, Clone)]
+pub(crate) struct ProfileApi {
+    /// The application.
+    pub(crate) app: App,
+}
+
+#[tonic::async_trait]
+impl ProfileService for ProfileApi {
+    async fn upsert_profile(
+        &self,
+        request: Request<pb::UpsertProfileRequest>,
+    ) -> Result<Response<pb::UpsertProfileResponse>, Status> {
+        let req = request.into_inner();
+        let mut check = Check::default();
+        let tenant = check.tenant(&req.tenant);
+        let id = check.profile_id("profile_id", &req.profile_id);
+        let addresses = check.profile_addresses(&req);
+        let context = check.context(req.context.as_ref());
+        let (tenant, id, addresses, _context) = check.finish((tenant, id, addresses, context))?;
+        let written = self.app.upsert_profile(&tenant, &id, addresses).await?;
+        Ok(Response::new(pb::UpsertProfileResponse {
+            profile: Some(convert::profile_to_pb(&written.value)),
+            created: written.changed,
+        }))
+    }
+
+    async fn get_profile(
+        &self,
+        request: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::GetProfileResponse>, Status> {
+        let req = request.into_inner();
+        let mut check = Check::default();
+        let tenant = check.tenant(&req.tenant);
+        let id = check.profile_id("profile_id", &req.profile_id);
+        let (tenant, id) = check.finish((tenant, id))?;
+        let profile = self.app.profile(&tenant, &id)?;
+        Ok(Response::new(pb::GetProfileResponse {
+            profile: Some(convert::profile_to_pb(&profile)),
+        }))
+    }
+}
+
+/// The fields shared by `OptOutRequest` and `OptInRequest`.
+struct ConsentChange<'a> {
+    tenant: &'a str,
+    profile_id: &'a str,
+    channel: i32,
+    all_channels: bool,
+    context: Option<&'a pb::ChangeContext>,
+}
+
+impl ProfileApi {
+    async fn change_consent(
+        &self,
+        req: ConsentChange<'_>,
+        status: ConsentStatus,
+    ) -> Result<(bool, pb::ConsentState), Status> {
+        let mut check = Check::default();
+        let tenant = check.tenant(req.tenant);
+        let id = check.profile_id("profile_id", req.profile_id);
+        // A consent system must never guess the scope: exactly one of the two.
+        let scope = match (req.channel, req.all_channels) {
+            (0, true) => Some(Scope::AllChannels),
+            (0, false) => {
+                check.violation("channel", "give a channel, or all_channels = true");
+                None
+            }
+            (_, true) => {
+                check.violation("all_channels", "give a channel or all_channels = true, not both");
+                None
+            }
+            (raw, false) => check.channel("channel", raw).map(Scope::Channel),
+        };
+        let context = check.context(req.context);
+        let (tenant, id, scope, context) = check.finish((tenant, id, scope, context))?;
+        let written = self
+            .app
+            .set_consent(&tenant, &id, scope, status, &context)
+            .await?;
+        Ok((written.changed, convert::consent_to_pb(&written.value.consent)))
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentService for ProfileApi {
+    async fn opt_out(
+        &self,
+        request: Request<pb::OptOutRequest>,
+    ) -> Result<Response<pb::OptOutResponse>, Status> {
+        let req = request.into_inner();
+        let change = ConsentChange {
+            tenant: &req.tenant,
+            profile_id: &req.profile_id,
+            channel: req.channel,
+            all_channels: req.all_channels,
+            context: req.context.as_ref(),
+        };
+        let (changed, consent) = self.change_consent(change, ConsentStatus::OptedOut).await?;
+        Ok(Response::new(pb::OptOutResponse {
+            changed,
+            consent: Some(consent),
+        }))
+    }
+
+    async fn opt_in(
+        &self,
+        request: Request<pb::OptInRequest>,
+    ) -> Result<Response<pb::OptInResponse>, Status> {
+        let req = request.into_inner();
+        let change = ConsentChange {
+            tenant: &req.tenant,
+            profile_id: &req.profile_id,
+            channel: req.channel,
+            all_channels: req.all_channels,
+            context: req.context.as_ref(),
+        };
+        let (changed, consent) = self.change_consent(change, ConsentStatus::OptedIn).await?;
+        Ok(Response::new(pb::OptInResponse {
+            changed,
+            consent: Some(consent),
+        }))
+    }
+
+    async fn get_consent(
+        &self,
+        request: Request<pb::GetConsentRequest>,
+    ) -> Result<Response<pb::GetConsentResponse>, Status> {
+        let req = request.into_inner();
+        let mut check = Check::default();
+        let tenant = check.tenant(&req.tenant);
+        let id = check.profile_id("profile_id", &req.profile_id);
+        let (tenant, id) = check.finish((tenant, id))?;
+        let profile = self.app.profile(&tenant, &id)?;
+        Ok(Response::new(pb::GetConsentResponse {
+            consent: Some(convert::consent_to_pb(&profile.consent)),
+        }))
+    }
+
+    async fn list_consent_history(
+        &self,
+        request: Request<pb::ListConsentHistoryRequest>,
+    ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
+        let req = request.into_inner();
+        let query: [&[u8]; 2] = [req.tenant.as_bytes(), req.profile_id.as_bytes()];
+        let mut check = Check::default();
+        let tenant = check.tenant(&req.tenant);
+        let id = check.profile_id("profile_id", &req.profile_id);
+        let limit = check.page_size(req.page_size, page::PAGE_SIZE_DEFAULT, page::PAGE_SIZE_MAX);
+        let before = check.field(
+            "page_token",
+            page::decode_seq(TokenKind::ConsentHistory, &query, &req.page_token),
+        );
+        let (tenant, id, limit, before) = check.finish((tenant, id, limit, before))?;
+        let page = self.app.consent_history(&tenant, &id, before, limit).await?;
+        Ok(Response::new(pb::ListConsentHistoryResponse {
+            entries: page
+                .items
+                .iter()
+                .map(|e| pb::ConsentHistoryEntry {
+                    sequence: e.sequence,
+                    changed_at: Some(convert::timestamp(e.changed_at)),
+                    channel: match e.scope {
+                        Scope::AllChannels => pb::Channel::Unspecified,
+                        Scope::Channel(c) => convert::channel_to_pb(c),
+                    }
+                    .into(),
+                    all_channels: e.scope == Scope::AllChannels,
+                    old_status: convert::consent_status_to_pb(e.old_status).into(),
+                    new_status: convert::consent_status_to_pb(e.new_status).into(),
+                    context: Some(convert::context_to_pb(&e.context)),
+                })
+                .collect(),
+            next_page_token: page
+                .next
+                .map(|seq| page::encode_seq(TokenKind::ConsentHistory, &query, seq))
+                .unwrap_or_default(),
+        }))
+    }
+}

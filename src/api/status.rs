@@ -1,0 +1,79 @@
+//! The one place where errors become gRPC statuses (AIP-193): each carries an
+//! `ErrorInfo` with a stable UPPER_SNAKE reason and domain `consentd`, and
+//! invalid arguments carry a `BadRequest` naming every bad field.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{error::Error, store::StoreError};
+
+/// The `ErrorInfo.domain` of every error.
+pub const ERROR_DOMAIN: &str = "consentd";
+
+fn status(code: Code, message: String, reason: &str, metadata: HashMap<String, String>, mut details: ErrorDetails) -> Status {
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::InvalidArgument(violations) => {
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                status(Code::InvalidArgument, message, "VALIDATION_FAILED", HashMap::new(), details)
+            }
+            Error::ListTooLong { field, len, limit } => {
+                let details = ErrorDetails::with_bad_request_violation(
+                    field,
+                    format!("has {len} entries; at most {limit} are allowed"),
+                );
+                let metadata = HashMap::from([
+                    ("field".to_owned(), field.to_owned()),
+                    ("limit".to_owned(), limit.to_string()),
+                    ("count".to_owned(), len.to_string()),
+                ]);
+                status(Code::InvalidArgument, message, "BATCH_TOO_LARGE", metadata, details)
+            }
+            Error::ProfileNotFound(id) => {
+                let metadata = HashMap::from([("profile_id".to_owned(), id)]);
+                status(Code::NotFound, message, "PROFILE_NOT_FOUND", metadata, ErrorDetails::new())
+            }
+            Error::Unavailable(_) => {
+                status(Code::Unavailable, message, "UNAVAILABLE", HashMap::new(), ErrorDetails::new())
+            }
+            Error::Storage(store) => storage_status(&store),
+        }
+    }
+}
+
+fn storage_status(error: &StoreError) -> Status {
+    // The cause chain goes to the log, not to the client.
+    tracing::error!(error = %error, debug = ?error, "storage failure");
+    if error.is_transient() {
+        status(
+            Code::Unavailable,
+            "the store could not make the change durable (disk full or I/O error); it was not \
+             acknowledged: retry later (writes are idempotent)"
+                .to_owned(),
+            "STORAGE_UNAVAILABLE",
+            HashMap::new(),
+            ErrorDetails::new(),
+        )
+    } else {
+        status(
+            Code::Internal,
+            "internal storage error; the server log has the details".to_owned(),
+            "STORAGE_ERROR",
+            HashMap::new(),
+            ErrorDetails::new(),
+        )
+    }
+}

@@ -1,0 +1,397 @@
+//! The application: each operation a client can ask for, in domain terms.
+//!
+//! It joins the store and the rules, decides what runs off the async workers,
+//! and waits for durability before any write is acknowledged. The gRPC layer
+//! (`api`) only converts to and from these calls.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use crate::{
+    clock::Clock,
+    engine::{
+        Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, ChangeContext,
+        Channel, ConsentHistoryEntry, ConsentStatus, Decision, ErrorReason, EventId,
+        FeedbackKind, Profile, ProfileAddresses, ProfileId, QuarantineRules, Scope, Summary,
+        Tenant, UnixMillis, decide,
+    },
+    error::{Error, Result},
+    store::{Store, StoreError, Written},
+};
+
+/// How far in the future a feedback event's `occurred_at` may lie (clock skew).
+pub const FEEDBACK_FUTURE_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
+/// Most profiles listed by `GetAddressStatus`.
+pub const ADDRESS_USERS_MAX: usize = 1000;
+
+/// Default time a request may take before it fails with `DEADLINE_EXCEEDED`.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Default time in-flight requests get to finish at shutdown.
+pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
+/// Default limit of concurrent HTTP/2 streams (requests) per connection.
+pub const CONCURRENT_STREAMS_MAX_DEFAULT: u32 = 256;
+
+/// Everything the server can be configured with, once parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The quarantine rule parameters (server-wide for now).
+    pub rules: QuarantineRules,
+    /// How long one request may take.
+    pub request_timeout: Duration,
+    /// How long in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            rules: QuarantineRules::default(),
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            max_concurrent_streams: CONCURRENT_STREAMS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, C> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<C>,
+}
+
+/// The application state shared by every request.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The store.
+    store: Arc<Store>,
+    /// The time source of every rule.
+    clock: Arc<dyn Clock>,
+    /// The settings.
+    settings: Arc<Settings>,
+}
+
+impl App {
+    /// Opens the store in `data_dir`.
+    pub fn open(
+        data_dir: &Path,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            store: Arc::new(Store::open(data_dir)?),
+            clock,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// The settings the application was opened with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The current time.
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+
+    /// Waits until every write so far is durable.
+    pub async fn sync(&self) -> Result<()> {
+        Ok(self.store.sync().await?)
+    }
+
+    /// Runs blocking store work (scans, batches) off the async workers,
+    /// inside the caller's tracing span.
+    async fn blocking<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| work(&store)))
+            .await
+            .map_err(|join| Error::Unavailable(format!("worker failed: {join}")))?
+    }
+
+    // ---- profiles -------------------------------------------------------
+
+    /// Creates a profile or replaces its addresses. Durable when it returns.
+    pub async fn upsert_profile(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+        addresses: ProfileAddresses,
+    ) -> Result<Written<Profile>> {
+        let written = self.store.upsert_profile(tenant, id, addresses, self.now())?;
+        self.sync().await?;
+        Ok(written)
+    }
+
+    /// A profile, or `ProfileNotFound`.
+    pub fn profile(&self, tenant: &Tenant, id: &ProfileId) -> Result<Profile> {
+        self.store
+            .profile(tenant, id)?
+            .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))
+    }
+
+    // ---- consent --------------------------------------------------------
+
+    /// Opts a profile in or out of a scope. Durable when it returns, also
+    /// when it changed nothing (the state it reports may have been written by
+    /// a request not yet acknowledged).
+    pub async fn set_consent(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+        scope: Scope,
+        status: ConsentStatus,
+        context: &ChangeContext,
+    ) -> Result<Written<Profile>> {
+        let written = self
+            .store
+            .set_consent(tenant, id, scope, status, context, self.now())?
+            .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))?;
+        self.sync().await?;
+        Ok(written)
+    }
+
+    /// A page of a profile's consent history, newest first; the cursor is the
+    /// sequence number to continue below.
+    pub async fn consent_history(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<ConsentHistoryEntry, u64>> {
+        self.profile(tenant, id)?;
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.blocking(move |store| {
+            let mut items = store.consent_history(&tenant, &id, before, limit + 1)?;
+            Ok(page_by_sequence(&mut items, limit, |e| e.sequence))
+        })
+        .await
+    }
+
+    // ---- quarantine -----------------------------------------------------
+
+    /// Records delivery feedback. `occurred_at` defaults to now; more than
+    /// [`FEEDBACK_FUTURE_SKEW_MAX`] ahead of now is invalid.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_feedback(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+        kind: FeedbackKind,
+        reason: ErrorReason,
+        event_id: EventId,
+        occurred_at: Option<UnixMillis>,
+        context: &ChangeContext,
+    ) -> Result<Written<AddressState>> {
+        let now = self.now();
+        let occurred_at = occurred_at.unwrap_or(now);
+        let skew_ms = i64::try_from(FEEDBACK_FUTURE_SKEW_MAX.as_millis()).unwrap_or(i64::MAX);
+        if occurred_at > now.saturating_add(skew_ms) {
+            return Err(Error::invalid(
+                "occurred_at",
+                format!(
+                    "is {} s in the future; at most {} s of clock skew is accepted",
+                    (occurred_at - now) / 1000,
+                    FEEDBACK_FUTURE_SKEW_MAX.as_secs()
+                ),
+            ));
+        }
+        let event = AddressEventKind::Feedback {
+            kind,
+            reason,
+            event_id,
+        };
+        self.record(tenant, address, event, occurred_at, context, now)
+            .await
+    }
+
+    /// Quarantines or denylists an address by hand; idempotent.
+    pub async fn quarantine_address(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+        status: AddressStatus,
+        context: &ChangeContext,
+    ) -> Result<Written<AddressState>> {
+        let now = self.now();
+        let current = self.address_state(tenant, address)?;
+        if current.status == status {
+            self.sync().await?;
+            return Ok(Written {
+                value: current,
+                changed: false,
+            });
+        }
+        let event = AddressEventKind::Manual(status);
+        self.record(tenant, address, event, now, context, now).await
+    }
+
+    /// Releases an address to VALID; releasing a VALID address changes nothing.
+    pub async fn release_address(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+        context: &ChangeContext,
+    ) -> Result<Written<AddressState>> {
+        let now = self.now();
+        let current = self.address_state(tenant, address)?;
+        if current.status == AddressStatus::Valid {
+            self.sync().await?;
+            return Ok(Written {
+                value: current,
+                changed: false,
+            });
+        }
+        self.record(tenant, address, AddressEventKind::Release, now, context, now)
+            .await
+    }
+
+    async fn record(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+        event: AddressEventKind,
+        occurred_at: UnixMillis,
+        context: &ChangeContext,
+        now: UnixMillis,
+    ) -> Result<Written<AddressState>> {
+        let rules = &self.settings.rules;
+        let mut written = self
+            .store
+            .record_address_event(tenant, address, event, occurred_at, context, now, rules)?;
+        self.sync().await?;
+        written.value = written.value.as_of(now, rules);
+        Ok(written)
+    }
+
+    /// An address's state as of now (VALID when never seen).
+    pub fn address_state(&self, tenant: &Tenant, address: &Address) -> Result<AddressState> {
+        let state = self.store.address_state(tenant, address)?;
+        Ok(state.as_of(self.now(), &self.settings.rules))
+    }
+
+    /// The profiles that use an address (at most [`ADDRESS_USERS_MAX`]) and
+    /// whether there were more.
+    pub async fn address_users(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<(Vec<ProfileId>, bool)> {
+        let (tenant, address) = (tenant.clone(), address.clone());
+        self.blocking(move |store| Ok(store.address_users(&tenant, &address, ADDRESS_USERS_MAX)?))
+            .await
+    }
+
+    /// A page of the addresses that are not VALID now (or have `status`).
+    pub async fn list_addresses(
+        &self,
+        tenant: &Tenant,
+        status: Option<AddressStatus>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Page<(Address, AddressState), Vec<u8>>> {
+        let (tenant, now, rules) = (tenant.clone(), self.now(), self.settings.rules);
+        self.blocking(move |store| {
+            let (found, next) = store.list_addresses(&tenant, status, after.as_deref(), limit)?;
+            // The index holds stored statuses; an address whose errors expired reads VALID now.
+            let items = found
+                .into_iter()
+                .map(|(address, state)| (address, state.as_of(now, &rules)))
+                .filter(|(_, state)| {
+                    state.status != AddressStatus::Valid && status.is_none_or(|s| s == state.status)
+                })
+                .collect();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    /// A page of an address's history, newest recorded first.
+    pub async fn address_history(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<AddressEvent, u64>> {
+        let (tenant, address) = (tenant.clone(), address.clone());
+        self.blocking(move |store| {
+            let mut items = store.address_history(&tenant, &address, before, limit + 1)?;
+            Ok(page_by_sequence(&mut items, limit, |e| e.sequence))
+        })
+        .await
+    }
+
+    // ---- eligibility ----------------------------------------------------
+
+    /// Decides for each profile, in order: one profile read and one address
+    /// read per address on the channel. Runs off the async workers.
+    pub async fn check(
+        &self,
+        tenant: &Tenant,
+        ids: Vec<ProfileId>,
+        channel: Channel,
+    ) -> Result<(Vec<(ProfileId, Decision)>, Summary)> {
+        let tenant = tenant.clone();
+        self.blocking(move |store| decide_all(store, &tenant, ids, channel))
+            .await
+    }
+
+    /// Decides for one profile, on the calling task (a handful of point reads).
+    pub fn check_one(&self, tenant: &Tenant, id: &ProfileId, channel: Channel) -> Result<Decision> {
+        decide_one(&self.store, tenant, id, channel)
+    }
+}
+
+fn decide_one(store: &Store, tenant: &Tenant, id: &ProfileId, channel: Channel) -> Result<Decision> {
+    let profile = store.profile(tenant, id)?;
+    let decision = decide(profile.as_ref(), channel, |address| {
+        store.address_state(tenant, address).map(|state| state.status)
+    })?;
+    Ok(decision)
+}
+
+fn decide_all(
+    store: &Store,
+    tenant: &Tenant,
+    ids: Vec<ProfileId>,
+    channel: Channel,
+) -> Result<(Vec<(ProfileId, Decision)>, Summary)> {
+    let mut summary = Summary::default();
+    let mut decisions = Vec::with_capacity(ids.len());
+    for id in ids {
+        let decision = decide_one(store, tenant, &id, channel)?;
+        summary.add(&decision);
+        decisions.push((id, decision));
+    }
+    Ok((decisions, summary))
+}
+
+/// Cuts a newest-first list fetched with one extra item into a page: the
+/// cursor is the sequence of the last item kept when the extra one exists.
+fn page_by_sequence<T: Clone>(
+    items: &mut Vec<T>,
+    limit: usize,
+    sequence: impl Fn(&T) -> u64,
+) -> Page<T, u64> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(&sequence)
+    } else {
+        None
+    };
+    Page {
+        items: std::mem::take(items),
+        next,
+    }
+}

@@ -1,0 +1,255 @@
+//! The decision: may this profile be contacted on this channel, now?
+//!
+//! Pure: it takes the profile and a way to look up the status of each of its
+//! addresses, so that it can be tested and benchmarked without a store.
+
+use super::consent::{ConsentStatus, Profile};
+use super::quarantine::AddressStatus;
+use super::types::{Address, Channel};
+
+/// Why a profile may not be contacted, in the order in which reasons are listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExclusionReason {
+    /// No such profile.
+    ProfileNotFound,
+    /// Opted out of every channel.
+    OptedOutAllChannels,
+    /// Opted out of this channel.
+    OptedOutChannel,
+    /// No address for this channel.
+    NoAddress,
+    /// No usable address, and at least one is quarantined.
+    AddressQuarantined,
+    /// No usable address, and at least one is denylisted.
+    AddressDenylisted,
+}
+
+impl ExclusionReason {
+    /// Every reason, in order.
+    pub const ALL: [ExclusionReason; 6] = [
+        ExclusionReason::ProfileNotFound,
+        ExclusionReason::OptedOutAllChannels,
+        ExclusionReason::OptedOutChannel,
+        ExclusionReason::NoAddress,
+        ExclusionReason::AddressQuarantined,
+        ExclusionReason::AddressDenylisted,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The answer for one profile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Every reason that applies, primary first; empty when eligible.
+    pub reasons: Vec<ExclusionReason>,
+    /// The addresses that may be used; empty when not eligible.
+    pub addresses: Vec<String>,
+}
+
+impl Decision {
+    /// Whether the profile may be contacted.
+    pub fn eligible(&self) -> bool {
+        self.reasons.is_empty()
+    }
+
+    /// The primary reason, if excluded.
+    pub fn primary(&self) -> Option<ExclusionReason> {
+        self.reasons.first().copied()
+    }
+}
+
+/// Decides for one profile (`None`: it does not exist). `status_of` gives
+/// the status of each of its addresses on the channel (one lookup each).
+pub fn decide<E>(
+    profile: Option<&Profile>,
+    channel: Channel,
+    mut status_of: impl FnMut(&Address) -> Result<AddressStatus, E>,
+) -> Result<Decision, E> {
+    let Some(profile) = profile else {
+        return Ok(Decision {
+            reasons: vec![ExclusionReason::ProfileNotFound],
+            addresses: Vec::new(),
+        });
+    };
+    let mut reasons = Vec::new();
+    if profile.consent.opted_out_all() {
+        reasons.push(ExclusionReason::OptedOutAllChannels);
+    }
+    if profile.consent.channel(channel).status == ConsentStatus::OptedOut {
+        reasons.push(ExclusionReason::OptedOutChannel);
+    }
+    let mut usable = Vec::new();
+    match channel.address_kind() {
+        None => {
+            if profile.postal_address.is_empty() {
+                reasons.push(ExclusionReason::NoAddress);
+            } else {
+                usable.push(profile.postal_address.clone());
+            }
+        }
+        Some(kind) => {
+            let addresses = profile.addresses(kind);
+            let (mut quarantined, mut denylisted) = (false, false);
+            for address in addresses {
+                match status_of(address)? {
+                    AddressStatus::Valid | AddressStatus::WithErrors => {
+                        usable.push(address.as_str().to_owned());
+                    }
+                    AddressStatus::Quarantined => quarantined = true,
+                    AddressStatus::Denylisted => denylisted = true,
+                }
+            }
+            if addresses.is_empty() {
+                reasons.push(ExclusionReason::NoAddress);
+            } else if usable.is_empty() {
+                if quarantined {
+                    reasons.push(ExclusionReason::AddressQuarantined);
+                }
+                if denylisted {
+                    reasons.push(ExclusionReason::AddressDenylisted);
+                }
+            }
+        }
+    }
+    if !reasons.is_empty() {
+        usable.clear();
+    }
+    Ok(Decision {
+        reasons,
+        addresses: usable,
+    })
+}
+
+/// A delivery's exclusion report: counts by primary reason.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Decisions counted.
+    pub total: u64,
+    /// Eligible decisions.
+    pub eligible: u64,
+    /// Excluded decisions per primary reason, indexed like [`ExclusionReason::ALL`].
+    excluded: [u64; 6],
+}
+
+impl Summary {
+    /// Counts one decision.
+    pub fn add(&mut self, decision: &Decision) {
+        self.total += 1;
+        match decision.primary() {
+            None => self.eligible += 1,
+            Some(reason) => self.excluded[reason.index()] += 1,
+        }
+    }
+
+    /// Adds another summary's counts.
+    pub fn merge(&mut self, other: &Summary) {
+        self.total += other.total;
+        self.eligible += other.eligible;
+        for (mine, theirs) in self.excluded.iter_mut().zip(other.excluded) {
+            *mine += theirs;
+        }
+    }
+
+    /// Excluded decisions.
+    pub fn excluded(&self) -> u64 {
+        self.total - self.eligible
+    }
+
+    /// The non-zero counts per primary reason, in reason order.
+    pub fn by_reason(&self) -> impl Iterator<Item = (ExclusionReason, u64)> + '_ {
+        ExclusionReason::ALL
+            .into_iter()
+            .zip(self.excluded)
+            .filter(|(_, count)| *count > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+
+    use super::super::consent::{ProfileAddresses, Scope};
+    use super::super::types::{ChangeContext, ProfileId, Source};
+    use super::*;
+    use ExclusionReason::*;
+
+    fn email(s: &str) -> Address {
+        Address::email(s).expect("valid email")
+    }
+
+    fn profile(emails: &[&str]) -> Profile {
+        Profile::new(
+            ProfileId::parse("p").expect("valid id"),
+            ProfileAddresses {
+                emails: emails.iter().map(|e| email(e)).collect(),
+                postal_address: "1 Main St".into(),
+                ..ProfileAddresses::default()
+            },
+            0,
+        )
+    }
+
+    fn run(p: Option<&Profile>, channel: Channel, statuses: &[(&str, AddressStatus)]) -> Decision {
+        let map: HashMap<String, AddressStatus> =
+            statuses.iter().map(|(a, s)| ((*a).to_owned(), *s)).collect();
+        let result: Result<Decision, Infallible> = decide(p, channel, |a| {
+            Ok(map.get(a.as_str()).copied().unwrap_or_default())
+        });
+        result.unwrap_or_else(|never| match never {})
+    }
+
+    #[test]
+    fn decision_table() {
+        let ctx = ChangeContext {
+            source: Source::Api,
+            actor: String::new(),
+            reason: String::new(),
+        };
+        let plain = profile(&["a@x.io", "b@x.io"]);
+        let mut opted_out = plain.clone();
+        opted_out.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx, 1);
+        opted_out.set_consent(Scope::Channel(Channel::Email), ConsentStatus::OptedOut, &ctx, 1);
+        let no_email = profile(&[]);
+        let q = AddressStatus::Quarantined;
+        let d = AddressStatus::Denylisted;
+        let cases: Vec<(&str, Option<&Profile>, Channel, Vec<(&str, AddressStatus)>, Vec<ExclusionReason>, Vec<&str>)> = vec![
+            ("unknown", None, Channel::Email, vec![], vec![ProfileNotFound], vec![]),
+            ("eligible", Some(&plain), Channel::Email, vec![], vec![], vec!["a@x.io", "b@x.io"]),
+            ("one quarantined", Some(&plain), Channel::Email, vec![("a@x.io", q)], vec![], vec!["b@x.io"]),
+            ("all unusable", Some(&plain), Channel::Email, vec![("a@x.io", q), ("b@x.io", d)], vec![AddressQuarantined, AddressDenylisted], vec![]),
+            ("opted out, all reasons", Some(&opted_out), Channel::Email, vec![("a@x.io", d), ("b@x.io", d)], vec![OptedOutAllChannels, OptedOutChannel, AddressDenylisted], vec![]),
+            ("no address", Some(&no_email), Channel::Email, vec![], vec![NoAddress], vec![]),
+            ("no phone", Some(&plain), Channel::Sms, vec![], vec![NoAddress], vec![]),
+            ("postal", Some(&plain), Channel::DirectMail, vec![], vec![], vec!["1 Main St"]),
+        ];
+        for (name, p, channel, statuses, reasons, addresses) in cases {
+            let decision = run(p, channel, &statuses);
+            assert_eq!(decision.reasons, reasons, "{name}");
+            assert_eq!(decision.addresses, addresses, "{name}");
+        }
+    }
+
+    #[test]
+    fn summary_counts_primary_reasons() {
+        let mut summary = Summary::default();
+        summary.add(&Decision::default());
+        summary.add(&Decision {
+            reasons: vec![OptedOutAllChannels, AddressQuarantined],
+            addresses: vec![],
+        });
+        summary.add(&Decision {
+            reasons: vec![ProfileNotFound],
+            addresses: vec![],
+        });
+        let mut total = Summary::default();
+        total.merge(&summary);
+        total.merge(&summary);
+        assert_eq!((total.total, total.eligible, total.excluded()), (6, 2, 4));
+        let by: Vec<_> = total.by_reason().collect();
+        assert_eq!(by, vec![(ProfileNotFound, 2), (OptedOutAllChannels, 2)]);
+    }
+}

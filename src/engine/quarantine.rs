@@ -1,0 +1,439 @@
+//! Address quarantine: the rules that turn delivery feedback into an
+//! address status, with Adobe Campaign's defaults.
+//!
+//! The state of an address is a fold of its events in event time
+//! ([`AddressState::apply`]); an event that arrives late is handled by folding
+//! the address's whole log again in event-time order ([`replay`]), so late and
+//! out-of-order feedback gives the same result as feedback in order.
+
+use std::time::Duration;
+
+use super::types::{ChangeContext, EventId, UnixMillis};
+
+/// The deliverability of an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub enum AddressStatus {
+    /// May be used.
+    #[default]
+    Valid,
+    /// Soft errors are being counted; may still be used.
+    WithErrors,
+    /// Must not be used until released.
+    Quarantined,
+    /// Must never be used until released.
+    Denylisted,
+}
+
+impl AddressStatus {
+    /// Whether a delivery may use an address with this status.
+    pub fn is_usable(self) -> bool {
+        matches!(self, AddressStatus::Valid | AddressStatus::WithErrors)
+    }
+}
+
+/// What a delivery attempt reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackKind {
+    /// Permanent failure.
+    HardBounce,
+    /// Temporary failure.
+    SoftBounce,
+    /// Says nothing about the address.
+    Ignored,
+    /// Spam complaint.
+    Complaint,
+    /// Delivered.
+    Delivered,
+}
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorReason {
+    /// None given.
+    #[default]
+    Unspecified,
+    /// No such user.
+    UserUnknown,
+    /// No such domain.
+    InvalidDomain,
+    /// Could not be reached.
+    Unreachable,
+    /// Account disabled.
+    AccountDisabled,
+    /// Mailbox full.
+    MailboxFull,
+    /// Refused by the receiver.
+    Refused,
+    /// Device not connected.
+    NotConnected,
+    /// Anything else.
+    Other,
+}
+
+/// The quarantine rule parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantineRules {
+    /// Soft errors counted before an address is quarantined.
+    pub soft_error_threshold: u32,
+    /// At most one soft error is counted per interval.
+    pub significant_error_interval: Duration,
+    /// A WITH_ERRORS address whose last counted error is older than this returns to VALID.
+    pub error_reset_period: Duration,
+    /// The reset period when the last counted error was MAILBOX_FULL.
+    pub mailbox_full_reset_period: Duration,
+}
+
+impl Default for QuarantineRules {
+    /// Adobe Campaign's defaults: 5 errors, 1 day, 10 days, 30 days.
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+        Self {
+            soft_error_threshold: 5,
+            significant_error_interval: DAY,
+            error_reset_period: DAY * 10,
+            mailbox_full_reset_period: DAY * 30,
+        }
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What happened to an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressEventKind {
+    /// Delivery feedback.
+    Feedback {
+        /// What the delivery reported.
+        kind: FeedbackKind,
+        /// Why it failed, if it did.
+        reason: ErrorReason,
+        /// The sender's unique id of the event.
+        event_id: EventId,
+    },
+    /// An operator set the status (QUARANTINED or DENYLISTED).
+    Manual(AddressStatus),
+    /// An operator released the address.
+    Release,
+}
+
+/// One event in an address's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressEvent {
+    /// Position in the address's log, from 1 (arrival order).
+    pub sequence: u64,
+    /// What happened.
+    pub kind: AddressEventKind,
+    /// When it happened (event time).
+    pub occurred_at: UnixMillis,
+    /// When consentd recorded it.
+    pub recorded_at: UnixMillis,
+    /// The status before it was recorded.
+    pub old_status: AddressStatus,
+    /// The status after it was recorded.
+    pub new_status: AddressStatus,
+    /// Who, how and why.
+    pub context: ChangeContext,
+}
+
+/// The state of an address: the fold of its events.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AddressState {
+    /// The status as of the last event (see [`AddressState::as_of`] for "now").
+    pub status: AddressStatus,
+    /// Soft errors counted since the address was last VALID.
+    pub error_count: u32,
+    /// Event time of the first counted error.
+    pub first_error_at: Option<UnixMillis>,
+    /// Event time of the last counted error.
+    pub last_error_at: Option<UnixMillis>,
+    /// The reason of the last counted error (or hard bounce).
+    pub last_error_reason: ErrorReason,
+    /// The reason text of the last status change.
+    pub last_reason: String,
+    /// Event time of the last status change.
+    pub updated_at: Option<UnixMillis>,
+    /// The latest event time folded in; an older event means a replay.
+    pub last_event_at: Option<UnixMillis>,
+    /// The sequence number of the last log entry (0: none).
+    pub log_seq: u64,
+}
+
+impl AddressState {
+    /// The state at time `now`: a WITH_ERRORS address whose last counted
+    /// error is older than the reset period reads as VALID.
+    pub fn as_of(&self, now: UnixMillis, rules: &QuarantineRules) -> AddressState {
+        let mut state = self.clone();
+        state.expire_errors(now, rules);
+        state
+    }
+
+    fn expire_errors(&mut self, at: UnixMillis, rules: &QuarantineRules) {
+        if self.status != AddressStatus::WithErrors {
+            return;
+        }
+        let period = if self.last_error_reason == ErrorReason::MailboxFull {
+            rules.mailbox_full_reset_period
+        } else {
+            rules.error_reset_period
+        };
+        if let Some(last) = self.last_error_at {
+            if at.saturating_sub(last) >= millis(period) {
+                self.reset(AddressStatus::Valid, last.saturating_add(millis(period)));
+            }
+        }
+    }
+
+    fn reset(&mut self, status: AddressStatus, at: UnixMillis) {
+        self.status = status;
+        self.error_count = 0;
+        self.first_error_at = None;
+        self.last_error_at = None;
+        self.updated_at = Some(at);
+    }
+
+    fn set_status(&mut self, status: AddressStatus, at: UnixMillis, reason: &str) {
+        if self.status != status {
+            self.status = status;
+            self.updated_at = Some(at);
+        }
+        self.last_reason = reason.to_owned();
+    }
+
+    /// Folds one event in. Events must come in event-time order; the caller
+    /// replays the log when one arrives late (see [`AddressState::is_late`]).
+    pub fn apply(
+        &mut self,
+        kind: &AddressEventKind,
+        at: UnixMillis,
+        context: &ChangeContext,
+        rules: &QuarantineRules,
+    ) {
+        self.expire_errors(at, rules);
+        match kind {
+            AddressEventKind::Feedback { kind, reason, .. } => {
+                self.apply_feedback(*kind, *reason, at, context, rules);
+            }
+            AddressEventKind::Manual(status) => self.set_status(*status, at, &context.reason),
+            AddressEventKind::Release => {
+                self.reset(AddressStatus::Valid, at);
+                self.last_reason = context.reason.clone();
+            }
+        }
+        self.last_event_at = Some(self.last_event_at.map_or(at, |last| last.max(at)));
+    }
+
+    fn apply_feedback(
+        &mut self,
+        kind: FeedbackKind,
+        reason: ErrorReason,
+        at: UnixMillis,
+        context: &ChangeContext,
+        rules: &QuarantineRules,
+    ) {
+        let why = |what: &str| {
+            if context.reason.is_empty() {
+                what.to_owned()
+            } else {
+                context.reason.clone()
+            }
+        };
+        match kind {
+            FeedbackKind::HardBounce => {
+                if self.status != AddressStatus::Denylisted {
+                    self.last_error_reason = reason;
+                    self.set_status(AddressStatus::Quarantined, at, &why("hard bounce"));
+                }
+            }
+            FeedbackKind::Complaint => {
+                self.set_status(AddressStatus::Denylisted, at, &why("complaint"));
+            }
+            FeedbackKind::Ignored => {}
+            FeedbackKind::Delivered => {
+                if self.status == AddressStatus::WithErrors {
+                    self.reset(AddressStatus::Valid, at);
+                    self.last_reason = why("delivered");
+                }
+            }
+            FeedbackKind::SoftBounce => {
+                if !self.status.is_usable() {
+                    return;
+                }
+                let interval = millis(rules.significant_error_interval);
+                let counts = self
+                    .last_error_at
+                    .is_none_or(|last| at.saturating_sub(last) >= interval);
+                if !counts {
+                    return;
+                }
+                self.error_count = self.error_count.saturating_add(1);
+                self.first_error_at.get_or_insert(at);
+                self.last_error_at = Some(at);
+                self.last_error_reason = reason;
+                let status = if self.error_count >= rules.soft_error_threshold {
+                    AddressStatus::Quarantined
+                } else {
+                    AddressStatus::WithErrors
+                };
+                self.set_status(status, at, &why("soft bounce"));
+            }
+        }
+    }
+
+    /// Whether an event at `at` is older than one already folded in, so that
+    /// the log must be replayed rather than the event applied on top.
+    pub fn is_late(&self, at: UnixMillis) -> bool {
+        self.last_event_at.is_some_and(|last| at < last)
+    }
+}
+
+/// Folds a whole log in event-time order (ties in arrival order). The result
+/// depends only on the set of events, not on the order they arrived in.
+pub fn replay(events: &mut [AddressEvent], rules: &QuarantineRules) -> AddressState {
+    events.sort_by_key(|e| (e.occurred_at, e.sequence));
+    let mut state = AddressState::default();
+    for event in events.iter() {
+        state.apply(&event.kind, event.occurred_at, &event.context, rules);
+        state.log_seq = state.log_seq.max(event.sequence);
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::types::Source;
+    use super::*;
+
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+    fn ctx() -> ChangeContext {
+        ChangeContext {
+            source: Source::DeliveryFeedback,
+            actor: "mta".into(),
+            reason: String::new(),
+        }
+    }
+
+    fn feedback(kind: FeedbackKind, reason: ErrorReason, id: &str) -> AddressEventKind {
+        AddressEventKind::Feedback {
+            kind,
+            reason,
+            event_id: EventId::parse(id).expect("valid id"),
+        }
+    }
+
+    fn soft(id: &str) -> AddressEventKind {
+        feedback(FeedbackKind::SoftBounce, ErrorReason::Unreachable, id)
+    }
+
+    fn fold(events: &[(AddressEventKind, i64)]) -> AddressState {
+        let rules = QuarantineRules::default();
+        let mut state = AddressState::default();
+        for (kind, at) in events {
+            state.apply(kind, *at, &ctx(), &rules);
+        }
+        state
+    }
+
+    #[test]
+    fn five_soft_bounces_on_five_days_quarantine() {
+        let events: Vec<_> = (0..5).map(|d| (soft(&format!("e{d}")), d * DAY_MS)).collect();
+        let state = fold(&events[..4]);
+        assert_eq!((state.status, state.error_count), (AddressStatus::WithErrors, 4));
+        let state = fold(&events);
+        assert_eq!((state.status, state.error_count), (AddressStatus::Quarantined, 5));
+        assert_eq!(state.first_error_at, Some(0));
+    }
+
+    #[test]
+    fn soft_bounces_within_one_interval_count_once() {
+        let events: Vec<_> = (0..5).map(|h| (soft(&format!("e{h}")), h * 3_600_000)).collect();
+        let state = fold(&events);
+        assert_eq!((state.status, state.error_count), (AddressStatus::WithErrors, 1));
+    }
+
+    #[test]
+    fn delivered_resets_with_errors() {
+        let mut events: Vec<_> = (0..3).map(|d| (soft(&format!("e{d}")), d * DAY_MS)).collect();
+        events.push((
+            feedback(FeedbackKind::Delivered, ErrorReason::Unspecified, "ok"),
+            3 * DAY_MS,
+        ));
+        let state = fold(&events);
+        assert_eq!((state.status, state.error_count), (AddressStatus::Valid, 0));
+    }
+
+    #[test]
+    fn errors_expire_after_the_reset_period_and_mailbox_full_after_thirty_days() {
+        let rules = QuarantineRules::default();
+        let state = fold(&[(soft("a"), 0)]);
+        assert_eq!(state.as_of(9 * DAY_MS, &rules).status, AddressStatus::WithErrors);
+        let later = state.as_of(10 * DAY_MS, &rules);
+        assert_eq!((later.status, later.error_count), (AddressStatus::Valid, 0));
+
+        let full = fold(&[(feedback(FeedbackKind::SoftBounce, ErrorReason::MailboxFull, "m"), 0)]);
+        assert_eq!(full.as_of(11 * DAY_MS, &rules).status, AddressStatus::WithErrors);
+        assert_eq!(full.as_of(30 * DAY_MS, &rules).status, AddressStatus::Valid);
+    }
+
+    #[test]
+    fn an_expired_count_starts_again() {
+        let events = [(soft("a"), 0), (soft("b"), DAY_MS), (soft("c"), 20 * DAY_MS)];
+        assert_eq!(fold(&events).error_count, 1);
+    }
+
+    #[test]
+    fn quarantine_and_denylist_are_never_lifted_by_time_or_delivery() {
+        let rules = QuarantineRules::default();
+        let hard = feedback(FeedbackKind::HardBounce, ErrorReason::UserUnknown, "h");
+        let delivered = feedback(FeedbackKind::Delivered, ErrorReason::Unspecified, "d");
+        let state = fold(&[(hard, 0), (delivered, DAY_MS)]);
+        assert_eq!(state.as_of(400 * DAY_MS, &rules).status, AddressStatus::Quarantined);
+        let complaint = feedback(FeedbackKind::Complaint, ErrorReason::Unspecified, "c");
+        let hard_after = feedback(FeedbackKind::HardBounce, ErrorReason::UserUnknown, "h2");
+        assert_eq!(
+            fold(&[(complaint, 0), (hard_after, 1)]).status,
+            AddressStatus::Denylisted
+        );
+    }
+
+    #[test]
+    fn release_resets_everything() {
+        let state = fold(&[
+            (AddressEventKind::Manual(AddressStatus::Denylisted), 0),
+            (AddressEventKind::Release, 1),
+        ]);
+        assert_eq!((state.status, state.error_count), (AddressStatus::Valid, 0));
+    }
+
+    #[test]
+    fn ignored_changes_nothing() {
+        let ignored = feedback(FeedbackKind::Ignored, ErrorReason::Unspecified, "i");
+        let state = fold(&[(ignored, 5)]);
+        assert_eq!((state.status, state.error_count), (AddressStatus::Valid, 0));
+    }
+
+    #[test]
+    fn replay_gives_the_same_state_whatever_the_arrival_order() {
+        let rules = QuarantineRules::default();
+        let make = |seq: u64, kind: AddressEventKind, at: i64| AddressEvent {
+            sequence: seq,
+            kind,
+            occurred_at: at,
+            recorded_at: 0,
+            old_status: AddressStatus::Valid,
+            new_status: AddressStatus::Valid,
+            context: ctx(),
+        };
+        let in_order: Vec<_> = (0..5)
+            .map(|d| make(d + 1, soft(&format!("e{d}")), i64::try_from(d).unwrap_or(0) * DAY_MS))
+            .collect();
+        let mut reversed: Vec<_> = in_order.iter().rev().cloned().collect();
+        let mut forward = in_order.clone();
+        let a = replay(&mut forward, &rules);
+        let b = replay(&mut reversed, &rules);
+        assert_eq!(a.status, AddressStatus::Quarantined);
+        assert_eq!((a.status, a.error_count), (b.status, b.error_count));
+    }
+}

@@ -1,0 +1,435 @@
+//! The domain's value types, parsed once at the edge: past `parse`, an invalid
+//! tenant, id or address cannot exist.
+
+use std::fmt;
+
+/// Longest tenant name, in bytes.
+pub const TENANT_LEN_MAX: usize = 64;
+/// Longest profile id, in bytes.
+pub const PROFILE_ID_LEN_MAX: usize = 256;
+/// Longest e-mail address, in bytes (RFC 5321's path limit).
+pub const EMAIL_LEN_MAX: usize = 254;
+/// Longest push token, in bytes.
+pub const PUSH_TOKEN_LEN_MAX: usize = 512;
+/// Longest address as given, before normalisation, in bytes.
+pub const ADDRESS_INPUT_LEN_MAX: usize = 512;
+/// Longest postal address, in bytes.
+pub const POSTAL_ADDRESS_LEN_MAX: usize = 1024;
+/// Most addresses of one kind (e-mails, phones or push tokens) on a profile.
+pub const ADDRESSES_PER_KIND_MAX: usize = 16;
+/// Longest `actor` of a change context, in bytes.
+pub const ACTOR_LEN_MAX: usize = 256;
+/// Longest `reason` of a change context, in bytes.
+pub const REASON_LEN_MAX: usize = 1024;
+/// Longest delivery-feedback event id, in bytes.
+pub const EVENT_ID_LEN_MAX: usize = 256;
+/// Fewest digits in an E.164 phone number.
+const PHONE_DIGITS_MIN: usize = 8;
+/// Most digits in an E.164 phone number.
+const PHONE_DIGITS_MAX: usize = 15;
+
+/// Why a value did not parse: a sentence for a human, naming the rule broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    fn new(description: impl Into<String>) -> Self {
+        Self(description.into())
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMillis = i64;
+
+fn check_len(value: &str, what: &str, min: usize, max: usize) -> Result<(), Invalid> {
+    if value.is_empty() && min > 0 {
+        return Err(Invalid::new(format!("{what} is required")));
+    }
+    if value.len() < min || value.len() > max {
+        return Err(Invalid::new(format!(
+            "{what} must be {min} to {max} bytes long, not {}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A tenant: the unit of isolation. 1 to 64 bytes of ASCII letters, digits, `.`, `_`, `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tenant(String);
+
+impl Tenant {
+    /// Parses a tenant name.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        check_len(raw, "tenant", 1, TENANT_LEN_MAX)?;
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(Invalid::new(
+                "tenant may contain only ASCII letters, digits, '.', '_' and '-'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The tenant's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A profile's id: opaque, 1 to 256 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProfileId(String);
+
+impl ProfileId {
+    /// Parses a profile id.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        check_len(raw, "profile_id", 1, PROFILE_ID_LEN_MAX)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Rebuilds an id that was valid when it was stored. Only the store calls this.
+    pub(crate) fn from_trusted(id: String) -> Self {
+        Self(id)
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A communication channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// E-mail, to the profile's e-mail addresses.
+    Email,
+    /// Text messages, to the profile's phones.
+    Sms,
+    /// Push notifications, to the profile's push tokens.
+    Push,
+    /// Voice calls, to the profile's phones.
+    Voice,
+    /// Letters, to the profile's postal address.
+    DirectMail,
+}
+
+impl Channel {
+    /// Every channel, in the order of the wire enum.
+    pub const ALL: [Channel; 5] = [
+        Channel::Email,
+        Channel::Sms,
+        Channel::Push,
+        Channel::Voice,
+        Channel::DirectMail,
+    ];
+
+    /// The channel's position in [`Channel::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Channel::Email => 0,
+            Channel::Sms => 1,
+            Channel::Push => 2,
+            Channel::Voice => 3,
+            Channel::DirectMail => 4,
+        }
+    }
+
+    /// The kind of quarantinable address the channel uses; `None` for direct
+    /// mail, whose postal addresses are never quarantined.
+    pub fn address_kind(self) -> Option<AddressKind> {
+        match self {
+            Channel::Email => Some(AddressKind::Email),
+            Channel::Sms | Channel::Voice => Some(AddressKind::Phone),
+            Channel::Push => Some(AddressKind::PushToken),
+            Channel::DirectMail => None,
+        }
+    }
+}
+
+/// The kind of a quarantinable address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressKind {
+    /// An e-mail address.
+    Email,
+    /// A phone number.
+    Phone,
+    /// A push token.
+    PushToken,
+}
+
+/// A normalised, valid address: an e-mail address (trimmed, lower-cased), a
+/// phone number (E.164) or a push token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address {
+    /// What kind of address this is.
+    kind: AddressKind,
+    /// The normalised text.
+    value: String,
+}
+
+impl Address {
+    /// Parses an address of a known kind, or infers the kind when `kind` is
+    /// `None`: an `@` makes an e-mail address, a leading `+` a phone number.
+    pub fn parse(kind: Option<AddressKind>, raw: &str) -> Result<Self, Invalid> {
+        if raw.len() > ADDRESS_INPUT_LEN_MAX {
+            return Err(Invalid::new(format!(
+                "address must be at most {ADDRESS_INPUT_LEN_MAX} bytes long, not {}",
+                raw.len()
+            )));
+        }
+        let trimmed = raw.trim();
+        let kind = match kind {
+            Some(kind) => kind,
+            None if trimmed.contains('@') => AddressKind::Email,
+            None if trimmed.starts_with('+') => AddressKind::Phone,
+            None if trimmed.is_empty() => return Err(Invalid::new("address is required")),
+            None => {
+                return Err(Invalid::new(
+                    "cannot infer the address type: set address_type, or give an e-mail \
+                     address (with '@') or a phone number (with a leading '+')",
+                ));
+            }
+        };
+        match kind {
+            AddressKind::Email => Self::email(raw),
+            AddressKind::Phone => Self::phone(raw),
+            AddressKind::PushToken => Self::push_token(raw),
+        }
+    }
+
+    /// Parses an e-mail address: trimmed, lower-cased, `local@domain` with a dotted domain.
+    pub fn email(raw: &str) -> Result<Self, Invalid> {
+        let value = raw.trim().to_lowercase();
+        check_len(&value, "e-mail address", 3, EMAIL_LEN_MAX)?;
+        let invalid = || Invalid::new(format!("'{value}' is not a valid e-mail address"));
+        let (local, domain) = value.split_once('@').ok_or_else(invalid)?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '<' | '>'));
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && labels.iter().all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        if !(local_ok && domain_ok) {
+            return Err(invalid());
+        }
+        Ok(Self {
+            kind: AddressKind::Email,
+            value,
+        })
+    }
+
+    /// Parses a phone number into E.164: separators (space, `.`, `-`, `(`, `)`)
+    /// are removed, and the rest must be `+` and 8 to 15 digits, the first not 0.
+    pub fn phone(raw: &str) -> Result<Self, Invalid> {
+        let compact: String = raw
+            .trim()
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '.' | '-' | '(' | ')'))
+            .collect();
+        let digits = compact.strip_prefix('+').ok_or_else(|| {
+            Invalid::new(format!(
+                "'{}' is not an E.164 phone number: it must start with '+' and a country code",
+                raw.trim()
+            ))
+        })?;
+        let digits_ok = (PHONE_DIGITS_MIN..=PHONE_DIGITS_MAX).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if !digits_ok {
+            return Err(Invalid::new(format!(
+                "'{}' is not an E.164 phone number: '+' then {PHONE_DIGITS_MIN} to \
+                 {PHONE_DIGITS_MAX} digits, the first not 0",
+                raw.trim()
+            )));
+        }
+        Ok(Self {
+            kind: AddressKind::Phone,
+            value: compact,
+        })
+    }
+
+    /// Parses a push token: trimmed, 1 to 512 bytes, no white space inside.
+    pub fn push_token(raw: &str) -> Result<Self, Invalid> {
+        let value = raw.trim();
+        check_len(value, "push token", 1, PUSH_TOKEN_LEN_MAX)?;
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Invalid::new(
+                "push token may not contain white space or control characters",
+            ));
+        }
+        Ok(Self {
+            kind: AddressKind::PushToken,
+            value: value.to_owned(),
+        })
+    }
+
+    /// Rebuilds an address that was valid when it was stored. Only the store calls this.
+    pub(crate) fn from_trusted(kind: AddressKind, value: String) -> Self {
+        Self { kind, value }
+    }
+
+    /// The kind of address.
+    pub fn kind(&self) -> AddressKind {
+        self.kind
+    }
+
+    /// The normalised text.
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A self-service page used by the person themself.
+    LandingPage,
+    /// A human operator.
+    Operator,
+    /// Another system, on its own behalf.
+    Api,
+    /// A bulk import.
+    Import,
+    /// Delivery feedback.
+    DeliveryFeedback,
+}
+
+/// Who made a change, how and why. Stored with every history entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeContext {
+    /// Where the change came from.
+    pub source: Source,
+    /// Who made it (may be empty).
+    pub actor: String,
+    /// Why (may be empty).
+    pub reason: String,
+}
+
+impl ChangeContext {
+    /// Checks the free-text fields' lengths.
+    pub fn new(source: Source, actor: &str, reason: &str) -> Result<Self, (&'static str, Invalid)> {
+        check_len(actor, "actor", 0, ACTOR_LEN_MAX).map_err(|e| ("actor", e))?;
+        check_len(reason, "reason", 0, REASON_LEN_MAX).map_err(|e| ("reason", e))?;
+        Ok(Self {
+            source,
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+        })
+    }
+}
+
+/// A delivery-feedback event id: 1 to 256 bytes, unique per tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventId(String);
+
+impl EventId {
+    /// Parses an event id.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        check_len(raw, "event_id", 1, EVENT_ID_LEN_MAX)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Rebuilds an id that was valid when it was stored. Only the store calls this.
+    pub(crate) fn from_trusted(id: String) -> Self {
+        Self(id)
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A postal address: free-form, at most 1024 bytes, never quarantined.
+pub fn parse_postal_address(raw: &str) -> Result<String, Invalid> {
+    check_len(raw.trim(), "postal_address", 0, POSTAL_ADDRESS_LEN_MAX)?;
+    Ok(raw.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants() {
+        assert!(Tenant::parse("acme-prod_1.eu").is_ok());
+        for bad in ["", "has space", "ümlaut", &"t".repeat(65)] {
+            assert!(Tenant::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn profile_ids_are_opaque_but_bounded() {
+        assert!(ProfileId::parse("any thing/ü").is_ok());
+        assert!(ProfileId::parse(&"x".repeat(256)).is_ok());
+        assert!(ProfileId::parse(&"x".repeat(257)).is_err());
+        assert!(ProfileId::parse("").is_err());
+    }
+
+    #[test]
+    fn emails_are_normalised_and_validated() {
+        let a = Address::email("  Foo.Bar@Example.COM ").map(|a| a.as_str().to_owned());
+        assert_eq!(a, Ok("foo.bar@example.com".to_owned()));
+        for bad in [
+            "",
+            "plain",
+            "@example.com",
+            "a@b",
+            "a@-b.com",
+            "a b@c.com",
+            "a@b..com",
+            "a@@b.com",
+        ] {
+            assert!(Address::email(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn phones_are_normalised_to_e164() {
+        let p = Address::phone(" +33 (1) 23-45.67.89 ").map(|a| a.as_str().to_owned());
+        assert_eq!(p, Ok("+33123456789".to_owned()));
+        for bad in ["0123456789", "+1234567", "+1234567890123456", "+0123456789", "+12345abc9"] {
+            assert!(Address::phone(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn address_kind_is_inferred() {
+        let kind = |raw| Address::parse(None, raw).map(|a| a.kind());
+        assert_eq!(kind("a@b.io"), Ok(AddressKind::Email));
+        assert_eq!(kind("+4915112345678"), Ok(AddressKind::Phone));
+        assert!(kind("token-without-type").is_err());
+        assert_eq!(
+            Address::parse(Some(AddressKind::PushToken), "tok").map(|a| a.kind()),
+            Ok(AddressKind::PushToken)
+        );
+        assert!(Address::push_token("has space").is_err());
+    }
+
+    #[test]
+    fn change_context_lengths_are_bounded() {
+        assert!(ChangeContext::new(Source::Api, "bot", "why").is_ok());
+        let long = "x".repeat(ACTOR_LEN_MAX + 1);
+        assert_eq!(
+            ChangeContext::new(Source::Api, &long, "").map_err(|(f, _)| f),
+            Err("actor")
+        );
+    }
+}

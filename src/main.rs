@@ -1,0 +1,209 @@
+//! The `consentd` binary: parses the command line, starts tracing, opens the
+//! store, binds the listener and hands over to `consentd::server::run`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use consentd::{
+    app::CONCURRENT_STREAMS_MAX_DEFAULT,
+    clock::SystemClock,
+    engine::QuarantineRules,
+    server::{self, App, Settings},
+};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a configuration that cannot be served (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// consentd: the consent-decision service. Answers "may we contact this
+/// profile, on this channel, now?" over gRPC, from opt-ins/opt-outs and
+/// address quarantine that it stores itself (sled, embedded).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API (with health and reflection) until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port (the log says which).
+    #[arg(long, env = "CONSENTD_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Directory of the embedded store; created if missing. One process at a time.
+    #[arg(long, env = "CONSENTD_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Soft errors counted before an address is quarantined.
+    #[arg(long, env = "CONSENTD_SOFT_ERROR_THRESHOLD", default_value_t = 5)]
+    soft_error_threshold: u32,
+    /// At most one soft error is counted per interval (e.g. 1d, 12h).
+    #[arg(long, env = "CONSENTD_SIGNIFICANT_ERROR_INTERVAL", default_value = "1d", value_parser = humantime::parse_duration)]
+    significant_error_interval: Duration,
+    /// A WITH_ERRORS address whose last counted error is older than this returns to VALID.
+    #[arg(long, env = "CONSENTD_ERROR_RESET_PERIOD", default_value = "10d", value_parser = humantime::parse_duration)]
+    error_reset_period: Duration,
+    /// The reset period when the last counted error was MAILBOX_FULL.
+    #[arg(long, env = "CONSENTD_MAILBOX_FULL_RESET_PERIOD", default_value = "30d", value_parser = humantime::parse_duration)]
+    mailbox_full_reset_period: Duration,
+    /// How long one request may take before it fails with DEADLINE_EXCEEDED.
+    #[arg(long, env = "CONSENTD_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// How long in-flight requests get to finish at shutdown.
+    #[arg(long, env = "CONSENTD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Concurrent requests (HTTP/2 streams) per client connection.
+    #[arg(long, env = "CONSENTD_MAX_CONCURRENT_STREAMS", default_value_t = CONCURRENT_STREAMS_MAX_DEFAULT)]
+    max_concurrent_streams: u32,
+}
+
+impl ServeArgs {
+    /// Checks the values clap cannot, before anything is opened or bound.
+    fn settings(&self) -> Result<Settings, String> {
+        if self.soft_error_threshold == 0 {
+            return Err("--soft-error-threshold must be at least 1".into());
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err("--max-concurrent-streams must be at least 1".into());
+        }
+        for (flag, value) in [
+            ("--significant-error-interval", self.significant_error_interval),
+            ("--error-reset-period", self.error_reset_period),
+            ("--mailbox-full-reset-period", self.mailbox_full_reset_period),
+            ("--request-timeout", self.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be longer than zero"));
+            }
+        }
+        Ok(Settings {
+            rules: QuarantineRules {
+                soft_error_threshold: self.soft_error_threshold,
+                significant_error_interval: self.significant_error_interval,
+                error_reset_period: self.error_reset_period,
+                mailbox_full_reset_period: self.mailbox_full_reset_period,
+            },
+            request_timeout: self.request_timeout,
+            shutdown_grace: self.shutdown_grace,
+            max_concurrent_streams: self.max_concurrent_streams,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let settings = match args.settings() {
+        Ok(settings) => settings,
+        Err(message) => {
+            tracing::error!("invalid configuration: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let app = match App::open(&args.data_dir, settings, Arc::new(SystemClock)) {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::error!("cannot open the store: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(data_dir = %args.data_dir.display(), "store open");
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!("cannot listen on {}: {error}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        match server::run(app, listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!("server failed: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        let cli = Cli::try_parse_from(["consentd", "serve"]).expect("defaults parse");
+        let Command::Serve(args) = cli.command;
+        let settings = args.settings().expect("defaults are valid");
+        let defaults = Settings::default();
+        assert_eq!(settings.rules, defaults.rules);
+        assert_eq!(settings.request_timeout, defaults.request_timeout);
+        assert_eq!(settings.shutdown_grace, defaults.shutdown_grace);
+        assert_eq!(settings.max_concurrent_streams, defaults.max_concurrent_streams);
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_anything_starts() {
+        for bad in [
+            &["consentd", "serve", "--soft-error-threshold", "0"][..],
+            &["consentd", "serve", "--error-reset-period", "0s"][..],
+        ] {
+            let cli = Cli::try_parse_from(bad).expect("parses");
+            let Command::Serve(args) = cli.command;
+            assert!(args.settings().is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["consentd", "serve", "--listen", "nowhere"]).is_err());
+    }
+}

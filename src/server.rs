@@ -1,0 +1,113 @@
+//! The server: wires the gRPC services, health and reflection onto a listener,
+//! and shuts down in order: health NOT_SERVING, drain in-flight requests
+//! within the grace period, make the store durable.
+//!
+//! [`run`] is what `main` and the integration tests both call.
+
+use std::future::Future;
+
+use tokio::{net::TcpListener, sync::oneshot};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::{api::Services, error::Error, pb};
+
+pub use crate::app::{App, Settings};
+pub use crate::store::StoreError as StartupError;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The final flush failed.
+    #[error("final flush: {0}")]
+    Flush(#[from] Error),
+}
+
+/// Serves every service on `listener` until `shutdown` resolves, then drains
+/// and makes the store durable.
+pub async fn run(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let settings = app.settings().clone();
+    let services = Services::new(&app);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let names = [
+        "consent.v1.ProfileService",
+        "consent.v1.ConsentService",
+        "consent.v1.QuarantineService",
+        "consent.v1.EligibilityService",
+    ];
+    for name in names {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let (signalled, on_signal) = oneshot::channel::<()>();
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        for name in names {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let _ = signalled.send(());
+    };
+
+    let local = listener.local_addr().ok();
+    let server = Server::builder()
+        .timeout(settings.request_timeout)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .trace_fn(|request| {
+            tracing::info_span!(
+                "rpc",
+                method = %request.uri().path(),
+                tenant = tracing::field::Empty,
+            )
+        })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(services.profile)
+        .add_service(services.consent)
+        .add_service(services.quarantine)
+        .add_service(services.eligibility)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+    if let Some(addr) = local {
+        tracing::info!("listening on {addr}");
+    }
+
+    let grace = settings.shutdown_grace;
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            let _ = on_signal.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_s = grace.as_secs(), "grace period over; closing the remaining connections");
+        }
+    }
+    app.sync().await?;
+    tracing::info!("store flushed; stopped");
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Group commit: one committer thread makes every pending write durable with
+//! one `flush` + `fdatasync`, then answers all of them.
+//!
+//! Why both calls: sled's `flush` writes its log with `sync_file_range`,
+//! which does not reach the disk's write cache, so an acknowledged write would
+//! survive `kill -9` but not a power cut. `fdatasync` of the data file
+//! (`File::sync_data`) does.
+//!
+//! Why a thread: the calls block for milliseconds; they must not run on the
+//! async workers. Why a queue: N concurrent writers share one flush instead of
+//! paying N.
+//!
+//! Invariant: a waiter is answered only by a flush that *started after* it was
+//! queued, so every write applied before [`GroupCommit::wait`] was called is
+//! covered by the flush that answers it.
+
+use std::{
+    fs::File,
+    sync::{Arc, mpsc},
+    thread,
+    time::Instant,
+};
+
+use tokio::sync::oneshot;
+
+/// The outcome of one group flush, shared by its waiters.
+type FlushResult = Result<(), Arc<std::io::Error>>;
+
+/// The handle writers use to wait for durability.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupCommit {
+    /// Queue of waiters for the committer thread.
+    queue: mpsc::Sender<oneshot::Sender<FlushResult>>,
+}
+
+impl GroupCommit {
+    /// Starts the committer thread for `db`, whose data file is `data_file`.
+    pub(crate) fn start(db: sled::Db, data_file: File) -> std::io::Result<Self> {
+        let (queue, pending) = mpsc::channel::<oneshot::Sender<FlushResult>>();
+        thread::Builder::new()
+            .name("consentd-commit".into())
+            .spawn(move || commit_loop(&db, &data_file, &pending))?;
+        Ok(Self { queue })
+    }
+
+    /// Waits until every write applied before this call is on disk.
+    pub(crate) async fn wait(&self) -> FlushResult {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(done)
+            .map_err(|_| Arc::new(std::io::Error::other("the committer has stopped")))?;
+        answer
+            .await
+            .map_err(|_| Arc::new(std::io::Error::other("the committer has stopped")))?
+    }
+}
+
+fn commit_loop(
+    db: &sled::Db,
+    data_file: &File,
+    pending: &mpsc::Receiver<oneshot::Sender<FlushResult>>,
+) {
+    // Ends when every `GroupCommit` handle is dropped.
+    while let Ok(first) = pending.recv() {
+        let mut waiters = vec![first];
+        waiters.extend(pending.try_iter());
+        let started = Instant::now();
+        let result = flush_and_sync(db, data_file).map_err(Arc::new);
+        tracing::trace!(
+            writes = waiters.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        if let Err(error) = &result {
+            tracing::error!(%error, "group commit failed: writes are not acknowledged");
+        }
+        for waiter in waiters {
+            // A waiter that went away (its request was cancelled) needs no answer.
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// Makes everything written to `db` so far durable.
+pub(crate) fn flush_and_sync(db: &sled::Db, data_file: &File) -> std::io::Result<()> {
+    db.flush().map_err(std::io::Error::other)?;
+    data_file.sync_data()
+}
