@@ -10,9 +10,9 @@ use crate::{
     clock::Clock,
     engine::{
         Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, ChangeContext,
-        Channel, ConsentHistoryEntry, ConsentStatus, Decision, ErrorReason, EventId,
-        FeedbackKind, Profile, ProfileAddresses, ProfileId, QuarantineRules, Scope, Summary,
-        Tenant, UnixMillis, decide,
+        Channel, ConsentHistoryEntry, ConsentStatus, Decision, ErrorReason, EventId, FeedbackKind,
+        Profile, ProfileAddresses, ProfileId, QuarantineRules, Scope, Summary, Tenant, UnixMillis,
+        decide,
     },
     error::{Error, Result},
     store::{Store, StoreError, Written},
@@ -126,7 +126,9 @@ impl App {
         id: &ProfileId,
         addresses: ProfileAddresses,
     ) -> Result<Written<Profile>> {
-        let written = self.store.upsert_profile(tenant, id, addresses, self.now())?;
+        let written = self
+            .store
+            .upsert_profile(tenant, id, addresses, self.now())?;
         self.sync().await?;
         Ok(written)
     }
@@ -251,8 +253,15 @@ impl App {
                 changed: false,
             });
         }
-        self.record(tenant, address, AddressEventKind::Release, now, context, now)
-            .await
+        self.record(
+            tenant,
+            address,
+            AddressEventKind::Release,
+            now,
+            context,
+            now,
+        )
+        .await
     }
 
     async fn record(
@@ -265,9 +274,15 @@ impl App {
         now: UnixMillis,
     ) -> Result<Written<AddressState>> {
         let rules = &self.settings.rules;
-        let mut written = self
-            .store
-            .record_address_event(tenant, address, event, occurred_at, context, now, rules)?;
+        let mut written = self.store.record_address_event(
+            tenant,
+            address,
+            event,
+            occurred_at,
+            context,
+            now,
+            rules,
+        )?;
         self.sync().await?;
         written.value = written.value.as_of(now, rules);
         Ok(written)
@@ -352,10 +367,17 @@ impl App {
     }
 }
 
-fn decide_one(store: &Store, tenant: &Tenant, id: &ProfileId, channel: Channel) -> Result<Decision> {
+fn decide_one(
+    store: &Store,
+    tenant: &Tenant,
+    id: &ProfileId,
+    channel: Channel,
+) -> Result<Decision> {
     let profile = store.profile(tenant, id)?;
     let decision = decide(profile.as_ref(), channel, |address| {
-        store.address_state(tenant, address).map(|state| state.status)
+        store
+            .address_state(tenant, address)
+            .map(|state| state.status)
     })?;
     Ok(decision)
 }

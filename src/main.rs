@@ -73,9 +73,15 @@ impl ServeArgs {
             return Err("--max-concurrent-streams must be at least 1".into());
         }
         for (flag, value) in [
-            ("--significant-error-interval", self.significant_error_interval),
+            (
+                "--significant-error-interval",
+                self.significant_error_interval,
+            ),
             ("--error-reset-period", self.error_reset_period),
-            ("--mailbox-full-reset-period", self.mailbox_full_reset_period),
+            (
+                "--mailbox-full-reset-period",
+                self.mailbox_full_reset_period,
+            ),
             ("--request-timeout", self.request_timeout),
         ] {
             if value.is_zero() {
@@ -117,7 +123,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
@@ -191,7 +200,10 @@ mod tests {
         assert_eq!(settings.rules, defaults.rules);
         assert_eq!(settings.request_timeout, defaults.request_timeout);
         assert_eq!(settings.shutdown_grace, defaults.shutdown_grace);
-        assert_eq!(settings.max_concurrent_streams, defaults.max_concurrent_streams);
+        assert_eq!(
+            settings.max_concurrent_streams,
+            defaults.max_concurrent_streams
+        );
     }
 
     #[test]

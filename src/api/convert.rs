@@ -9,8 +9,8 @@ use prost_types::Timestamp;
 
 use crate::{
     engine::{
-        self, Address, AddressKind, ChangeContext, Channel, ConsentMark, ConsentState,
-        ProfileAddresses, ProfileId, Tenant, UnixMillis, ADDRESSES_PER_KIND_MAX, Invalid,
+        self, ADDRESSES_PER_KIND_MAX, Address, AddressKind, ChangeContext, Channel, ConsentMark,
+        ConsentState, Invalid, ProfileAddresses, ProfileId, Tenant, UnixMillis,
     },
     error::{Error, FieldViolation},
     pb,
@@ -52,7 +52,8 @@ all_some!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 impl Check {
     /// Records a violation of `field`.
     pub(crate) fn violation(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations.push(FieldViolation::new(field, description));
+        self.violations
+            .push(FieldViolation::new(field, description));
     }
 
     /// Keeps a parsed value, or records why it did not parse.
@@ -100,7 +101,10 @@ impl Check {
     pub(crate) fn channel(&mut self, field: &str, raw: i32) -> Option<Channel> {
         match pb::Channel::try_from(raw) {
             Ok(pb::Channel::Unspecified) => {
-                self.violation(field, "is required: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL");
+                self.violation(
+                    field,
+                    "is required: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL",
+                );
                 None
             }
             Ok(channel) => Some(channel_from_pb(channel)),
@@ -114,21 +118,34 @@ impl Check {
     /// A required change context.
     pub(crate) fn context(&mut self, raw: Option<&pb::ChangeContext>) -> Option<ChangeContext> {
         let Some(raw) = raw else {
-            self.violation("context", "is required: say where the change comes from (context.source)");
+            self.violation(
+                "context",
+                "is required: say where the change comes from (context.source)",
+            );
             return None;
         };
         let source = match pb::Source::try_from(raw.source) {
             Ok(pb::Source::Unspecified) => {
-                self.violation("context.source", "is required: every change must say where it comes from");
+                self.violation(
+                    "context.source",
+                    "is required: every change must say where it comes from",
+                );
                 None
             }
             Ok(source) => Some(source_from_pb(source)),
             Err(_) => {
-                self.violation("context.source", format!("unknown source value {}", raw.source));
+                self.violation(
+                    "context.source",
+                    format!("unknown source value {}", raw.source),
+                );
                 None
             }
         };
-        match ChangeContext::new(source.unwrap_or(engine::Source::Api), &raw.actor, &raw.reason) {
+        match ChangeContext::new(
+            source.unwrap_or(engine::Source::Api),
+            &raw.actor,
+            &raw.reason,
+        ) {
             Ok(context) => source.map(|_| context),
             Err((field, invalid)) => {
                 self.violation(format!("context.{field}"), invalid.0);
@@ -145,7 +162,10 @@ impl Check {
             Ok(pb::AddressType::Phone) => Some(AddressKind::Phone),
             Ok(pb::AddressType::PushToken) => Some(AddressKind::PushToken),
             Err(_) => {
-                self.violation("address_type", format!("unknown address type value {address_type}"));
+                self.violation(
+                    "address_type",
+                    format!("unknown address type value {address_type}"),
+                );
                 return None;
             }
         };
@@ -163,7 +183,10 @@ impl Check {
         if raw.len() > ADDRESSES_PER_KIND_MAX {
             self.violation(
                 field,
-                format!("has {} entries; at most {ADDRESSES_PER_KIND_MAX} are allowed", raw.len()),
+                format!(
+                    "has {} entries; at most {ADDRESSES_PER_KIND_MAX} are allowed",
+                    raw.len()
+                ),
             );
             return None;
         }
@@ -187,7 +210,10 @@ impl Check {
         let emails = self.addresses("emails", &req.emails, Address::email);
         let phones = self.addresses("phones", &req.phones, Address::phone);
         let push_tokens = self.addresses("push_tokens", &req.push_tokens, Address::push_token);
-        let postal = self.field("postal_address", engine::parse_postal_address(&req.postal_address));
+        let postal = self.field(
+            "postal_address",
+            engine::parse_postal_address(&req.postal_address),
+        );
         Some(ProfileAddresses {
             emails: emails?,
             phones: phones?,
@@ -197,7 +223,11 @@ impl Check {
     }
 
     /// A timestamp that must be a valid instant, if given.
-    pub(crate) fn timestamp(&mut self, field: &str, raw: Option<&Timestamp>) -> Option<Option<UnixMillis>> {
+    pub(crate) fn timestamp(
+        &mut self,
+        field: &str,
+        raw: Option<&Timestamp>,
+    ) -> Option<Option<UnixMillis>> {
         let Some(ts) = raw else {
             return Some(None);
         };
@@ -433,7 +463,10 @@ pub(crate) fn address_status_from_pb(
     }
 }
 
-pub(crate) fn address_state_to_pb(address: &Address, state: &engine::AddressState) -> pb::AddressState {
+pub(crate) fn address_state_to_pb(
+    address: &Address,
+    state: &engine::AddressState,
+) -> pb::AddressState {
     pb::AddressState {
         address: address.as_str().to_owned(),
         address_type: address_type_to_pb(address.kind()).into(),

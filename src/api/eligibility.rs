@@ -122,7 +122,10 @@ struct Audience {
 }
 
 impl Audience {
-    async fn answer(&mut self, chunk: pb::StreamEligibilityRequest) -> Result<pb::StreamEligibilityResponse, Error> {
+    async fn answer(
+        &mut self,
+        chunk: pb::StreamEligibilityRequest,
+    ) -> Result<pb::StreamEligibilityResponse, Error> {
         let mut check = Check::default();
         let ids = profile_ids(&mut check, &chunk.profile_ids)?;
         let scope = match &self.scope {
@@ -135,7 +138,9 @@ impl Audience {
                 if !chunk.tenant.is_empty() && chunk.tenant != tenant.as_str() {
                     check.violation("tenant", "may not change within a stream");
                 }
-                if chunk.channel != 0 && chunk.channel != i32::from(convert::channel_to_pb(*channel)) {
+                if chunk.channel != 0
+                    && chunk.channel != i32::from(convert::channel_to_pb(*channel))
+                {
                     check.violation("channel", "may not change within a stream");
                 }
                 Some((tenant.clone(), *channel))

@@ -57,12 +57,16 @@ impl Services {
             consent: ConsentServiceServer::new(profiles)
                 .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
                 .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
-            quarantine: QuarantineServiceServer::new(quarantine::QuarantineApi { app: app.clone() })
-                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
-                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
-            eligibility: EligibilityServiceServer::new(eligibility::EligibilityApi { app: app.clone() })
-                .max_decoding_message_size(DECODE_LIMIT_ELIGIBILITY_BYTES)
-                .max_encoding_message_size(ENCODE_LIMIT_ELIGIBILITY_BYTES),
+            quarantine: QuarantineServiceServer::new(quarantine::QuarantineApi {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+            .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            eligibility: EligibilityServiceServer::new(eligibility::EligibilityApi {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(DECODE_LIMIT_ELIGIBILITY_BYTES)
+            .max_encoding_message_size(ENCODE_LIMIT_ELIGIBILITY_BYTES),
         }
     }
 }

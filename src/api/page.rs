@@ -45,11 +45,17 @@ pub(crate) fn encode(kind: TokenKind, query: &[&[u8]], cursor: &[u8]) -> String 
 }
 
 /// Reads a token back: `None` for the empty (first-page) token.
-pub(crate) fn decode(kind: TokenKind, query: &[&[u8]], token: &str) -> Result<Option<Vec<u8>>, Invalid> {
+pub(crate) fn decode(
+    kind: TokenKind,
+    query: &[&[u8]],
+    token: &str,
+) -> Result<Option<Vec<u8>>, Invalid> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || Invalid("is not a page token of this query; pass next_page_token unchanged, with the same request fields".into());
+    let invalid = || {
+        Invalid("is not a page token of this query; pass next_page_token unchanged, with the same request fields".into())
+    };
     if token.len() > PAGE_TOKEN_LEN_MAX || token.len() % 2 != 0 {
         return Err(invalid());
     }
@@ -72,7 +78,11 @@ pub(crate) fn encode_seq(kind: TokenKind, query: &[&[u8]], seq: u64) -> String {
 }
 
 /// Reads a sequence-number cursor.
-pub(crate) fn decode_seq(kind: TokenKind, query: &[&[u8]], token: &str) -> Result<Option<u64>, Invalid> {
+pub(crate) fn decode_seq(
+    kind: TokenKind,
+    query: &[&[u8]],
+    token: &str,
+) -> Result<Option<u64>, Invalid> {
     match decode(kind, query, token)? {
         None => Ok(None),
         Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
@@ -88,12 +98,18 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_are_bound_to_their_query() {
         let token = encode_seq(TokenKind::ConsentHistory, &[b"t", b"p1"], 42);
-        assert_eq!(decode_seq(TokenKind::ConsentHistory, &[b"t", b"p1"], &token), Ok(Some(42)));
+        assert_eq!(
+            decode_seq(TokenKind::ConsentHistory, &[b"t", b"p1"], &token),
+            Ok(Some(42))
+        );
         assert!(decode_seq(TokenKind::ConsentHistory, &[b"t", b"p2"], &token).is_err());
         assert!(decode_seq(TokenKind::AddressHistory, &[b"t", b"p1"], &token).is_err());
         assert_eq!(decode_seq(TokenKind::ConsentHistory, &[b"t"], ""), Ok(None));
         for garbage in ["zz", "abc", "00", "ü"] {
-            assert!(decode(TokenKind::Addresses, &[], garbage).is_err(), "{garbage}");
+            assert!(
+                decode(TokenKind::Addresses, &[], garbage).is_err(),
+                "{garbage}"
+            );
         }
     }
 }

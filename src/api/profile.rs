@@ -81,7 +81,10 @@ impl ProfileApi {
                 None
             }
             (_, true) => {
-                check.violation("all_channels", "give a channel or all_channels = true, not both");
+                check.violation(
+                    "all_channels",
+                    "give a channel or all_channels = true, not both",
+                );
                 None
             }
             (raw, false) => check.channel("channel", raw).map(Scope::Channel),
@@ -92,7 +95,10 @@ impl ProfileApi {
             .app
             .set_consent(&tenant, &id, scope, status, &context)
             .await?;
-        Ok((written.changed, convert::consent_to_pb(&written.value.consent)))
+        Ok((
+            written.changed,
+            convert::consent_to_pb(&written.value.consent),
+        ))
     }
 }
 
@@ -166,7 +172,10 @@ impl ConsentService for ProfileApi {
             page::decode_seq(TokenKind::ConsentHistory, &query, &req.page_token),
         );
         let (tenant, id, limit, before) = check.finish((tenant, id, limit, before))?;
-        let page = self.app.consent_history(&tenant, &id, before, limit).await?;
+        let page = self
+            .app
+            .consent_history(&tenant, &id, before, limit)
+            .await?;
         Ok(Response::new(pb::ListConsentHistoryResponse {
             entries: page
                 .items

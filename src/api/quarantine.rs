@@ -30,15 +30,33 @@ impl QuarantineService for QuarantineApi {
         let tenant = check.tenant(&req.tenant);
         let address = check.address(&req.address, req.address_type);
         let kind = check.field("kind", convert::feedback_kind_from_pb(req.kind));
-        let reason = check.field("error_reason", convert::error_reason_from_pb(req.error_reason));
+        let reason = check.field(
+            "error_reason",
+            convert::error_reason_from_pb(req.error_reason),
+        );
         let event_id = check.field("event_id", EventId::parse(&req.event_id));
         let occurred_at = check.timestamp("occurred_at", req.occurred_at.as_ref());
         let context = check.context(req.context.as_ref());
-        let (tenant, address, kind, reason, event_id, occurred_at, context) =
-            check.finish((tenant, address, kind, reason, event_id, occurred_at, context))?;
+        let (tenant, address, kind, reason, event_id, occurred_at, context) = check.finish((
+            tenant,
+            address,
+            kind,
+            reason,
+            event_id,
+            occurred_at,
+            context,
+        ))?;
         let written = self
             .app
-            .record_feedback(&tenant, &address, kind, reason, event_id, occurred_at, &context)
+            .record_feedback(
+                &tenant,
+                &address,
+                kind,
+                reason,
+                event_id,
+                occurred_at,
+                &context,
+            )
             .await?;
         Ok(Response::new(pb::RecordDeliveryFeedbackResponse {
             recorded: written.changed,
@@ -56,10 +74,14 @@ impl QuarantineService for QuarantineApi {
         let address = check.address(&req.address, req.address_type);
         let allowed = [AddressStatus::Quarantined, AddressStatus::Denylisted];
         let status = check
-            .field("status", convert::address_status_from_pb(req.status, &allowed, false))
+            .field(
+                "status",
+                convert::address_status_from_pb(req.status, &allowed, false),
+            )
             .flatten();
         let context = check.context(req.context.as_ref());
-        let (tenant, address, status, context) = check.finish((tenant, address, status, context))?;
+        let (tenant, address, status, context) =
+            check.finish((tenant, address, status, context))?;
         let written = self
             .app
             .quarantine_address(&tenant, &address, status, &context)
@@ -80,7 +102,10 @@ impl QuarantineService for QuarantineApi {
         let address = check.address(&req.address, req.address_type);
         let context = check.context(req.context.as_ref());
         let (tenant, address, context) = check.finish((tenant, address, context))?;
-        let written = self.app.release_address(&tenant, &address, &context).await?;
+        let written = self
+            .app
+            .release_address(&tenant, &address, &context)
+            .await?;
         Ok(Response::new(pb::ReleaseAddressResponse {
             changed: written.changed,
             state: Some(convert::address_state_to_pb(&address, &written.value)),
@@ -119,14 +144,20 @@ impl QuarantineService for QuarantineApi {
             AddressStatus::Quarantined,
             AddressStatus::Denylisted,
         ];
-        let status = check.field("status", convert::address_status_from_pb(req.status, &allowed, true));
+        let status = check.field(
+            "status",
+            convert::address_status_from_pb(req.status, &allowed, true),
+        );
         let limit = check.page_size(req.page_size, page::PAGE_SIZE_DEFAULT, page::PAGE_SIZE_MAX);
         let after = check.field(
             "page_token",
             page::decode(TokenKind::Addresses, &query, &req.page_token),
         );
         let (tenant, status, limit, after) = check.finish((tenant, status, limit, after))?;
-        let page = self.app.list_addresses(&tenant, status, after, limit).await?;
+        let page = self
+            .app
+            .list_addresses(&tenant, status, after, limit)
+            .await?;
         Ok(Response::new(pb::ListQuarantinedAddressesResponse {
             addresses: page
                 .items
@@ -150,16 +181,26 @@ impl QuarantineService for QuarantineApi {
         let address = check.address(&req.address, req.address_type);
         let limit = check.page_size(req.page_size, page::PAGE_SIZE_DEFAULT, page::PAGE_SIZE_MAX);
         // Bound to the normalised address, so `A@X.COM` and `a@x.com` share tokens.
-        let normalised = address.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default();
+        let normalised = address
+            .as_ref()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
         let query: [&[u8]; 2] = [req.tenant.as_bytes(), normalised.as_bytes()];
         let before = check.field(
             "page_token",
             page::decode_seq(TokenKind::AddressHistory, &query, &req.page_token),
         );
         let (tenant, address, limit, before) = check.finish((tenant, address, limit, before))?;
-        let page = self.app.address_history(&tenant, &address, before, limit).await?;
+        let page = self
+            .app
+            .address_history(&tenant, &address, before, limit)
+            .await?;
         Ok(Response::new(pb::ListAddressHistoryResponse {
-            entries: page.items.iter().map(convert::address_event_to_pb).collect(),
+            entries: page
+                .items
+                .iter()
+                .map(convert::address_event_to_pb)
+                .collect(),
             next_page_token: page
                 .next
                 .map(|seq| page::encode_seq(TokenKind::AddressHistory, &query, seq))

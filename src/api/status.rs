@@ -12,7 +12,13 @@ use crate::{error::Error, store::StoreError};
 /// The `ErrorInfo.domain` of every error.
 pub const ERROR_DOMAIN: &str = "consentd";
 
-fn status(code: Code, message: String, reason: &str, metadata: HashMap<String, String>, mut details: ErrorDetails) -> Status {
+fn status(
+    code: Code,
+    message: String,
+    reason: &str,
+    metadata: HashMap<String, String>,
+    mut details: ErrorDetails,
+) -> Status {
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, message, details)
 }
@@ -28,7 +34,13 @@ impl From<Error> for Status {
                         .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                         .collect::<Vec<_>>(),
                 );
-                status(Code::InvalidArgument, message, "VALIDATION_FAILED", HashMap::new(), details)
+                status(
+                    Code::InvalidArgument,
+                    message,
+                    "VALIDATION_FAILED",
+                    HashMap::new(),
+                    details,
+                )
             }
             Error::ListTooLong { field, len, limit } => {
                 let details = ErrorDetails::with_bad_request_violation(
@@ -40,15 +52,31 @@ impl From<Error> for Status {
                     ("limit".to_owned(), limit.to_string()),
                     ("count".to_owned(), len.to_string()),
                 ]);
-                status(Code::InvalidArgument, message, "BATCH_TOO_LARGE", metadata, details)
+                status(
+                    Code::InvalidArgument,
+                    message,
+                    "BATCH_TOO_LARGE",
+                    metadata,
+                    details,
+                )
             }
             Error::ProfileNotFound(id) => {
                 let metadata = HashMap::from([("profile_id".to_owned(), id)]);
-                status(Code::NotFound, message, "PROFILE_NOT_FOUND", metadata, ErrorDetails::new())
+                status(
+                    Code::NotFound,
+                    message,
+                    "PROFILE_NOT_FOUND",
+                    metadata,
+                    ErrorDetails::new(),
+                )
             }
-            Error::Unavailable(_) => {
-                status(Code::Unavailable, message, "UNAVAILABLE", HashMap::new(), ErrorDetails::new())
-            }
+            Error::Unavailable(_) => status(
+                Code::Unavailable,
+                message,
+                "UNAVAILABLE",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
             Error::Storage(store) => storage_status(&store),
         }
     }

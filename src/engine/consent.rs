@@ -3,7 +3,7 @@
 //! An all-channels opt-out wins over every per-channel setting; lifting it
 //! (`OptIn` for all channels) leaves the per-channel settings as they were.
 
-use super::types::{Address, AddressKind, Channel, ChangeContext, ProfileId, Source, UnixMillis};
+use super::types::{Address, AddressKind, ChangeContext, Channel, ProfileId, Source, UnixMillis};
 
 /// A profile's own setting for one scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -218,8 +218,14 @@ mod tests {
     fn opt_out_is_idempotent_and_numbered() {
         let mut p = profile();
         let first = p.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx(), 10);
-        assert_eq!(first.map(|e| (e.sequence, e.old_status)), Some((1, ConsentStatus::NoPreference)));
-        assert_eq!(p.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx(), 20), None);
+        assert_eq!(
+            first.map(|e| (e.sequence, e.old_status)),
+            Some((1, ConsentStatus::NoPreference))
+        );
+        assert_eq!(
+            p.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx(), 20),
+            None
+        );
         assert_eq!(p.history_seq, 1);
         assert_eq!(p.consent.all_channels.changed, Some((10, Source::Operator)));
     }
@@ -227,11 +233,19 @@ mod tests {
     #[test]
     fn all_channels_opt_out_wins_over_channel_opt_in() {
         let mut p = profile();
-        p.set_consent(Scope::Channel(Channel::Sms), ConsentStatus::OptedIn, &ctx(), 1);
+        p.set_consent(
+            Scope::Channel(Channel::Sms),
+            ConsentStatus::OptedIn,
+            &ctx(),
+            1,
+        );
         p.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx(), 2);
         assert_eq!(p.consent.effective(Channel::Sms), ConsentStatus::OptedOut);
         p.set_consent(Scope::AllChannels, ConsentStatus::OptedIn, &ctx(), 3);
         assert_eq!(p.consent.effective(Channel::Sms), ConsentStatus::OptedIn);
-        assert_eq!(p.consent.effective(Channel::Email), ConsentStatus::NoPreference);
+        assert_eq!(
+            p.consent.effective(Channel::Email),
+            ConsentStatus::NoPreference
+        );
     }
 }

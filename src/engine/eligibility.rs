@@ -194,8 +194,10 @@ mod tests {
     }
 
     fn run(p: Option<&Profile>, channel: Channel, statuses: &[(&str, AddressStatus)]) -> Decision {
-        let map: HashMap<String, AddressStatus> =
-            statuses.iter().map(|(a, s)| ((*a).to_owned(), *s)).collect();
+        let map: HashMap<String, AddressStatus> = statuses
+            .iter()
+            .map(|(a, s)| ((*a).to_owned(), *s))
+            .collect();
         let result: Result<Decision, Infallible> = decide(p, channel, |a| {
             Ok(map.get(a.as_str()).copied().unwrap_or_default())
         });
@@ -212,19 +214,87 @@ mod tests {
         let plain = profile(&["a@x.io", "b@x.io"]);
         let mut opted_out = plain.clone();
         opted_out.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx, 1);
-        opted_out.set_consent(Scope::Channel(Channel::Email), ConsentStatus::OptedOut, &ctx, 1);
+        opted_out.set_consent(
+            Scope::Channel(Channel::Email),
+            ConsentStatus::OptedOut,
+            &ctx,
+            1,
+        );
         let no_email = profile(&[]);
         let q = AddressStatus::Quarantined;
         let d = AddressStatus::Denylisted;
-        let cases: Vec<(&str, Option<&Profile>, Channel, Vec<(&str, AddressStatus)>, Vec<ExclusionReason>, Vec<&str>)> = vec![
-            ("unknown", None, Channel::Email, vec![], vec![ProfileNotFound], vec![]),
-            ("eligible", Some(&plain), Channel::Email, vec![], vec![], vec!["a@x.io", "b@x.io"]),
-            ("one quarantined", Some(&plain), Channel::Email, vec![("a@x.io", q)], vec![], vec!["b@x.io"]),
-            ("all unusable", Some(&plain), Channel::Email, vec![("a@x.io", q), ("b@x.io", d)], vec![AddressQuarantined, AddressDenylisted], vec![]),
-            ("opted out, all reasons", Some(&opted_out), Channel::Email, vec![("a@x.io", d), ("b@x.io", d)], vec![OptedOutAllChannels, OptedOutChannel, AddressDenylisted], vec![]),
-            ("no address", Some(&no_email), Channel::Email, vec![], vec![NoAddress], vec![]),
-            ("no phone", Some(&plain), Channel::Sms, vec![], vec![NoAddress], vec![]),
-            ("postal", Some(&plain), Channel::DirectMail, vec![], vec![], vec!["1 Main St"]),
+        let cases: Vec<(
+            &str,
+            Option<&Profile>,
+            Channel,
+            Vec<(&str, AddressStatus)>,
+            Vec<ExclusionReason>,
+            Vec<&str>,
+        )> = vec![
+            (
+                "unknown",
+                None,
+                Channel::Email,
+                vec![],
+                vec![ProfileNotFound],
+                vec![],
+            ),
+            (
+                "eligible",
+                Some(&plain),
+                Channel::Email,
+                vec![],
+                vec![],
+                vec!["a@x.io", "b@x.io"],
+            ),
+            (
+                "one quarantined",
+                Some(&plain),
+                Channel::Email,
+                vec![("a@x.io", q)],
+                vec![],
+                vec!["b@x.io"],
+            ),
+            (
+                "all unusable",
+                Some(&plain),
+                Channel::Email,
+                vec![("a@x.io", q), ("b@x.io", d)],
+                vec![AddressQuarantined, AddressDenylisted],
+                vec![],
+            ),
+            (
+                "opted out, all reasons",
+                Some(&opted_out),
+                Channel::Email,
+                vec![("a@x.io", d), ("b@x.io", d)],
+                vec![OptedOutAllChannels, OptedOutChannel, AddressDenylisted],
+                vec![],
+            ),
+            (
+                "no address",
+                Some(&no_email),
+                Channel::Email,
+                vec![],
+                vec![NoAddress],
+                vec![],
+            ),
+            (
+                "no phone",
+                Some(&plain),
+                Channel::Sms,
+                vec![],
+                vec![NoAddress],
+                vec![],
+            ),
+            (
+                "postal",
+                Some(&plain),
+                Channel::DirectMail,
+                vec![],
+                vec![],
+                vec!["1 Main St"],
+            ),
         ];
         for (name, p, channel, statuses, reasons, addresses) in cases {
             let decision = run(p, channel, &statuses);

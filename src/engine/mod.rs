@@ -10,8 +10,7 @@ mod quarantine;
 mod types;
 
 pub use consent::{
-    ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, Profile, ProfileAddresses,
-    Scope,
+    ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, Profile, ProfileAddresses, Scope,
 };
 pub use eligibility::{Decision, ExclusionReason, Summary, decide};
 pub use quarantine::{

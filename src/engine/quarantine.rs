@@ -338,24 +338,39 @@ mod tests {
 
     #[test]
     fn five_soft_bounces_on_five_days_quarantine() {
-        let events: Vec<_> = (0..5).map(|d| (soft(&format!("e{d}")), d * DAY_MS)).collect();
+        let events: Vec<_> = (0..5)
+            .map(|d| (soft(&format!("e{d}")), d * DAY_MS))
+            .collect();
         let state = fold(&events[..4]);
-        assert_eq!((state.status, state.error_count), (AddressStatus::WithErrors, 4));
+        assert_eq!(
+            (state.status, state.error_count),
+            (AddressStatus::WithErrors, 4)
+        );
         let state = fold(&events);
-        assert_eq!((state.status, state.error_count), (AddressStatus::Quarantined, 5));
+        assert_eq!(
+            (state.status, state.error_count),
+            (AddressStatus::Quarantined, 5)
+        );
         assert_eq!(state.first_error_at, Some(0));
     }
 
     #[test]
     fn soft_bounces_within_one_interval_count_once() {
-        let events: Vec<_> = (0..5).map(|h| (soft(&format!("e{h}")), h * 3_600_000)).collect();
+        let events: Vec<_> = (0..5)
+            .map(|h| (soft(&format!("e{h}")), h * 3_600_000))
+            .collect();
         let state = fold(&events);
-        assert_eq!((state.status, state.error_count), (AddressStatus::WithErrors, 1));
+        assert_eq!(
+            (state.status, state.error_count),
+            (AddressStatus::WithErrors, 1)
+        );
     }
 
     #[test]
     fn delivered_resets_with_errors() {
-        let mut events: Vec<_> = (0..3).map(|d| (soft(&format!("e{d}")), d * DAY_MS)).collect();
+        let mut events: Vec<_> = (0..3)
+            .map(|d| (soft(&format!("e{d}")), d * DAY_MS))
+            .collect();
         events.push((
             feedback(FeedbackKind::Delivered, ErrorReason::Unspecified, "ok"),
             3 * DAY_MS,
@@ -368,18 +383,31 @@ mod tests {
     fn errors_expire_after_the_reset_period_and_mailbox_full_after_thirty_days() {
         let rules = QuarantineRules::default();
         let state = fold(&[(soft("a"), 0)]);
-        assert_eq!(state.as_of(9 * DAY_MS, &rules).status, AddressStatus::WithErrors);
+        assert_eq!(
+            state.as_of(9 * DAY_MS, &rules).status,
+            AddressStatus::WithErrors
+        );
         let later = state.as_of(10 * DAY_MS, &rules);
         assert_eq!((later.status, later.error_count), (AddressStatus::Valid, 0));
 
-        let full = fold(&[(feedback(FeedbackKind::SoftBounce, ErrorReason::MailboxFull, "m"), 0)]);
-        assert_eq!(full.as_of(11 * DAY_MS, &rules).status, AddressStatus::WithErrors);
+        let full = fold(&[(
+            feedback(FeedbackKind::SoftBounce, ErrorReason::MailboxFull, "m"),
+            0,
+        )]);
+        assert_eq!(
+            full.as_of(11 * DAY_MS, &rules).status,
+            AddressStatus::WithErrors
+        );
         assert_eq!(full.as_of(30 * DAY_MS, &rules).status, AddressStatus::Valid);
     }
 
     #[test]
     fn an_expired_count_starts_again() {
-        let events = [(soft("a"), 0), (soft("b"), DAY_MS), (soft("c"), 20 * DAY_MS)];
+        let events = [
+            (soft("a"), 0),
+            (soft("b"), DAY_MS),
+            (soft("c"), 20 * DAY_MS),
+        ];
         assert_eq!(fold(&events).error_count, 1);
     }
 
@@ -389,7 +417,10 @@ mod tests {
         let hard = feedback(FeedbackKind::HardBounce, ErrorReason::UserUnknown, "h");
         let delivered = feedback(FeedbackKind::Delivered, ErrorReason::Unspecified, "d");
         let state = fold(&[(hard, 0), (delivered, DAY_MS)]);
-        assert_eq!(state.as_of(400 * DAY_MS, &rules).status, AddressStatus::Quarantined);
+        assert_eq!(
+            state.as_of(400 * DAY_MS, &rules).status,
+            AddressStatus::Quarantined
+        );
         let complaint = feedback(FeedbackKind::Complaint, ErrorReason::Unspecified, "c");
         let hard_after = feedback(FeedbackKind::HardBounce, ErrorReason::UserUnknown, "h2");
         assert_eq!(
@@ -427,7 +458,13 @@ mod tests {
             context: ctx(),
         };
         let in_order: Vec<_> = (0..5)
-            .map(|d| make(d + 1, soft(&format!("e{d}")), i64::try_from(d).unwrap_or(0) * DAY_MS))
+            .map(|d| {
+                make(
+                    d + 1,
+                    soft(&format!("e{d}")),
+                    i64::try_from(d).unwrap_or(0) * DAY_MS,
+                )
+            })
             .collect();
         let mut reversed: Vec<_> = in_order.iter().rev().cloned().collect();
         let mut forward = in_order.clone();

@@ -405,7 +405,13 @@ mod tests {
     fn phones_are_normalised_to_e164() {
         let p = Address::phone(" +33 (1) 23-45.67.89 ").map(|a| a.as_str().to_owned());
         assert_eq!(p, Ok("+33123456789".to_owned()));
-        for bad in ["0123456789", "+1234567", "+1234567890123456", "+0123456789", "+12345abc9"] {
+        for bad in [
+            "0123456789",
+            "+1234567",
+            "+1234567890123456",
+            "+0123456789",
+            "+12345abc9",
+        ] {
             assert!(Address::phone(bad).is_err(), "{bad:?} should be rejected");
         }
     }

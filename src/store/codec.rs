@@ -188,32 +188,89 @@ impl Reader<'_> {
     }
 }
 
-tag_enum!(channel_tag, Channel, "channel", [
-    Channel::Email = 1, Channel::Sms = 2, Channel::Push = 3, Channel::Voice = 4, Channel::DirectMail = 5,
-]);
-tag_enum!(source_tag, Source, "source", [
-    Source::LandingPage = 1, Source::Operator = 2, Source::Api = 3, Source::Import = 4,
-    Source::DeliveryFeedback = 5,
-]);
-tag_enum!(consent_tag, ConsentStatus, "consent status", [
-    ConsentStatus::NoPreference = 1, ConsentStatus::OptedIn = 2, ConsentStatus::OptedOut = 3,
-]);
-tag_enum!(status_tag, AddressStatus, "address status", [
-    AddressStatus::Valid = 1, AddressStatus::WithErrors = 2, AddressStatus::Quarantined = 3,
-    AddressStatus::Denylisted = 4,
-]);
-tag_enum!(feedback_tag, FeedbackKind, "feedback kind", [
-    FeedbackKind::HardBounce = 1, FeedbackKind::SoftBounce = 2, FeedbackKind::Ignored = 3,
-    FeedbackKind::Complaint = 4, FeedbackKind::Delivered = 5,
-]);
-tag_enum!(reason_tag, ErrorReason, "error reason", [
-    ErrorReason::Unspecified = 0, ErrorReason::UserUnknown = 1, ErrorReason::InvalidDomain = 2,
-    ErrorReason::Unreachable = 3, ErrorReason::AccountDisabled = 4, ErrorReason::MailboxFull = 5,
-    ErrorReason::Refused = 6, ErrorReason::NotConnected = 7, ErrorReason::Other = 8,
-]);
-tag_enum!(kind_tag, AddressKind, "address kind", [
-    AddressKind::Email = 1, AddressKind::Phone = 2, AddressKind::PushToken = 3,
-]);
+tag_enum!(
+    channel_tag,
+    Channel,
+    "channel",
+    [
+        Channel::Email = 1,
+        Channel::Sms = 2,
+        Channel::Push = 3,
+        Channel::Voice = 4,
+        Channel::DirectMail = 5,
+    ]
+);
+tag_enum!(
+    source_tag,
+    Source,
+    "source",
+    [
+        Source::LandingPage = 1,
+        Source::Operator = 2,
+        Source::Api = 3,
+        Source::Import = 4,
+        Source::DeliveryFeedback = 5,
+    ]
+);
+tag_enum!(
+    consent_tag,
+    ConsentStatus,
+    "consent status",
+    [
+        ConsentStatus::NoPreference = 1,
+        ConsentStatus::OptedIn = 2,
+        ConsentStatus::OptedOut = 3,
+    ]
+);
+tag_enum!(
+    status_tag,
+    AddressStatus,
+    "address status",
+    [
+        AddressStatus::Valid = 1,
+        AddressStatus::WithErrors = 2,
+        AddressStatus::Quarantined = 3,
+        AddressStatus::Denylisted = 4,
+    ]
+);
+tag_enum!(
+    feedback_tag,
+    FeedbackKind,
+    "feedback kind",
+    [
+        FeedbackKind::HardBounce = 1,
+        FeedbackKind::SoftBounce = 2,
+        FeedbackKind::Ignored = 3,
+        FeedbackKind::Complaint = 4,
+        FeedbackKind::Delivered = 5,
+    ]
+);
+tag_enum!(
+    reason_tag,
+    ErrorReason,
+    "error reason",
+    [
+        ErrorReason::Unspecified = 0,
+        ErrorReason::UserUnknown = 1,
+        ErrorReason::InvalidDomain = 2,
+        ErrorReason::Unreachable = 3,
+        ErrorReason::AccountDisabled = 4,
+        ErrorReason::MailboxFull = 5,
+        ErrorReason::Refused = 6,
+        ErrorReason::NotConnected = 7,
+        ErrorReason::Other = 8,
+    ]
+);
+tag_enum!(
+    kind_tag,
+    AddressKind,
+    "address kind",
+    [
+        AddressKind::Email = 1,
+        AddressKind::Phone = 2,
+        AddressKind::PushToken = 3,
+    ]
+);
 
 /// The key byte of an address kind (shared with the key layout).
 pub(crate) fn address_kind_byte(kind: AddressKind) -> u8 {
@@ -471,13 +528,21 @@ mod tests {
             },
             42,
         );
-        p.set_consent(Scope::Channel(Channel::Voice), ConsentStatus::OptedOut, &ctx(), 50);
+        p.set_consent(
+            Scope::Channel(Channel::Voice),
+            ConsentStatus::OptedOut,
+            &ctx(),
+            50,
+        );
         p.set_consent(Scope::AllChannels, ConsentStatus::OptedIn, &ctx(), -5);
         let bytes = encode_profile(&p);
         let back = decode_profile(p.id.clone(), &bytes).expect("decodes");
         assert_eq!(back, p);
         for cut in 0..bytes.len() {
-            assert!(decode_profile(p.id.clone(), &bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                decode_profile(p.id.clone(), &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

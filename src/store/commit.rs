@@ -26,27 +26,36 @@ use tokio::sync::oneshot;
 /// The outcome of one group flush, shared by its waiters.
 type FlushResult = Result<(), Arc<std::io::Error>>;
 
-/// The handle writers use to wait for durability.
-#[derive(Debug, Clone)]
+/// The handle writers use to wait for durability. Dropping it stops the
+/// committer thread and waits for it, so that the database is closed when
+/// the store is (a reopen in the same process then finds it free).
+#[derive(Debug)]
 pub(crate) struct GroupCommit {
-    /// Queue of waiters for the committer thread.
-    queue: mpsc::Sender<oneshot::Sender<FlushResult>>,
+    /// Queue of waiters for the committer thread; `None` once dropped.
+    queue: Option<mpsc::Sender<oneshot::Sender<FlushResult>>>,
+    /// The committer thread.
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl GroupCommit {
     /// Starts the committer thread for `db`, whose data file is `data_file`.
     pub(crate) fn start(db: sled::Db, data_file: File) -> std::io::Result<Self> {
         let (queue, pending) = mpsc::channel::<oneshot::Sender<FlushResult>>();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("consentd-commit".into())
             .spawn(move || commit_loop(&db, &data_file, &pending))?;
-        Ok(Self { queue })
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
     }
 
     /// Waits until every write applied before this call is on disk.
     pub(crate) async fn wait(&self) -> FlushResult {
         let (done, answer) = oneshot::channel();
         self.queue
+            .as_ref()
+            .ok_or_else(|| Arc::new(std::io::Error::other("the committer has stopped")))?
             .send(done)
             .map_err(|_| Arc::new(std::io::Error::other("the committer has stopped")))?;
         answer
@@ -55,12 +64,24 @@ impl GroupCommit {
     }
 }
 
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        // Closing the queue ends the loop once every queued waiter is answered.
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the committer thread panicked");
+            }
+        }
+    }
+}
+
 fn commit_loop(
     db: &sled::Db,
     data_file: &File,
     pending: &mpsc::Receiver<oneshot::Sender<FlushResult>>,
 ) {
-    // Ends when every `GroupCommit` handle is dropped.
+    // Ends when the `GroupCommit` is dropped.
     while let Ok(first) = pending.recv() {
         let mut waiters = vec![first];
         waiters.extend(pending.try_iter());
@@ -68,7 +89,7 @@ fn commit_loop(
         let result = flush_and_sync(db, data_file).map_err(Arc::new);
         tracing::trace!(
             writes = waiters.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "group commit"
         );
         if let Err(error) = &result {
@@ -82,7 +103,7 @@ fn commit_loop(
 }
 
 /// Makes everything written to `db` so far durable.
-pub(crate) fn flush_and_sync(db: &sled::Db, data_file: &File) -> std::io::Result<()> {
+fn flush_and_sync(db: &sled::Db, data_file: &File) -> std::io::Result<()> {
     db.flush().map_err(std::io::Error::other)?;
     data_file.sync_data()
 }

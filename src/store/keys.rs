@@ -158,7 +158,10 @@ mod tests {
     #[test]
     fn history_keys_sort_by_sequence() {
         let id = ProfileId::parse("p").expect("valid");
-        let keys: Vec<_> = [1u64, 255, 256, 70_000].iter().map(|s| consent_log(&t("a"), &id, *s)).collect();
+        let keys: Vec<_> = [1u64, 255, 256, 70_000]
+            .iter()
+            .map(|s| consent_log(&t("a"), &id, *s))
+            .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -169,7 +172,9 @@ mod tests {
         let short = Address::email("a@b.io").expect("valid");
         let long = Address::email("a@b.io.uk").expect("valid");
         let pid = ProfileId::parse("p").expect("valid");
-        assert!(!address_user(&t("a"), &long, &pid).starts_with(&address_users_prefix(&t("a"), &short)));
+        assert!(
+            !address_user(&t("a"), &long, &pid).starts_with(&address_users_prefix(&t("a"), &short))
+        );
     }
 
     #[test]

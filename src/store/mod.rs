@@ -90,7 +90,10 @@ impl StoreError {
     /// Whether the failure may pass (an I/O error such as a full disk) rather
     /// than show a defect (a corrupt record).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Durability(_) | StoreError::Sled(sled::Error::Io(_)))
+        matches!(
+            self,
+            StoreError::Durability(_) | StoreError::Sled(sled::Error::Io(_))
+        )
     }
 }
 
@@ -144,12 +147,11 @@ impl Store {
                 path: data_path.clone(),
                 source,
             })?;
-        let commit = GroupCommit::start(db.clone(), data_file).map_err(|source| {
-            StoreError::Open {
+        let commit =
+            GroupCommit::start(db.clone(), data_file).map_err(|source| StoreError::Open {
                 path: data_path,
                 source,
-            }
-        })?;
+            })?;
         Ok(Self {
             db,
             commit,
@@ -183,7 +185,11 @@ impl Store {
         stripes.dedup();
         stripes
             .into_iter()
-            .map(|i| self.locks[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+            .map(|i| {
+                self.locks[i]
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            })
             .collect()
     }
 
@@ -392,7 +398,10 @@ impl Store {
             batch.remove(keys::status_index(tenant, old.status, address));
         }
         if new.status != AddressStatus::Valid {
-            batch.insert(keys::status_index(tenant, new.status, address), IVec::default());
+            batch.insert(
+                keys::status_index(tenant, new.status, address),
+                IVec::default(),
+            );
         }
         if let Some(event_key) = event_key {
             batch.insert(event_key, key.clone());
@@ -479,5 +488,293 @@ impl Store {
             last_tail = key[tenant_prefix.len()..].to_vec();
         }
         Ok((found, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Model-based tests: random operations against the store and against a
+    //! plain in-memory model, with restarts, then every index and history
+    //! checked against the model.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::engine::{Channel, ErrorReason, EventId, FeedbackKind, Source};
+
+    const EMAILS: [&str; 4] = ["a@x.io", "b@x.io", "c@x.io", "d@x.io"];
+    const IDS: [&str; 3] = ["p0", "p1", "p2"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert {
+            id: usize,
+            emails: Vec<usize>,
+        },
+        Consent {
+            id: usize,
+            channel: Option<usize>,
+            out: bool,
+        },
+        Bounce {
+            email: usize,
+            hard: bool,
+            day: i64,
+            event: u8,
+        },
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                0..IDS.len(),
+                proptest::collection::vec(0..EMAILS.len(), 0..3)
+            )
+                .prop_map(|(id, emails)| Op::Upsert { id, emails }),
+            (0..IDS.len(), proptest::option::of(0..5usize), any::<bool>())
+                .prop_map(|(id, channel, out)| Op::Consent { id, channel, out }),
+            (0..EMAILS.len(), any::<bool>(), 0..20i64, 0..6u8).prop_map(
+                |(email, hard, day, event)| Op::Bounce {
+                    email,
+                    hard,
+                    day,
+                    event
+                }
+            ),
+            Just(Op::Restart),
+        ]
+    }
+
+    fn ctx() -> ChangeContext {
+        ChangeContext {
+            source: Source::Api,
+            actor: "model".into(),
+            reason: String::new(),
+        }
+    }
+
+    fn tenant() -> Tenant {
+        Tenant::parse("t").expect("valid tenant")
+    }
+
+    fn pid(i: usize) -> ProfileId {
+        ProfileId::parse(IDS[i]).expect("valid id")
+    }
+
+    fn email(i: usize) -> Address {
+        Address::email(EMAILS[i]).expect("valid email")
+    }
+
+    /// What the store should hold.
+    #[derive(Debug, Default)]
+    struct Model {
+        /// Profile id → (emails, consent per scope as (all, [channels]), changes made).
+        profiles: BTreeMap<usize, (Vec<usize>, Option<bool>, [Option<bool>; 5], u64)>,
+        /// Event ids recorded per email.
+        events: BTreeMap<usize, BTreeSet<u8>>,
+    }
+
+    fn run_ops(ops: &[Op]) -> std::result::Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let open = || Store::open(dir.path()).map_err(|e| TestCaseError::fail(e.to_string()));
+        let mut store = open()?;
+        let mut model = Model::default();
+        let rules = QuarantineRules::default();
+        let t = tenant();
+        for op in ops {
+            match op {
+                Op::Upsert { id, emails } => {
+                    let mut distinct: Vec<usize> = Vec::new();
+                    for e in emails {
+                        if !distinct.contains(e) {
+                            distinct.push(*e);
+                        }
+                    }
+                    let addresses = ProfileAddresses {
+                        emails: distinct.iter().map(|e| email(*e)).collect(),
+                        ..ProfileAddresses::default()
+                    };
+                    store
+                        .upsert_profile(&t, &pid(*id), addresses, 1)
+                        .map_err(fail)?;
+                    model.profiles.entry(*id).or_default().0 = distinct;
+                }
+                Op::Consent { id, channel, out } => {
+                    let scope = match channel {
+                        None => Scope::AllChannels,
+                        Some(c) => Scope::Channel(Channel::ALL[*c]),
+                    };
+                    let status = if *out {
+                        ConsentStatus::OptedOut
+                    } else {
+                        ConsentStatus::OptedIn
+                    };
+                    let written = store
+                        .set_consent(&t, &pid(*id), scope, status, &ctx(), 2)
+                        .map_err(fail)?;
+                    match model.profiles.get_mut(id) {
+                        None => prop_assert!(written.is_none()),
+                        Some(entry) => {
+                            let slot = match channel {
+                                None => &mut entry.1,
+                                Some(c) => &mut entry.2[*c],
+                            };
+                            let changed = *slot != Some(*out);
+                            *slot = Some(*out);
+                            entry.3 += u64::from(changed);
+                            prop_assert_eq!(written.map(|w| w.changed), Some(changed));
+                        }
+                    }
+                }
+                Op::Bounce {
+                    email: e,
+                    hard,
+                    day,
+                    event,
+                } => {
+                    let kind = AddressEventKind::Feedback {
+                        kind: if *hard {
+                            FeedbackKind::HardBounce
+                        } else {
+                            FeedbackKind::SoftBounce
+                        },
+                        reason: ErrorReason::Unreachable,
+                        event_id: EventId::parse(&format!("{e}-{event}")).expect("valid"),
+                    };
+                    let written = store
+                        .record_address_event(
+                            &t,
+                            &email(*e),
+                            kind,
+                            day * 86_400_000,
+                            &ctx(),
+                            0,
+                            &rules,
+                        )
+                        .map_err(fail)?;
+                    let fresh = model.events.entry(*e).or_default().insert(*event);
+                    prop_assert_eq!(written.changed, fresh);
+                }
+                Op::Restart => {
+                    drop(store);
+                    store = open()?;
+                }
+            }
+        }
+        drop(store);
+        let store = open()?;
+        check(&store, &model, &rules)
+    }
+
+    fn fail(e: StoreError) -> TestCaseError {
+        TestCaseError::fail(e.to_string())
+    }
+
+    fn check(
+        store: &Store,
+        model: &Model,
+        rules: &QuarantineRules,
+    ) -> std::result::Result<(), TestCaseError> {
+        let t = tenant();
+        for (i, _) in IDS.iter().enumerate() {
+            let stored = store.profile(&t, &pid(i)).map_err(fail)?;
+            let Some((emails, all, channels, changes)) = model.profiles.get(&i) else {
+                prop_assert!(stored.is_none());
+                continue;
+            };
+            let stored = stored.ok_or_else(|| TestCaseError::fail("profile lost"))?;
+            let stored_emails: Vec<&str> = stored.emails.iter().map(Address::as_str).collect();
+            let model_emails: Vec<&str> = emails.iter().map(|e| EMAILS[*e]).collect();
+            prop_assert_eq!(stored_emails, model_emails);
+            let as_status = |v: &Option<bool>| match v {
+                None => ConsentStatus::NoPreference,
+                Some(true) => ConsentStatus::OptedOut,
+                Some(false) => ConsentStatus::OptedIn,
+            };
+            prop_assert_eq!(stored.consent.all_channels.status, as_status(all));
+            for (c, v) in channels.iter().enumerate() {
+                prop_assert_eq!(stored.consent.channels[c].status, as_status(v));
+            }
+            // History: one entry per change, numbered 1..=n, newest first.
+            prop_assert_eq!(stored.history_seq, *changes);
+            let history = store
+                .consent_history(&t, &pid(i), None, 1000)
+                .map_err(fail)?;
+            let seqs: Vec<u64> = history.iter().map(|e| e.sequence).collect();
+            let expected: Vec<u64> = (1..=*changes).rev().collect();
+            prop_assert_eq!(seqs, expected);
+        }
+        for (e, _) in EMAILS.iter().enumerate() {
+            // The address → profile index matches the profiles exactly.
+            let (users, truncated) = store.address_users(&t, &email(e), 100).map_err(fail)?;
+            prop_assert!(!truncated);
+            let users: BTreeSet<String> = users.iter().map(|p| p.as_str().to_owned()).collect();
+            let expected: BTreeSet<String> = model
+                .profiles
+                .iter()
+                .filter(|(_, (emails, ..))| emails.contains(&e))
+                .map(|(i, _)| IDS[*i].to_owned())
+                .collect();
+            prop_assert_eq!(users, expected);
+            // The state equals a replay of the whole log, and the status index agrees.
+            let state = store.address_state(&t, &email(e)).map_err(fail)?;
+            let mut log = store.address_log_all(&t, &email(e)).map_err(fail)?;
+            prop_assert_eq!(log.len() as u64, state.log_seq);
+            let replayed = replay(&mut log, rules);
+            prop_assert_eq!(&replayed, &state);
+            let (listed, _) = store
+                .list_addresses(&t, Some(state.status), None, 100)
+                .map_err(fail)?;
+            let indexed = listed.iter().any(|(a, _)| a == &email(e));
+            prop_assert_eq!(indexed, state.status != AddressStatus::Valid);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn store_matches_the_model_across_restarts(ops in proptest::collection::vec(op(), 1..40)) {
+            run_ops(&ops)?;
+        }
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused_with_the_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Store::open(dir.path()).expect("first open");
+        let second = Store::open(dir.path());
+        let Err(StoreError::InUse { holder, .. }) = second else {
+            panic!("second open must fail with InUse, got {second:?}");
+        };
+        assert_eq!(holder, format!("pid {}", std::process::id()));
+    }
+
+    #[tokio::test]
+    async fn sync_waits_for_a_flush_and_many_writers_share_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let t = tenant();
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let store = Arc::clone(&store);
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = ProfileId::parse(&format!("p{i}")).expect("valid");
+                store
+                    .upsert_profile(&t, &id, ProfileAddresses::default(), 0)
+                    .expect("upsert");
+                store.sync().await.expect("durable");
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let id = ProfileId::parse("p31").expect("valid");
+        assert!(store.profile(&t, &id).expect("read").is_some());
     }
 }
