@@ -20,6 +20,8 @@ use crate::{
 
 /// How far in the future a feedback event's `occurred_at` may lie (clock skew).
 pub const FEEDBACK_FUTURE_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
+/// Smallest part of a batch worth its own blocking task.
+const PARALLEL_CHECK_PART_MIN: usize = 1000;
 /// Most profiles listed by `GetAddressStatus`.
 pub const ADDRESS_USERS_MAX: usize = 1000;
 
@@ -81,11 +83,16 @@ impl App {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        Ok(Self {
-            store: Arc::new(Store::open(data_dir)?),
+        Ok(Self::with_store(Store::open(data_dir)?, settings, clock))
+    }
+
+    /// Wraps a store that is already open (benchmarks fill one directly).
+    pub fn with_store(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store: Arc::new(store),
             clock,
             settings: Arc::new(settings),
-        })
+        }
     }
 
     /// The settings the application was opened with.
@@ -103,9 +110,9 @@ impl App {
         Ok(self.store.sync().await?)
     }
 
-    /// Runs blocking store work (scans, batches) off the async workers,
+    /// Starts blocking store work (scans, batches) off the async workers,
     /// inside the caller's tracing span.
-    async fn blocking<T, F>(&self, work: F) -> Result<T>
+    fn spawn_blocking<T, F>(&self, work: F) -> tokio::task::JoinHandle<Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T> + Send + 'static,
@@ -113,8 +120,15 @@ impl App {
         let store = Arc::clone(&self.store);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(|| work(&store)))
-            .await
-            .map_err(|join| Error::Unavailable(format!("worker failed: {join}")))?
+    }
+
+    /// Runs blocking store work off the async workers and waits for it.
+    async fn blocking<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        joined(self.spawn_blocking(work).await)
     }
 
     // ---- profiles -------------------------------------------------------
@@ -225,14 +239,6 @@ impl App {
         context: &ChangeContext,
     ) -> Result<Written<AddressState>> {
         let now = self.now();
-        let current = self.address_state(tenant, address)?;
-        if current.status == status {
-            self.sync().await?;
-            return Ok(Written {
-                value: current,
-                changed: false,
-            });
-        }
         let event = AddressEventKind::Manual(status);
         self.record(tenant, address, event, now, context, now).await
     }
@@ -245,14 +251,6 @@ impl App {
         context: &ChangeContext,
     ) -> Result<Written<AddressState>> {
         let now = self.now();
-        let current = self.address_state(tenant, address)?;
-        if current.status == AddressStatus::Valid {
-            self.sync().await?;
-            return Ok(Written {
-                value: current,
-                changed: false,
-            });
-        }
         self.record(
             tenant,
             address,
@@ -349,22 +347,49 @@ impl App {
     // ---- eligibility ----------------------------------------------------
 
     /// Decides for each profile, in order: one profile read and one address
-    /// read per address on the channel. Runs off the async workers.
+    /// read per address on the channel. Runs off the async workers, split
+    /// across the cores when the batch is large.
     pub async fn check(
         &self,
         tenant: &Tenant,
-        ids: Vec<ProfileId>,
+        mut ids: Vec<ProfileId>,
         channel: Channel,
     ) -> Result<(Vec<(ProfileId, Decision)>, Summary)> {
-        let tenant = tenant.clone();
-        self.blocking(move |store| decide_all(store, &tenant, ids, channel))
-            .await
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        let part_len = ids.len().div_ceil(workers).max(PARALLEL_CHECK_PART_MIN);
+        let mut parts = Vec::new();
+        while ids.len() > part_len {
+            let rest = ids.split_off(part_len);
+            parts.push(std::mem::replace(&mut ids, rest));
+        }
+        parts.push(ids);
+        // Every part starts now; they are collected in order.
+        let running: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                let tenant = tenant.clone();
+                self.spawn_blocking(move |store| decide_all(store, &tenant, part, channel))
+            })
+            .collect();
+        let mut decisions = Vec::new();
+        let mut summary = Summary::default();
+        for part in running {
+            let (part_decisions, part_summary) = joined(part.await)?;
+            decisions.extend(part_decisions);
+            summary.merge(&part_summary);
+        }
+        Ok((decisions, summary))
     }
 
     /// Decides for one profile, on the calling task (a handful of point reads).
     pub fn check_one(&self, tenant: &Tenant, id: &ProfileId, channel: Channel) -> Result<Decision> {
         decide_one(&self.store, tenant, id, channel)
     }
+}
+
+/// The result of a blocking task; a task that panicked or was cancelled is unavailable.
+fn joined<T>(result: Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    result.map_err(|join| Error::Unavailable(format!("worker failed: {join}")))?
 }
 
 fn decide_one(
@@ -375,9 +400,7 @@ fn decide_one(
 ) -> Result<Decision> {
     let profile = store.profile(tenant, id)?;
     let decision = decide(profile.as_ref(), channel, |address| {
-        store
-            .address_state(tenant, address)
-            .map(|state| state.status)
+        store.address_status(tenant, address)
     })?;
     Ok(decision)
 }

@@ -1,7 +1,10 @@
 //! The `consentd` binary: parses the command line, starts tracing, opens the
 //! store, binds the listener and hands over to `consentd::server::run`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use consentd::{
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     match cli.command {
         Command::Serve(args) => serve(&args),

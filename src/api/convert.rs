@@ -193,10 +193,10 @@ impl Check {
         let before = self.violations.len();
         let mut out: Vec<Address> = Vec::with_capacity(raw.len());
         for (i, text) in raw.iter().enumerate() {
-            if let Some(address) = self.field(&format!("{field}[{i}]"), parse(text)) {
-                if !out.contains(&address) {
-                    out.push(address);
-                }
+            if let Some(address) = self.field(&format!("{field}[{i}]"), parse(text))
+                && !out.contains(&address)
+            {
+                out.push(address);
             }
         }
         (self.violations.len() == before).then_some(out)

@@ -26,7 +26,16 @@ pub(crate) struct EligibilityApi {
 }
 
 /// Checks a list of ids: its length first (a clear limit error), then each id.
-fn profile_ids(check: &mut Check, raw: &[String]) -> Result<Option<Vec<ProfileId>>, Error> {
+/// `required` makes an empty list invalid (a batch); a stream chunk may be empty.
+fn profile_ids(
+    check: &mut Check,
+    raw: &[String],
+    required: bool,
+) -> Result<Option<Vec<ProfileId>>, Error> {
+    if required && raw.is_empty() {
+        check.violation("profile_ids", "at least one profile id is required");
+        return Ok(None);
+    }
     if raw.len() > BATCH_PROFILE_IDS_MAX {
         return Err(Error::ListTooLong {
             field: "profile_ids",
@@ -61,7 +70,7 @@ impl EligibilityService for EligibilityApi {
     ) -> Result<Response<pb::BatchCheckEligibilityResponse>, Status> {
         let req = request.into_inner();
         let mut check = Check::default();
-        let ids = profile_ids(&mut check, &req.profile_ids)?;
+        let ids = profile_ids(&mut check, &req.profile_ids, true)?;
         let tenant = check.tenant(&req.tenant);
         let channel = check.channel("channel", req.channel);
         let (tenant, channel, ids) = check.finish((tenant, channel, ids))?;
@@ -127,7 +136,7 @@ impl Audience {
         chunk: pb::StreamEligibilityRequest,
     ) -> Result<pb::StreamEligibilityResponse, Error> {
         let mut check = Check::default();
-        let ids = profile_ids(&mut check, &chunk.profile_ids)?;
+        let ids = profile_ids(&mut check, &chunk.profile_ids, false)?;
         let scope = match &self.scope {
             None => {
                 let tenant = check.tenant(&chunk.tenant);

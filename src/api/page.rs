@@ -56,7 +56,7 @@ pub(crate) fn decode(
     let invalid = || {
         Invalid("is not a page token of this query; pass next_page_token unchanged, with the same request fields".into())
     };
-    if token.len() > PAGE_TOKEN_LEN_MAX || token.len() % 2 != 0 {
+    if token.len() > PAGE_TOKEN_LEN_MAX || !token.len().is_multiple_of(2) {
         return Err(invalid());
     }
     let bytes = (0..token.len())

@@ -31,7 +31,14 @@ impl ProfileService for ProfileApi {
         let id = check.profile_id("profile_id", &req.profile_id);
         let addresses = check.profile_addresses(&req);
         let context = check.context(req.context.as_ref());
-        let (tenant, id, addresses, _context) = check.finish((tenant, id, addresses, context))?;
+        let (tenant, id, addresses, context) = check.finish((tenant, id, addresses, context))?;
+        tracing::info!(
+            profile_id = id.as_str(),
+            source = ?context.source,
+            actor = %context.actor,
+            reason = %context.reason,
+            "upsert profile"
+        );
         let written = self.app.upsert_profile(&tenant, &id, addresses).await?;
         Ok(Response::new(pb::UpsertProfileResponse {
             profile: Some(convert::profile_to_pb(&written.value)),

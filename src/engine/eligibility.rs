@@ -204,6 +204,16 @@ mod tests {
         result.unwrap_or_else(|never| match never {})
     }
 
+    /// Name, profile, channel, address statuses, expected reasons, expected addresses.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a Profile>,
+        Channel,
+        Vec<(&'a str, AddressStatus)>,
+        Vec<ExclusionReason>,
+        Vec<&'a str>,
+    );
+
     #[test]
     fn decision_table() {
         let ctx = ChangeContext {
@@ -223,14 +233,7 @@ mod tests {
         let no_email = profile(&[]);
         let q = AddressStatus::Quarantined;
         let d = AddressStatus::Denylisted;
-        let cases: Vec<(
-            &str,
-            Option<&Profile>,
-            Channel,
-            Vec<(&str, AddressStatus)>,
-            Vec<ExclusionReason>,
-            Vec<&str>,
-        )> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (
                 "unknown",
                 None,

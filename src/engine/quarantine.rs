@@ -118,6 +118,21 @@ pub enum AddressEventKind {
     Release,
 }
 
+impl AddressEventKind {
+    /// Whether recording this event would change nothing: a manual status the
+    /// address already has, or a release of a VALID address. (Feedback always
+    /// counts: it is deduplicated by event id instead.)
+    pub fn is_noop_for(&self, current: &AddressState) -> bool {
+        match self {
+            AddressEventKind::Manual(status) => current.status == *status,
+            AddressEventKind::Release => {
+                current.status == AddressStatus::Valid && current.error_count == 0
+            }
+            AddressEventKind::Feedback { .. } => false,
+        }
+    }
+}
+
 /// One event in an address's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressEvent {
@@ -178,10 +193,10 @@ impl AddressState {
         } else {
             rules.error_reset_period
         };
-        if let Some(last) = self.last_error_at {
-            if at.saturating_sub(last) >= millis(period) {
-                self.reset(AddressStatus::Valid, last.saturating_add(millis(period)));
-            }
+        if let Some(last) = self.last_error_at
+            && at.saturating_sub(last) >= millis(period)
+        {
+            self.reset(AddressStatus::Valid, last.saturating_add(millis(period)));
         }
     }
 

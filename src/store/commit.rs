@@ -68,10 +68,10 @@ impl Drop for GroupCommit {
     fn drop(&mut self) {
         // Closing the queue ends the loop once every queued waiter is answered.
         drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the committer thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the committer thread panicked");
         }
     }
 }

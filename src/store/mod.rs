@@ -115,6 +115,10 @@ pub struct Written<T> {
     pub changed: bool,
 }
 
+/// A page of [`Store::list_addresses`]: addresses with their stored state,
+/// and the cursor to continue after when there may be more.
+pub type ListedAddresses = (Vec<(Address, AddressState)>, Option<Vec<u8>>);
+
 /// The store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -176,8 +180,8 @@ impl Store {
             .map(|key| {
                 let mut hasher = DefaultHasher::new();
                 key.hash(&mut hasher);
-                // Truncation is the point: any bits pick a stripe.
-                (hasher.finish() as usize) % LOCK_STRIPES
+                let stripes = u64::try_from(LOCK_STRIPES).unwrap_or(1);
+                usize::try_from(hasher.finish() % stripes).unwrap_or(0)
             })
             .collect();
         // A fixed order prevents deadlock between writers that take two stripes.
@@ -308,6 +312,16 @@ impl Store {
         self.read_address_state(&key)
     }
 
+    /// The status of an address (VALID when never seen), for the hot path:
+    /// one point read, and only the status is decoded.
+    pub fn address_status(&self, tenant: &Tenant, address: &Address) -> Result<AddressStatus> {
+        let key = keys::address(tenant, address);
+        match self.db.get(&key)? {
+            None => Ok(AddressStatus::Valid),
+            Some(bytes) => codec::decode_address_status(&bytes).map_err(corrupt(&key)),
+        }
+    }
+
     fn read_address_state(&self, key: &[u8]) -> Result<AddressState> {
         match self.db.get(key)? {
             None => Ok(AddressState::default()),
@@ -364,13 +378,15 @@ impl Store {
             None => self.lock(&[&key]),
         };
         let old = self.read_address_state(&key)?;
-        if let Some(event_key) = &event_key {
-            if self.db.contains_key(event_key)? {
-                return Ok(Written {
-                    value: old,
-                    changed: false,
-                });
-            }
+        let duplicate = match &event_key {
+            Some(event_key) => self.db.contains_key(event_key)?,
+            None => false,
+        };
+        if duplicate || kind.is_noop_for(&old.as_of(now, rules)) {
+            return Ok(Written {
+                value: old,
+                changed: false,
+            });
         }
         let mut event = AddressEvent {
             sequence: old.log_seq + 1,
@@ -460,7 +476,7 @@ impl Store {
         status: Option<AddressStatus>,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<(Vec<(Address, AddressState)>, Option<Vec<u8>>)> {
+    ) -> Result<ListedAddresses> {
         let prefix = keys::status_index_prefix(tenant, status);
         let tenant_prefix = keys::status_index_prefix(tenant, None);
         let start = match after {
@@ -568,11 +584,15 @@ mod tests {
         Address::email(EMAILS[i]).expect("valid email")
     }
 
+    /// One profile as the model sees it: emails, consent (true = opted out)
+    /// for all channels and per channel, and the number of changes made.
+    type ModelProfile = (Vec<usize>, Option<bool>, [Option<bool>; 5], u64);
+
     /// What the store should hold.
     #[derive(Debug, Default)]
     struct Model {
-        /// Profile id → (emails, consent per scope as (all, [channels]), changes made).
-        profiles: BTreeMap<usize, (Vec<usize>, Option<bool>, [Option<bool>; 5], u64)>,
+        /// Profile id index → its model.
+        profiles: BTreeMap<usize, ModelProfile>,
         /// Event ids recorded per email.
         events: BTreeMap<usize, BTreeSet<u8>>,
     }

@@ -1,0 +1,380 @@
+//! Scenario 7: acknowledged writes survive a crash; one data directory, one server.
+//!
+//! Most tests run the real `consentd` binary and kill it with SIGKILL; the
+//! in-process ones use the harness in `common`.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use common::*;
+use consentd::{
+    clock::{Clock, ManualClock},
+    pb::{
+        Channel, ConsentStatus, ExclusionReason, GetConsentRequest, GetProfileRequest,
+        ListConsentHistoryRequest, OptOutRequest, Source, UpsertProfileRequest,
+        consent_service_client::ConsentServiceClient,
+        eligibility_service_client::EligibilityServiceClient,
+        profile_service_client::ProfileServiceClient,
+    },
+    server::{App, Settings},
+};
+use tokio::sync::mpsc;
+use tonic::transport::Channel as GrpcChannel;
+
+/// How long the binary may take to start listening or to exit.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `consentd serve` child process, killed when dropped (also when a test panics).
+struct ServerProcess {
+    child: Child,
+    /// Lines of the child's stderr, forwarded by a reader thread; closed at EOF.
+    stderr_lines: mpsc::UnboundedReceiver<String>,
+    /// Every stderr line read so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `consentd serve --listen 127.0.0.1:0 --data-dir <data_dir>`.
+    fn start(data_dir: &Path) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the consentd binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, stderr_lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // Keep draining after the receiver is gone so the child never blocks on stderr.
+                let _ = tx.send(line);
+            }
+        });
+        ServerProcess {
+            child,
+            stderr_lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// Reads stderr until the `listening on ADDR` line and returns ADDR.
+    async fn wait_listening(&mut self) -> SocketAddr {
+        let read =
+            async {
+                while let Some(line) = self.stderr_lines.recv().await {
+                    let line = strip_ansi(&line);
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let text = rest.split_whitespace().next().unwrap_or_default();
+                        return Some(text.parse::<SocketAddr>().unwrap_or_else(|e| {
+                            panic!("cannot parse the address in {line:?}: {e}")
+                        }));
+                    }
+                }
+                None
+            };
+        match tokio::time::timeout(PROCESS_TIMEOUT, read).await {
+            Ok(Some(addr)) => addr,
+            Ok(None) => panic!(
+                "consentd closed stderr before listening; stderr:\n{}",
+                self.stderr_text()
+            ),
+            Err(_) => panic!(
+                "consentd did not listen within {PROCESS_TIMEOUT:?}; stderr:\n{}",
+                self.stderr_text()
+            ),
+        }
+    }
+
+    /// Reads stderr to its end (the process exited) and returns the exit
+    /// status and the whole of stderr. Fails if the process starts listening.
+    async fn wait_exit(&mut self) -> (ExitStatus, String) {
+        let read = async {
+            while let Some(line) = self.stderr_lines.recv().await {
+                let line = strip_ansi(&line);
+                let listening = line.contains("listening on ");
+                self.seen.push(line);
+                assert!(
+                    !listening,
+                    "the process started serving instead of exiting; stderr:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+        };
+        if tokio::time::timeout(PROCESS_TIMEOUT, read).await.is_err() {
+            panic!(
+                "consentd did not exit within {PROCESS_TIMEOUT:?}; stderr:\n{}",
+                self.stderr_text()
+            );
+        }
+        // stderr is closed: the process has exited or is about to.
+        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait for consentd");
+        (status, self.stderr_text())
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush) and reaps it.
+    fn kill(&mut self) -> ExitStatus {
+        self.child.kill().expect("kill consentd");
+        self.child.wait().expect("reap consentd")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Already reaped children make these fail harmlessly.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`) from a log line.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn connect(addr: SocketAddr) -> GrpcChannel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint URI")
+        .connect()
+        .await
+        .expect("connect to consentd")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_opt_out_survives_sigkill() {
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    let id = "durable-1";
+
+    let mut first = ServerProcess::start(data_dir.path());
+    let addr = first.wait_listening().await;
+    let channel = connect(addr).await;
+    ProfileServiceClient::new(channel.clone())
+        .upsert_profile(UpsertProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+            emails: vec!["durable@example.com".to_owned()],
+            context: ctx(Source::Api),
+            ..Default::default()
+        })
+        .await
+        .expect("UpsertProfile");
+    let out = ConsentServiceClient::new(channel.clone())
+        .opt_out(OptOutRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+            all_channels: true,
+            context: ctx(Source::LandingPage),
+            ..Default::default()
+        })
+        .await
+        .expect("OptOut is acknowledged")
+        .into_inner();
+    assert!(out.changed);
+    drop(channel);
+
+    let status = first.kill();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+    }
+    assert!(!status.success());
+
+    let mut second = ServerProcess::start(data_dir.path());
+    let addr = second.wait_listening().await;
+    let channel = connect(addr).await;
+
+    let consent = ConsentServiceClient::new(channel.clone())
+        .get_consent(GetConsentRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+        })
+        .await
+        .expect("GetConsent after the crash")
+        .into_inner()
+        .consent
+        .expect("consent is set");
+    let all = consent.all_channels.expect("all_channels is set");
+    assert_eq!(all.status(), ConsentStatus::OptedOut, "{all:?}");
+    assert_eq!(all.source(), Source::LandingPage);
+
+    let history = ConsentServiceClient::new(channel.clone())
+        .list_consent_history(ListConsentHistoryRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("ListConsentHistory after the crash")
+        .into_inner();
+    assert_eq!(history.entries.len(), 1, "{history:?}");
+    let entry = &history.entries[0];
+    assert!(entry.all_channels);
+    assert_eq!(entry.sequence, 1);
+    assert_eq!(entry.new_status(), ConsentStatus::OptedOut);
+
+    let profile = ProfileServiceClient::new(channel.clone())
+        .get_profile(GetProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+        })
+        .await
+        .expect("GetProfile after the crash")
+        .into_inner()
+        .profile
+        .expect("profile is set");
+    assert_eq!(profile.emails, vec!["durable@example.com".to_owned()]);
+
+    let decision = EligibilityServiceClient::new(channel)
+        .check_eligibility(consentd::pb::CheckEligibilityRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+            channel: Channel::Email as i32,
+        })
+        .await
+        .expect("CheckEligibility after the crash")
+        .into_inner()
+        .decision
+        .expect("decision is set");
+    assert_eq!(
+        decision.reasons().collect::<Vec<_>>(),
+        vec![ExclusionReason::OptedOutAllChannels]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    let mut first = ServerProcess::start(data_dir.path());
+    let addr = first.wait_listening().await;
+
+    let mut second = ServerProcess::start(data_dir.path());
+    let (status, stderr) = second.wait_exit().await;
+    assert!(
+        !status.success(),
+        "exit status {status:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        status.code().is_some(),
+        "exits with a code, not a signal: {status:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("in use"),
+        "stderr says the data directory is in use:\n{stderr}"
+    );
+
+    // The first server is unaffected.
+    let status = ProfileServiceClient::new(connect(addr).await)
+        .get_profile(GetProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "nobody".to_owned(),
+        })
+        .await
+        .expect_err("no such profile");
+    assert_profile_not_found("GetProfile on the first server", &status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_keeps_everything() {
+    let app = spawn_app().await;
+    upsert(
+        &app,
+        "p-restart",
+        &["restart@example.com"],
+        &["+33612345678"],
+    )
+    .await;
+    opt_out(&app, "p-restart", Channel::Sms).await;
+    app.advance_ms(MINUTE_MS);
+    opt_out_all(&app, "p-restart").await;
+    feedback(
+        &app,
+        "restart@example.com",
+        consentd::pb::FeedbackKind::HardBounce,
+        consentd::pb::DeliveryErrorReason::UserUnknown,
+        "restart-hard",
+        None,
+    )
+    .await;
+    let before = get_consent(&app, "p-restart").await;
+
+    let app = app.restart().await;
+
+    assert_eq!(get_consent(&app, "p-restart").await, before);
+    let history = consent_history(&app, "p-restart", 0, "").await;
+    assert_eq!(
+        history
+            .entries
+            .iter()
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let state = address_state(&app, "restart@example.com").await;
+    assert_eq!(state.status(), consentd::pb::AddressStatus::Quarantined);
+    // The event id is remembered across restarts.
+    let again = feedback(
+        &app,
+        "restart@example.com",
+        consentd::pb::FeedbackKind::HardBounce,
+        consentd::pb::DeliveryErrorReason::UserUnknown,
+        "restart-hard",
+        None,
+    )
+    .await;
+    assert!(!again.recorded, "{again:?}");
+    // Sequences continue after a restart.
+    opt_in(&app, "p-restart", None).await;
+    let history = consent_history(&app, "p-restart", 1, "").await;
+    assert_eq!(history.entries.first().map(|e| e.sequence), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_open_refuses_a_data_dir_in_use() {
+    let app = spawn_app().await;
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(START_MS));
+    match App::open(app.data_dir.path(), Settings::default(), clock) {
+        Ok(_) => panic!("a second App opened a data directory that is in use"),
+        Err(e) => {
+            let message = e.to_string();
+            assert!(message.contains("in use"), "{message}");
+        }
+    }
+    // The running server still works.
+    upsert(&app, "p-alive", &["alive@example.com"], &[]).await;
+    assert_eq!(app.clock.now_ms(), START_MS);
+}
