@@ -25,7 +25,7 @@ const PARALLEL_CHECK_PART_MIN: usize = 1000;
 /// Most profiles listed by `GetAddressStatus`.
 pub const ADDRESS_USERS_MAX: usize = 1000;
 
-/// Default time a request may take before it fails with `DEADLINE_EXCEEDED`.
+/// Default time a request may take before tonic cuts it off (`CANCELLED`).
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Default time in-flight requests get to finish at shutdown.
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);

@@ -55,7 +55,7 @@ struct ServeArgs {
     /// The reset period when the last counted error was MAILBOX_FULL.
     #[arg(long, env = "CONSENTD_MAILBOX_FULL_RESET_PERIOD", default_value = "30d", value_parser = humantime::parse_duration)]
     mailbox_full_reset_period: Duration,
-    /// How long one request may take before it fails with DEADLINE_EXCEEDED.
+    /// How long one request may take; a slower one is cut off with CANCELLED ("Timeout expired", tonic's code for a server-side timeout).
     #[arg(long, env = "CONSENTD_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
     /// How long in-flight requests get to finish at shutdown.

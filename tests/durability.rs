@@ -132,6 +132,37 @@ impl ServerProcess {
         (status, self.stderr_text())
     }
 
+    /// Reads stderr until a line containing `needle`.
+    async fn wait_for_line(&mut self, needle: &str) {
+        let read = async {
+            while let Some(line) = self.stderr_lines.recv().await {
+                let line = strip_ansi(&line);
+                let found = line.contains(needle);
+                self.seen.push(line);
+                if found {
+                    return true;
+                }
+            }
+            false
+        };
+        let found = tokio::time::timeout(PROCESS_TIMEOUT, read).await;
+        assert!(
+            matches!(found, Ok(true)),
+            "consentd never logged {needle:?}; stderr:\n{}",
+            self.stderr_text()
+        );
+    }
+
+    /// Sends SIGTERM (the polite stop) with the system's `kill`.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
     /// Kills the process with SIGKILL (no chance to flush) and reaps it.
     fn kill(&mut self) -> ExitStatus {
         self.child.kill().expect("kill consentd");
@@ -377,4 +408,113 @@ async fn app_open_refuses_a_data_dir_in_use() {
     // The running server still works.
     upsert(&app, "p-alive", &["alive@example.com"], &[]).await;
     assert_eq!(app.clock.now_ms(), START_MS);
+}
+
+/// SIGTERM: health goes NOT_SERVING, a stream that is already open is still
+/// answered (drain), the store is flushed and the process exits 0; what was
+/// acknowledged is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_flushes_and_exits_zero() {
+    use consentd::pb::{
+        StreamEligibilityRequest, eligibility_service_client::EligibilityServiceClient,
+    };
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    let mut server = ServerProcess::start(data_dir.path());
+    let addr = server.wait_listening().await;
+    let channel = connect(addr).await;
+    let mut profiles = ProfileServiceClient::new(channel.clone());
+    profiles
+        .upsert_profile(UpsertProfileRequest {
+            tenant: TENANT.into(),
+            profile_id: "drain-1".into(),
+            emails: vec!["drain@example.com".into()],
+            context: ctx(Source::Api),
+            ..Default::default()
+        })
+        .await
+        .expect("upsert acknowledged");
+    ConsentServiceClient::new(channel.clone())
+        .opt_out(OptOutRequest {
+            tenant: TENANT.into(),
+            profile_id: "drain-1".into(),
+            channel: Channel::Sms.into(),
+            context: ctx(Source::LandingPage),
+            ..Default::default()
+        })
+        .await
+        .expect("opt-out acknowledged");
+
+    let chunk = |ids: &[&str]| StreamEligibilityRequest {
+        tenant: TENANT.into(),
+        channel: Channel::Email.into(),
+        profile_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+    };
+    let (chunks, outbound) = mpsc::channel(4);
+    chunks
+        .send(chunk(&["drain-1"]))
+        .await
+        .expect("queue chunk 1");
+    let mut answers = EligibilityServiceClient::new(channel.clone())
+        .stream_eligibility(ReceiverStream::new(outbound))
+        .await
+        .expect("open the stream")
+        .into_inner();
+    let first = answers
+        .message()
+        .await
+        .expect("answer 1")
+        .expect("an answer");
+    assert!(first.decisions[0].eligible);
+
+    server.terminate();
+    server.wait_for_line("shutting down").await;
+
+    // The stream opened before the signal is still served.
+    chunks
+        .send(chunk(&["drain-1", "nobody"]))
+        .await
+        .expect("queue chunk 2");
+    let second = answers
+        .message()
+        .await
+        .expect("answer 2")
+        .expect("an answer");
+    assert_eq!(second.decisions.len(), 2);
+    assert_eq!(
+        second.decisions[1].reasons,
+        vec![i32::from(ExclusionReason::ProfileNotFound)]
+    );
+    assert_eq!(second.total_summary.map(|s| s.total), Some(3));
+    drop(chunks);
+    assert!(answers.message().await.expect("clean end").is_none());
+    drop(answers);
+    drop(channel);
+
+    let (status, stderr) = server.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("store flushed"), "stderr:\n{stderr}");
+
+    let mut again = ServerProcess::start(data_dir.path());
+    let addr = again.wait_listening().await;
+    let consent = ConsentServiceClient::new(connect(addr).await)
+        .get_consent(GetConsentRequest {
+            tenant: TENANT.into(),
+            profile_id: "drain-1".into(),
+        })
+        .await
+        .expect("consent after restart")
+        .into_inner()
+        .consent
+        .expect("consent state");
+    let sms = consent
+        .channels
+        .iter()
+        .find(|c| c.channel == i32::from(Channel::Sms))
+        .expect("SMS entry");
+    assert_eq!(sms.effective_status, i32::from(ConsentStatus::OptedOut));
 }
