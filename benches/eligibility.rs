@@ -110,7 +110,14 @@ fn benches(c: &mut Criterion) {
         let _ = stopped.await;
     }));
     let client = runtime
-        .block_on(EligibilityServiceClient::connect(format!("http://{addr}")))
+        .block_on(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .initial_stream_window_size(Some(2 * 1024 * 1024))
+                .initial_connection_window_size(Some(8 * 1024 * 1024))
+                .connect(),
+        )
+        .map(EligibilityServiceClient::new)
         .expect("connect")
         .max_decoding_message_size(64 * 1024 * 1024);
     let request = pb::BatchCheckEligibilityRequest {

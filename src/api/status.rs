@@ -26,6 +26,9 @@ fn status(
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
+        if !matches!(error, Error::Storage(_)) {
+            tracing::debug!(error = %message, "request refused");
+        }
         match error {
             Error::InvalidArgument(violations) => {
                 let details = ErrorDetails::with_bad_request(
