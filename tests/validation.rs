@@ -861,68 +861,50 @@ async fn health_check_reports_serving() {
     assert_eq!(response.status(), ServingStatus::Serving);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_v1_lists_the_consent_services() {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+/// A test that lists services through one reflection version (v1 and v1alpha
+/// have the same shape but separate generated types).
+macro_rules! reflection_lists_the_consent_services {
+    ($test:ident, $version:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse,
+            };
+            let app = spawn_app().await;
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut responses = ServerReflectionClient::new(app.channel.clone())
+                .server_reflection_info(tokio_stream::iter(vec![request]))
+                .await
+                .expect(concat!("ServerReflectionInfo ", stringify!($version)))
+                .into_inner();
+            let response = responses
+                .message()
+                .await
+                .expect("a reflection response")
+                .expect("a first message");
+            let Some(MessageResponse::ListServicesResponse(list)) = response.message_response
+            else {
+                panic!("expected a list_services response, got {response:?}");
+            };
+            let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            for service in [
+                "consent.v1.EligibilityService",
+                "consent.v1.ProfileService",
+                "consent.v1.ConsentService",
+                "consent.v1.QuarantineService",
+                "grpc.health.v1.Health",
+            ] {
+                assert!(names.iter().any(|n| n == service), "{service} in {names:?}");
+            }
+        }
     };
-    let app = spawn_app().await;
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(app.channel.clone())
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .expect("ServerReflectionInfo v1")
-        .into_inner();
-    let response = responses
-        .message()
-        .await
-        .expect("a reflection response")
-        .expect("a first message");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("expected a list_services response, got {response:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for service in [
-        "consent.v1.EligibilityService",
-        "consent.v1.ProfileService",
-        "consent.v1.ConsentService",
-        "consent.v1.QuarantineService",
-    ] {
-        assert!(names.iter().any(|n| n == service), "{service} in {names:?}");
-    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_v1alpha_lists_the_consent_services() {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let app = spawn_app().await;
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(app.channel.clone())
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .expect("ServerReflectionInfo v1alpha (grpcurl 1.8 speaks only v1alpha)")
-        .into_inner();
-    let response = responses
-        .message()
-        .await
-        .expect("a reflection response")
-        .expect("a first message");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("expected a list_services response, got {response:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.iter().any(|n| n == "consent.v1.EligibilityService"),
-        "{names:?}"
-    );
-}
+reflection_lists_the_consent_services!(reflection_v1_lists_the_consent_services, v1);
+// grpcurl 1.8 speaks only v1alpha.
+reflection_lists_the_consent_services!(reflection_v1alpha_lists_the_consent_services, v1alpha);
