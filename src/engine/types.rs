@@ -61,6 +61,14 @@ fn check_len(value: &str, what: &str, min: usize, max: usize) -> Result<(), Inva
 }
 
 /// A tenant: the unit of isolation. 1 to 64 bytes of ASCII letters, digits, `.`, `_`, `-`.
+///
+/// ```
+/// use consentd::engine::Tenant;
+///
+/// assert!(Tenant::parse("acme-eu.prod").is_ok());
+/// let invalid = Tenant::parse("acme eu").unwrap_err();
+/// assert!(invalid.0.contains("only ASCII letters"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tenant(String);
 
@@ -179,6 +187,19 @@ pub struct Address {
 impl Address {
     /// Parses an address of a known kind, or infers the kind when `kind` is
     /// `None`: an `@` makes an e-mail address, a leading `+` a phone number.
+    ///
+    /// ```
+    /// use consentd::engine::{Address, AddressKind};
+    ///
+    /// let email = Address::parse(None, "  Jane.Doe@Example.COM ").unwrap();
+    /// assert_eq!((email.kind(), email.as_str()), (AddressKind::Email, "jane.doe@example.com"));
+    ///
+    /// let phone = Address::parse(None, "+33 6 12-34-56-78").unwrap();
+    /// assert_eq!(phone.as_str(), "+33612345678");
+    ///
+    /// // A push token cannot be inferred: its type must be given.
+    /// assert!(Address::parse(None, "f00dcafe").is_err());
+    /// ```
     pub fn parse(kind: Option<AddressKind>, raw: &str) -> Result<Self, Invalid> {
         if raw.len() > ADDRESS_INPUT_LEN_MAX {
             return Err(Invalid::new(format!(
@@ -427,6 +448,29 @@ mod tests {
             Ok(AddressKind::PushToken)
         );
         assert!(Address::push_token("has space").is_err());
+    }
+
+    proptest::proptest! {
+        /// Any input, however odd, parses or is refused: never a panic. What
+        /// parses is normalised once and for all (parsing it again changes nothing).
+        #[test]
+        fn parsing_never_panics_and_normalises_idempotently(
+            raw in proptest::prop_oneof![
+                "\\PC{0,80}",
+                " {0,2}[a-zA-Z0-9._%+-]{1,20}@[a-zA-Z0-9-]{1,10}\\.[a-zA-Z]{2,5} {0,2}",
+                " ?\\+[1-9][0-9 .()-]{7,20}",
+            ],
+            kind in 0..4u8,
+        ) {
+            let kind = [None, Some(AddressKind::Email), Some(AddressKind::Phone), Some(AddressKind::PushToken)][usize::from(kind)];
+            if let Ok(address) = Address::parse(kind, &raw) {
+                let again = Address::parse(Some(address.kind()), address.as_str());
+                proptest::prop_assert_eq!(again, Ok(address));
+            }
+            let _ = Tenant::parse(&raw);
+            let _ = ProfileId::parse(&raw);
+            let _ = EventId::parse(&raw);
+        }
     }
 
     #[test]
