@@ -1,5 +1,7 @@
 //! The hot path, measured at three depths:
 //! - `decide`: the pure rule for one profile (no I/O);
+//! - `profile_reads_10k`, `address_reads_10k`: the two kinds of sled point
+//!   read a decision makes, one thread, 10,000 each;
 //! - `app_check_10k`: a 10,000-recipient batch through the application and
 //!   the sled store (one profile read + one address read per recipient);
 //! - `grpc_batch_10k`: the same batch end to end over gRPC on loopback.
@@ -90,6 +92,23 @@ fn benches(c: &mut Criterion) {
     });
 
     group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("profile_reads_10k", |b| {
+        b.iter(|| {
+            for id in &ids {
+                black_box(app.profile(&tenant, id).expect("read"));
+            }
+        });
+    });
+    let emails: Vec<Address> = (0..BATCH)
+        .map(|i| Address::email(&format!("user{}@example.com", i * 7 % PROFILES)).expect("valid"))
+        .collect();
+    group.bench_function("address_reads_10k", |b| {
+        b.iter(|| {
+            for email in &emails {
+                black_box(app.address_state(&tenant, email).expect("read"));
+            }
+        });
+    });
     group.bench_function("app_check_10k", |b| {
         b.to_async(&runtime).iter(|| async {
             let (decisions, summary) = app
