@@ -262,6 +262,8 @@ impl App {
         .await
     }
 
+    /// Records an address event off the async workers: a late event replays
+    /// the address's whole log, whose length has no fixed bound.
     async fn record(
         &self,
         tenant: &Tenant,
@@ -271,18 +273,23 @@ impl App {
         context: &ChangeContext,
         now: UnixMillis,
     ) -> Result<Written<AddressState>> {
-        let rules = &self.settings.rules;
-        let mut written = self.store.record_address_event(
-            tenant,
-            address,
-            event,
-            occurred_at,
-            context,
-            now,
-            rules,
-        )?;
+        let rules = self.settings.rules;
+        let (tenant, address, context) = (tenant.clone(), address.clone(), context.clone());
+        let mut written = self
+            .blocking(move |store| {
+                Ok(store.record_address_event(
+                    &tenant,
+                    &address,
+                    event,
+                    occurred_at,
+                    &context,
+                    now,
+                    &rules,
+                )?)
+            })
+            .await?;
         self.sync().await?;
-        written.value = written.value.as_of(now, rules);
+        written.value = written.value.as_of(now, &rules);
         Ok(written)
     }
 
