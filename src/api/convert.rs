@@ -100,14 +100,16 @@ impl Check {
     /// A required channel.
     pub(crate) fn channel(&mut self, field: &str, raw: i32) -> Option<Channel> {
         match pb::Channel::try_from(raw) {
-            Ok(pb::Channel::Unspecified) => {
-                self.violation(
-                    field,
-                    "is required: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL",
-                );
-                None
+            Ok(channel) => {
+                let channel = channel_from_pb(channel);
+                if channel.is_none() {
+                    self.violation(
+                        field,
+                        "is required: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL",
+                    );
+                }
+                channel
             }
-            Ok(channel) => Some(channel_from_pb(channel)),
             Err(_) => {
                 self.violation(field, format!("unknown channel value {raw}"));
                 None
@@ -125,14 +127,16 @@ impl Check {
             return None;
         };
         let source = match pb::Source::try_from(raw.source) {
-            Ok(pb::Source::Unspecified) => {
-                self.violation(
-                    "context.source",
-                    "is required: every change must say where it comes from",
-                );
-                None
+            Ok(source) => {
+                let source = source_from_pb(source);
+                if source.is_none() {
+                    self.violation(
+                        "context.source",
+                        "is required: every change must say where it comes from",
+                    );
+                }
+                source
             }
-            Ok(source) => Some(source_from_pb(source)),
             Err(_) => {
                 self.violation(
                     "context.source",
@@ -141,6 +145,8 @@ impl Check {
                 None
             }
         };
+        // The texts are checked even when the source is missing, so that every
+        // problem is reported at once; the placeholder source is never kept.
         match ChangeContext::new(
             source.unwrap_or(engine::Source::Api),
             &raw.actor,
@@ -257,13 +263,15 @@ impl Check {
     }
 }
 
-pub(crate) fn channel_from_pb(channel: pb::Channel) -> Channel {
+/// The domain channel; `None` for UNSPECIFIED (never guessed).
+fn channel_from_pb(channel: pb::Channel) -> Option<Channel> {
     match channel {
-        pb::Channel::Email | pb::Channel::Unspecified => Channel::Email,
-        pb::Channel::Sms => Channel::Sms,
-        pb::Channel::Push => Channel::Push,
-        pb::Channel::Voice => Channel::Voice,
-        pb::Channel::DirectMail => Channel::DirectMail,
+        pb::Channel::Unspecified => None,
+        pb::Channel::Email => Some(Channel::Email),
+        pb::Channel::Sms => Some(Channel::Sms),
+        pb::Channel::Push => Some(Channel::Push),
+        pb::Channel::Voice => Some(Channel::Voice),
+        pb::Channel::DirectMail => Some(Channel::DirectMail),
     }
 }
 
@@ -277,13 +285,15 @@ pub(crate) fn channel_to_pb(channel: Channel) -> pb::Channel {
     }
 }
 
-fn source_from_pb(source: pb::Source) -> engine::Source {
+/// The domain source; `None` for UNSPECIFIED (never guessed).
+fn source_from_pb(source: pb::Source) -> Option<engine::Source> {
     match source {
-        pb::Source::LandingPage => engine::Source::LandingPage,
-        pb::Source::Operator => engine::Source::Operator,
-        pb::Source::Api | pb::Source::Unspecified => engine::Source::Api,
-        pb::Source::Import => engine::Source::Import,
-        pb::Source::DeliveryFeedback => engine::Source::DeliveryFeedback,
+        pb::Source::Unspecified => None,
+        pb::Source::LandingPage => Some(engine::Source::LandingPage),
+        pb::Source::Operator => Some(engine::Source::Operator),
+        pb::Source::Api => Some(engine::Source::Api),
+        pb::Source::Import => Some(engine::Source::Import),
+        pb::Source::DeliveryFeedback => Some(engine::Source::DeliveryFeedback),
     }
 }
 
