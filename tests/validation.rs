@@ -908,3 +908,44 @@ macro_rules! reflection_lists_the_consent_services {
 reflection_lists_the_consent_services!(reflection_v1_lists_the_consent_services, v1);
 // grpcurl 1.8 speaks only v1alpha.
 reflection_lists_the_consent_services!(reflection_v1alpha_lists_the_consent_services, v1alpha);
+
+/// Each service has a decode limit: a request over it is refused before any
+/// handler runs (tonic answers OUT_OF_RANGE), and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_decode_limit_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let mut request = upsert_req("too-big");
+    // Over the 1 MiB limit of ProfileService (the postal address alone is far over its own limit).
+    request.postal_address = "x".repeat(consentd::api::DECODE_LIMIT_DEFAULT_BYTES + 1);
+    let status = app
+        .profiles
+        .clone()
+        .upsert_profile(request)
+        .await
+        .expect_err("a request over the decode limit must fail");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let missing = app
+        .profiles
+        .clone()
+        .get_profile(GetProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "too-big".to_owned(),
+        })
+        .await
+        .expect_err("nothing was written");
+    assert_profile_not_found("oversized upsert", &missing);
+
+    // The eligibility service takes more (10,000 ids of 256 bytes), but not without bound.
+    let ids = vec!["i".repeat(256); 40_000];
+    let status = app
+        .eligibility
+        .clone()
+        .batch_check_eligibility(BatchCheckEligibilityRequest {
+            tenant: TENANT.to_owned(),
+            channel: Channel::Email.into(),
+            profile_ids: ids,
+        })
+        .await
+        .expect_err("a 10 MB request is over the eligibility decode limit");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+}
