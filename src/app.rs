@@ -20,6 +20,8 @@ use crate::{
 
 /// How far in the future a feedback event's `occurred_at` may lie (clock skew).
 pub const FEEDBACK_FUTURE_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
+/// How often `App::close` looks whether the last request let go of the store.
+const STORE_CLOSE_POLL: Duration = Duration::from_millis(2);
 /// Smallest part of a batch worth its own blocking task.
 const PARALLEL_CHECK_PART_MIN: usize = 1000;
 /// Most profiles listed by `GetAddressStatus`.
@@ -120,6 +122,41 @@ impl App {
         let store = Arc::clone(&self.store);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(|| work(&store)))
+    }
+
+    /// Makes every write durable, then closes the store once no request holds
+    /// it any more (waiting at most `within`), so that the data directory is
+    /// free when this returns: a new `App` can open it in the same process.
+    pub async fn close(self, within: Duration) -> Result<()> {
+        self.sync().await?;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut store = self.store;
+        loop {
+            match Arc::try_unwrap(store) {
+                Ok(store) => {
+                    // Dropping the store joins its committer thread: not on an async worker.
+                    return joined(
+                        tokio::task::spawn_blocking(move || {
+                            drop(store);
+                            Ok(())
+                        })
+                        .await,
+                    );
+                }
+                Err(shared) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(
+                        holders = Arc::strong_count(&shared) - 1,
+                        "requests still hold the store; it closes when they end"
+                    );
+                    return Ok(());
+                }
+                Err(shared) => {
+                    store = shared;
+                    // Tasks of finished connections are being dropped; look again shortly.
+                    tokio::time::sleep(STORE_CLOSE_POLL).await;
+                }
+            }
+        }
     }
 
     /// Runs blocking store work off the async workers and waits for it.

@@ -1,6 +1,7 @@
 //! The server: wires the gRPC services, health and reflection onto a listener,
 //! and shuts down in order: health NOT_SERVING, drain in-flight requests
-//! within the grace period, make the store durable.
+//! within the grace period, make the store durable and close it (the data
+//! directory is free when [`run`] returns).
 //!
 //! [`run`] is what `main` and the integration tests both call.
 
@@ -119,7 +120,7 @@ pub async fn run(
             tracing::warn!(grace_s = grace.as_secs(), "grace period over; closing the remaining connections");
         }
     }
-    app.sync().await?;
+    app.close(grace).await?;
     tracing::info!("store flushed; stopped");
     Ok(())
 }
