@@ -89,11 +89,14 @@ impl Check {
     /// A list of profile ids (`profile_ids[i]`), each checked.
     pub(crate) fn profile_ids(&mut self, field: &str, raw: &[String]) -> Option<Vec<ProfileId>> {
         let before = self.violations.len();
-        let ids: Vec<ProfileId> = raw
-            .iter()
-            .enumerate()
-            .filter_map(|(i, id)| self.profile_id(&format!("{field}[{i}]"), id))
-            .collect();
+        // The hot path: the field path is only formatted for an id that fails.
+        let mut ids = Vec::with_capacity(raw.len());
+        for (i, id) in raw.iter().enumerate() {
+            match ProfileId::parse(id) {
+                Ok(id) => ids.push(id),
+                Err(invalid) => self.violation(format!("{field}[{i}]"), invalid.0),
+            }
+        }
         (self.violations.len() == before).then_some(ids)
     }
 
