@@ -4,7 +4,11 @@
 //! and waits for durability before any write is acknowledged. The gRPC layer
 //! (`api`) only converts to and from these calls.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     clock::Clock,
@@ -15,6 +19,7 @@ use crate::{
         decide,
     },
     error::{Error, Result},
+    metrics::Metrics,
     store::{Store, StoreError, Written},
 };
 
@@ -76,6 +81,8 @@ pub struct App {
     clock: Arc<dyn Clock>,
     /// The settings.
     settings: Arc<Settings>,
+    /// What the server counts (served by `metrics::serve` when asked).
+    metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -90,11 +97,28 @@ impl App {
 
     /// Wraps a store that is already open (benchmarks fill one directly).
     pub fn with_store(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> Self {
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let flushes = Arc::clone(&metrics);
+        store.observe_flushes(Box::new(move |elapsed, writes| {
+            flushes.flush(elapsed, writes);
+        }));
+        // Weak: the metrics endpoint must not keep the store open after `close`.
+        let sized = Arc::downgrade(&store);
+        metrics.set_store_size_probe(Box::new(move || {
+            sized.upgrade().and_then(|store| store.size_on_disk().ok())
+        }));
         Self {
-            store: Arc::new(store),
+            store,
             clock,
             settings: Arc::new(settings),
+            metrics,
         }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// The settings the application was opened with.
@@ -109,7 +133,10 @@ impl App {
 
     /// Waits until every write so far is durable.
     pub async fn sync(&self) -> Result<()> {
-        Ok(self.store.sync().await?)
+        let started = Instant::now();
+        let synced = self.store.sync().await;
+        self.metrics.durable_write(started.elapsed());
+        Ok(synced?)
     }
 
     /// Starts blocking store work (scans, batches) off the async workers,
@@ -422,12 +449,15 @@ impl App {
             decisions.extend(part_decisions);
             summary.merge(&part_summary);
         }
+        self.metrics.decisions(channel, &summary);
         Ok((decisions, summary))
     }
 
     /// Decides for one profile, on the calling task (a handful of point reads).
     pub fn check_one(&self, tenant: &Tenant, id: &ProfileId, channel: Channel) -> Result<Decision> {
-        decide_one(&self.store, tenant, id, channel)
+        let decision = decide_one(&self.store, tenant, id, channel)?;
+        self.metrics.decision(channel, &decision);
+        Ok(decision)
     }
 }
 

@@ -13,6 +13,8 @@ pub mod app;
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod metrics;
+pub mod request_id;
 pub mod server;
 pub mod store;
 

@@ -64,6 +64,9 @@ struct ServeArgs {
     /// Concurrent requests (HTTP/2 streams) per client connection.
     #[arg(long, env = "CONSENTD_MAX_CONCURRENT_STREAMS", default_value_t = CONCURRENT_STREAMS_MAX_DEFAULT)]
     max_concurrent_streams: u32,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off when not set).
+    #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -146,6 +149,19 @@ fn serve(args: &ServeArgs) -> ExitCode {
             }
         };
         tracing::info!(data_dir = %args.data_dir.display(), "store open");
+        if let Some(addr) = args.metrics_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                // Ends with the runtime, after `run` has returned.
+                Ok(listener) => drop(tokio::spawn(consentd::metrics::serve(
+                    app.metrics(),
+                    listener,
+                ))),
+                Err(error) => {
+                    tracing::error!("cannot listen for metrics on {addr}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(listener) => listener,
             Err(error) => {

@@ -10,7 +10,7 @@ use std::future::Future;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::{Server, server::TcpIncoming};
 
-use crate::{api::Services, error::Error, pb};
+use crate::{api::Services, error::Error, metrics::MetricsLayer, pb, request_id::RequestIdLayer};
 
 pub use crate::app::{App, Settings};
 pub use crate::store::StoreError as StartupError;
@@ -91,11 +91,15 @@ pub async fn run(
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
+        // Layers read only HTTP, so their order among other layers does not matter.
+        .layer(RequestIdLayer)
+        .layer(MetricsLayer::new(app.metrics()))
         .trace_fn(|request| {
             tracing::info_span!(
                 "rpc",
                 method = %request.uri().path(),
                 tenant = tracing::field::Empty,
+                request_id = tracing::field::Empty,
             )
         })
         .add_service(health_service)

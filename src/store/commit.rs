@@ -15,16 +15,33 @@
 //! covered by the flush that answers it.
 
 use std::{
+    fmt,
     fs::File,
-    sync::{Arc, mpsc},
+    sync::{Arc, OnceLock, mpsc},
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
 
 /// The outcome of one group flush, shared by its waiters.
 type FlushResult = Result<(), Arc<std::io::Error>>;
+
+/// Told the duration of each group flush and how many writes it covered
+/// (the metrics hook; the store itself knows nothing of metrics).
+pub type FlushObserver = Box<dyn Fn(Duration, usize) + Send + Sync>;
+
+/// The observer, set at most once, shared with the committer thread.
+#[derive(Default)]
+pub(crate) struct ObserverSlot(OnceLock<FlushObserver>);
+
+impl fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserverSlot")
+            .field("set", &self.0.get().is_some())
+            .finish()
+    }
+}
 
 /// The handle writers use to wait for durability. Dropping it stops the
 /// committer thread and waits for it, so that the database is closed when
@@ -35,19 +52,29 @@ pub(crate) struct GroupCommit {
     queue: Option<mpsc::Sender<oneshot::Sender<FlushResult>>>,
     /// The committer thread.
     thread: Option<thread::JoinHandle<()>>,
+    /// Told about each flush, once set.
+    observer: Arc<ObserverSlot>,
 }
 
 impl GroupCommit {
     /// Starts the committer thread for `db`, whose data file is `data_file`.
     pub(crate) fn start(db: sled::Db, data_file: File) -> std::io::Result<Self> {
         let (queue, pending) = mpsc::channel::<oneshot::Sender<FlushResult>>();
+        let observer = Arc::new(ObserverSlot::default());
+        let slot = Arc::clone(&observer);
         let thread = thread::Builder::new()
             .name("consentd-commit".into())
-            .spawn(move || commit_loop(&db, &data_file, &pending))?;
+            .spawn(move || commit_loop(&db, &data_file, &pending, &slot))?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
+            observer,
         })
+    }
+
+    /// Sets the flush observer; false when one was already set.
+    pub(crate) fn observe(&self, observer: FlushObserver) -> bool {
+        self.observer.0.set(observer).is_ok()
     }
 
     /// Waits until every write applied before this call is on disk.
@@ -80,6 +107,7 @@ fn commit_loop(
     db: &sled::Db,
     data_file: &File,
     pending: &mpsc::Receiver<oneshot::Sender<FlushResult>>,
+    observer: &ObserverSlot,
 ) {
     // Ends when the `GroupCommit` is dropped.
     while let Ok(first) = pending.recv() {
@@ -87,6 +115,9 @@ fn commit_loop(
         waiters.extend(pending.try_iter());
         let started = Instant::now();
         let result = flush_and_sync(db, data_file).map_err(Arc::new);
+        if let Some(observe) = observer.0.get() {
+            observe(started.elapsed(), waiters.len());
+        }
         tracing::trace!(
             writes = waiters.len(),
             elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

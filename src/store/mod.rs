@@ -39,6 +39,7 @@ use crate::engine::{
 };
 
 pub use codec::CodecError;
+pub use commit::FlushObserver;
 use commit::GroupCommit;
 use lock::DirLock;
 
@@ -167,6 +168,12 @@ impl Store {
     /// Waits until every write applied before the call is durable (group commit).
     pub async fn sync(&self) -> Result<()> {
         self.commit.wait().await.map_err(StoreError::Durability)
+    }
+
+    /// Calls `observer` after each group flush with its duration and the
+    /// number of writes it made durable. Set once; false when already set.
+    pub fn observe_flushes(&self, observer: FlushObserver) -> bool {
+        self.commit.observe(observer)
     }
 
     /// Bytes the database takes on disk.
