@@ -27,6 +27,10 @@ use tokio::{
 };
 use tonic::{Code, Request, metadata::MetadataMap, transport::Endpoint};
 
+/// Scrapes before giving up on seeing an abandoned stream counted (the
+/// server learns of it asynchronously, from the client's RST_STREAM).
+const CANCEL_SCRAPES_MAX: usize = 500;
+
 /// One sample of the text format: metric name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
@@ -275,6 +279,38 @@ async fn counters_move_by_exactly_the_calls_made() {
     assert!((1.0..=3.0).contains(&flushes), "{flushes} flushes");
     assert_eq!(value(&after, "consentd_group_commit_writes_sum", &[]), 3.0);
     assert!(value(&after, "consentd_store_size_bytes", &[]) > 0.0);
+
+    // A stream the client abandons midway counts as CANCELLED once the server lets go of it.
+    let (chunks, requests_rx) = tokio::sync::mpsc::channel(1);
+    chunks
+        .send(StreamEligibilityRequest {
+            tenant: TENANT.into(),
+            channel: Channel::Email.into(),
+            profile_ids: vec!["bob".into()],
+        })
+        .await
+        .expect("send a chunk");
+    let mut abandoned = eligibility
+        .stream_eligibility(tokio_stream::wrappers::ReceiverStream::new(requests_rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    abandoned
+        .message()
+        .await
+        .expect("first answer")
+        .expect("an answer");
+    drop((abandoned, chunks));
+    let stream_method = "consent.v1.EligibilityService/StreamEligibility";
+    let mut cancelled = 0.0;
+    for _ in 0..CANCEL_SCRAPES_MAX {
+        cancelled = requests(&scrape(metrics_addr).await, stream_method, "CANCELLED");
+        if cancelled > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(cancelled, 1.0, "the abandoned stream is counted once");
 
     // Only GET /metrics is served.
     assert_eq!(http_get(metrics_addr, "GET", "/other").await.0, 404);
