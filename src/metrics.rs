@@ -298,6 +298,8 @@ fn reason_label(reason: ExclusionReason) -> &'static str {
         ExclusionReason::ProfileNotFound => "profile_not_found",
         ExclusionReason::OptedOutAllChannels => "opted_out_all_channels",
         ExclusionReason::OptedOutChannel => "opted_out_channel",
+        ExclusionReason::NoOptIn => "no_opt_in",
+        ExclusionReason::NotSubscribed => "not_subscribed",
         ExclusionReason::NoAddress => "no_address",
         ExclusionReason::AddressQuarantined => "address_quarantined",
         ExclusionReason::AddressDenylisted => "address_denylisted",

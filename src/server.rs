@@ -51,6 +51,9 @@ pub async fn run(
         "consent.v1.ConsentService",
         "consent.v1.QuarantineService",
         "consent.v1.EligibilityService",
+        "consent.v1.TenantService",
+        "consent.v1.SubscriptionService",
+        "consent.v1.ProductUsageService",
     ];
     for name in names {
         health
@@ -91,7 +94,8 @@ pub async fn run(
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
-        // Layers read only HTTP, so their order among other layers does not matter.
+        // These read only HTTP, so they work at any position; added first they
+        // are outermost, so they also count and tag what later layers refuse.
         .layer(RequestIdLayer)
         .layer(MetricsLayer::new(app.metrics()))
         .trace_fn(|request| {
@@ -109,6 +113,9 @@ pub async fn run(
         .add_service(services.consent)
         .add_service(services.quarantine)
         .add_service(services.eligibility)
+        .add_service(services.tenant)
+        .add_service(services.subscription)
+        .add_service(services.usage)
         .serve_with_incoming_shutdown(incoming, drain);
     if let Some(addr) = local {
         tracing::info!("listening on {addr}");

@@ -195,6 +195,7 @@ async fn counters_move_by_exactly_the_calls_made() {
             tenant: TENANT.into(),
             channel: Channel::Email.into(),
             profile_ids: vec!["alice".into(), "bob".into(), "nobody".into()],
+            ..Default::default()
         })
         .await
         .expect("batch");
@@ -203,6 +204,7 @@ async fn counters_move_by_exactly_the_calls_made() {
             tenant: TENANT.into(),
             profile_id: "bob".into(),
             channel: Channel::Sms.into(),
+            ..Default::default()
         })
         .await
         .expect("check");
@@ -211,6 +213,7 @@ async fn counters_move_by_exactly_the_calls_made() {
             tenant: TENANT.into(),
             channel: Channel::Email.into(),
             profile_ids: vec!["bob".into(), "bob".into()],
+            ..Default::default()
         },
         StreamEligibilityRequest {
             profile_ids: vec!["alice".into()],
@@ -287,6 +290,7 @@ async fn counters_move_by_exactly_the_calls_made() {
             tenant: TENANT.into(),
             channel: Channel::Email.into(),
             profile_ids: vec!["bob".into()],
+            ..Default::default()
         })
         .await
         .expect("send a chunk");
@@ -352,6 +356,7 @@ async fn every_answer_carries_the_request_id_sent_or_a_generated_one() {
         tenant: TENANT.into(),
         profile_id: "alice".into(),
         channel: Channel::Email.into(),
+        ..Default::default()
     };
     let get_missing = || GetProfileRequest {
         tenant: TENANT.into(),

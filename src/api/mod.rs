@@ -3,20 +3,27 @@
 //! domain values (`convert`), calls the application, and converts the result
 //! back; errors become statuses in one place (`status`).
 
+mod access;
 mod convert;
 mod eligibility;
 mod page;
 mod profile;
 mod quarantine;
 mod status;
+mod subscription;
+mod tenant;
+mod usage;
 
 use crate::{
     app::App,
     pb::{
         consent_service_server::ConsentServiceServer,
         eligibility_service_server::EligibilityServiceServer,
+        product_usage_service_server::ProductUsageServiceServer,
         profile_service_server::ProfileServiceServer,
         quarantine_service_server::QuarantineServiceServer,
+        subscription_service_server::SubscriptionServiceServer,
+        tenant_service_server::TenantServiceServer,
     },
 };
 
@@ -32,6 +39,9 @@ pub const DECODE_LIMIT_ELIGIBILITY_BYTES: usize = 8 * 1024 * 1024;
 pub const ENCODE_LIMIT_DEFAULT_BYTES: usize = 8 * 1024 * 1024;
 /// Largest response message of the eligibility service: 10,000 decisions.
 pub const ENCODE_LIMIT_ELIGIBILITY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest request and response message of the product-usage service:
+/// 10,000 events with payloads of a few hundred bytes each.
+pub const MESSAGE_LIMIT_USAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The consent.v1 services, each with its message size limits.
 #[derive(Debug)]
@@ -44,6 +54,12 @@ pub(crate) struct Services {
     pub(crate) quarantine: QuarantineServiceServer<quarantine::QuarantineApi>,
     /// `consent.v1.EligibilityService`.
     pub(crate) eligibility: EligibilityServiceServer<eligibility::EligibilityApi>,
+    /// `consent.v1.TenantService`.
+    pub(crate) tenant: TenantServiceServer<tenant::TenantApi>,
+    /// `consent.v1.SubscriptionService`.
+    pub(crate) subscription: SubscriptionServiceServer<subscription::SubscriptionApi>,
+    /// `consent.v1.ProductUsageService`.
+    pub(crate) usage: ProductUsageServiceServer<usage::UsageApi>,
 }
 
 impl Services {
@@ -67,6 +83,17 @@ impl Services {
             })
             .max_decoding_message_size(DECODE_LIMIT_ELIGIBILITY_BYTES)
             .max_encoding_message_size(ENCODE_LIMIT_ELIGIBILITY_BYTES),
+            tenant: TenantServiceServer::new(tenant::TenantApi { app: app.clone() })
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            subscription: SubscriptionServiceServer::new(subscription::SubscriptionApi {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+            .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            usage: ProductUsageServiceServer::new(usage::UsageApi { app: app.clone() })
+                .max_decoding_message_size(MESSAGE_LIMIT_USAGE_BYTES)
+                .max_encoding_message_size(MESSAGE_LIMIT_USAGE_BYTES),
         }
     }
 }

@@ -21,6 +21,10 @@ mod codec;
 mod commit;
 mod keys;
 mod lock;
+mod scan;
+mod subscriptions;
+mod tenants;
+mod usage;
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -42,6 +46,9 @@ pub use codec::CodecError;
 pub use commit::FlushObserver;
 use commit::GroupCommit;
 use lock::DirLock;
+pub use subscriptions::{
+    ConfirmRefusal, Confirmed, Created, SERVICES_PER_TENANT_MAX, SubscriberPage,
+};
 
 /// How many lock stripes guard read-modify-write; two keys share a stripe
 /// with probability 1/1024, which only serialises them.
@@ -572,11 +579,7 @@ mod tests {
     }
 
     fn ctx() -> ChangeContext {
-        ChangeContext {
-            source: Source::Api,
-            actor: "model".into(),
-            reason: String::new(),
-        }
+        ChangeContext::new(Source::Api, "model", "").expect("valid")
     }
 
     fn tenant() -> Tenant {
