@@ -47,6 +47,13 @@ pub enum Error {
     /// The profile does not exist in the tenant.
     #[error("profile '{0}' not found in this tenant")]
     ProfileNotFound(String),
+    /// The request carries no valid API key (missing, malformed or unknown).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role or tenants do not allow the request. The message
+    /// never says whether the target exists.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The server is shutting down or the store cannot take writes.
     #[error("{0}")]
     Unavailable(String),

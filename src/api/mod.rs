@@ -3,6 +3,7 @@
 //! domain values (`convert`), calls the application, and converts the result
 //! back; errors become statuses in one place (`status`).
 
+pub(crate) mod auth_layer;
 mod convert;
 mod eligibility;
 mod page;
