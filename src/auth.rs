@@ -791,7 +791,9 @@ mod tests {
                 .check_method(path)
                 .is_ok()
         );
-        let denied = caller(Role::Admin, acme()).check_method(path).unwrap_err();
+        let denied = caller(Role::Admin, acme())
+            .check_method(path)
+            .expect_err("denied");
         assert!(denied.0.contains("tenants = \"*\""), "{denied}");
         assert!(
             caller(Role::Operator, TenantScope::All)
@@ -812,7 +814,7 @@ mod tests {
         ] {
             let denied = caller(role, TenantScope::All)
                 .check_method(path)
-                .unwrap_err();
+                .expect_err("denied");
             assert!(denied.0.contains(role.as_str()), "{denied}");
             assert!(denied.0.contains(path), "{denied}");
         }
@@ -831,7 +833,7 @@ mod tests {
         );
         assert!(c.check_tenant(&tenant("acme")).is_ok());
         assert!(c.check_tenant(&tenant("beta")).is_ok());
-        let denied = c.check_tenant(&tenant("other")).unwrap_err();
+        let denied = c.check_tenant(&tenant("other")).expect_err("denied");
         assert_eq!(
             denied.0,
             "key 'k' (role operator) may not act in tenant 'other'"

@@ -49,7 +49,12 @@ pub fn check_tls(tls: &TlsPem) -> Result<(), String> {
     Server::builder()
         .tls_config(tls_config(tls))
         .map(|_| ())
-        .map_err(|e| format!("the TLS certificate, key or client CA was refused: {e:?}"))
+        .map_err(|e| {
+            // tonic's error says only "transport error"; the cause is rustls's.
+            let cause =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+            format!("the TLS certificate, key or client CA was refused: {cause}")
+        })
 }
 
 fn tls_config(tls: &TlsPem) -> ServerTlsConfig {

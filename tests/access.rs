@@ -743,6 +743,11 @@ async fn bad_key_and_tls_files_stop_the_server_with_exit_64() {
             "--tls-key: no PEM private key",
         ),
         (
+            "the key of another certificate",
+            vec!["--tls-cert", &cert, "--tls-key", &other_key],
+            "the TLS certificate, key or client CA was refused",
+        ),
+        (
             "not a client CA",
             vec![
                 "--tls-cert",

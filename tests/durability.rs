@@ -19,6 +19,7 @@ use consentd::{
     },
     server::{App, Settings},
 };
+use tokio::sync::mpsc;
 use tonic::transport::Channel as GrpcChannel;
 
 async fn connect(addr: SocketAddr) -> GrpcChannel {
