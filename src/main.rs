@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gRPC API (with health and reflection) until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -337,7 +337,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("parsed as serve")
         };
-        args
+        *args
     }
 
     #[test]
