@@ -315,6 +315,60 @@ const RPC_TABLE: &[(&str, Shape, &[&str])] = &[
         ClientStream,
         &["operator", "delivery"],
     ),
+    ("/consent.v1.TenantService/GetTenantSettings", Unary, &[]),
+    ("/consent.v1.TenantService/UpdateTenantSettings", Unary, &[]),
+    (
+        "/consent.v1.SubscriptionService/CreateService",
+        Unary,
+        &["operator"],
+    ),
+    (
+        "/consent.v1.SubscriptionService/ListServices",
+        Unary,
+        &["operator"],
+    ),
+    (
+        "/consent.v1.SubscriptionService/Subscribe",
+        Unary,
+        &["operator", "landing_page"],
+    ),
+    (
+        "/consent.v1.SubscriptionService/ConfirmSubscription",
+        Unary,
+        &["operator", "landing_page"],
+    ),
+    (
+        "/consent.v1.SubscriptionService/Unsubscribe",
+        Unary,
+        &["operator", "landing_page"],
+    ),
+    (
+        "/consent.v1.SubscriptionService/ListSubscriptions",
+        Unary,
+        &["operator"],
+    ),
+    (
+        "/consent.v1.SubscriptionService/ListSubscribers",
+        Unary,
+        &["operator"],
+    ),
+    ("/consent.v1.ProductUsageService/OptOutUser", Unary, &[]),
+    ("/consent.v1.ProductUsageService/OptInUser", Unary, &[]),
+    (
+        "/consent.v1.ProductUsageService/ListOptedOutUsers",
+        Unary,
+        &[],
+    ),
+    (
+        "/consent.v1.ProductUsageService/CheckTracking",
+        Unary,
+        &["tracking"],
+    ),
+    (
+        "/consent.v1.ProductUsageService/FilterUsageEvents",
+        Unary,
+        &["tracking"],
+    ),
 ];
 
 /// The roles of the test keys, each with its key name.
@@ -775,4 +829,257 @@ async fn bad_key_and_tls_files_stop_the_server_with_exit_64() {
         "a certificate without a key is a usage error: {stderr}"
     );
     assert!(stderr.contains("--tls-key"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// Tenant isolation, the principal, and landing pages
+// ---------------------------------------------------------------------------
+
+/// A channel whose every request carries `authorization: Bearer <secret of key_name>`.
+fn with_key(
+    channel: &GrpcChannel,
+    key_name: &str,
+) -> tonic::service::interceptor::InterceptedService<
+    GrpcChannel,
+    impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone,
+> {
+    let bearer: MetadataValue<_> = format!("Bearer {}", secret(key_name))
+        .parse()
+        .expect("ASCII");
+    tonic::service::interceptor::InterceptedService::new(
+        channel.clone(),
+        move |mut request: Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            Ok(request)
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_key_for_one_tenant_cannot_touch_another_even_knowing_the_ids() {
+    use consentd::pb::{
+        ChangeContext, Channel, CheckTrackingRequest, CreateServiceRequest,
+        GetAddressStatusRequest, ListSubscribersRequest, OptOutRequest, OptOutUserRequest, Source,
+        UpsertProfileRequest, consent_service_client::ConsentServiceClient,
+        product_usage_service_client::ProductUsageServiceClient,
+        subscription_service_client::SubscriptionServiceClient,
+    };
+    let app = spawn_app_secured(keys(), None).await;
+    let root = with_key(&app.channel, "admin");
+    let acme = with_key(&app.channel, "admin-acme");
+    let context = || {
+        Some(ChangeContext {
+            source: Source::Operator as i32,
+            ..Default::default()
+        })
+    };
+    // Tenant "globex" has a profile, a service and an opted-out user.
+    ProfileServiceClient::new(root.clone())
+        .upsert_profile(UpsertProfileRequest {
+            tenant: "globex".to_owned(),
+            profile_id: "secret-profile".to_owned(),
+            emails: vec!["ceo@globex.example".to_owned()],
+            context: context(),
+            ..Default::default()
+        })
+        .await
+        .expect("admin of all tenants writes globex");
+    SubscriptionServiceClient::new(root.clone())
+        .create_service(CreateServiceRequest {
+            tenant: "globex".to_owned(),
+            service_id: "board-news".to_owned(),
+            name: "Board news".to_owned(),
+            channel: Channel::Email as i32,
+            double_opt_in: false,
+            context: context(),
+        })
+        .await
+        .expect("create service");
+    ProductUsageServiceClient::new(root.clone())
+        .opt_out_user(OptOutUserRequest {
+            tenant: "globex".to_owned(),
+            user_id: "u1".to_owned(),
+            context: context(),
+        })
+        .await
+        .expect("opt out user");
+
+    // An admin of "acme" gets PERMISSION_DENIED for globex, for ids that
+    // exist and ids that do not alike.
+    for profile_id in ["secret-profile", "no-such-profile"] {
+        let read = ProfileServiceClient::new(acme.clone())
+            .get_profile(GetProfileRequest {
+                tenant: "globex".to_owned(),
+                profile_id: profile_id.to_owned(),
+            })
+            .await
+            .expect_err("other tenant");
+        assert_refused("read", &read, Code::PermissionDenied, &["globex"]);
+        let write = ConsentServiceClient::new(acme.clone())
+            .opt_out(OptOutRequest {
+                tenant: "globex".to_owned(),
+                profile_id: profile_id.to_owned(),
+                all_channels: true,
+                context: context(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("other tenant");
+        assert_refused("write", &write, Code::PermissionDenied, &["globex"]);
+    }
+    let address = QuarantineServiceClient::new(acme.clone())
+        .get_address_status(GetAddressStatusRequest {
+            tenant: "globex".to_owned(),
+            address: "ceo@globex.example".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("other tenant");
+    assert_refused("address", &address, Code::PermissionDenied, &["globex"]);
+    let subscribers = SubscriptionServiceClient::new(acme.clone())
+        .list_subscribers(ListSubscribersRequest {
+            tenant: "globex".to_owned(),
+            service_id: "board-news".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("other tenant");
+    assert_refused(
+        "subscribers",
+        &subscribers,
+        Code::PermissionDenied,
+        &["globex"],
+    );
+    let usage = ProductUsageServiceClient::new(acme.clone())
+        .check_tracking(CheckTrackingRequest {
+            tenant: "globex".to_owned(),
+            user_id: "u1".to_owned(),
+        })
+        .await
+        .expect_err("other tenant");
+    assert_refused("usage", &usage, Code::PermissionDenied, &["globex"]);
+
+    // Nothing changed in globex.
+    let consent = ProfileServiceClient::new(root.clone())
+        .get_profile(GetProfileRequest {
+            tenant: "globex".to_owned(),
+            profile_id: "secret-profile".to_owned(),
+        })
+        .await
+        .expect("read")
+        .into_inner()
+        .profile
+        .and_then(|p| p.consent)
+        .and_then(|c| c.all_channels)
+        .map(|m| m.status);
+    assert_eq!(
+        consent,
+        Some(consentd::pb::ConsentStatus::NoPreference as i32)
+    );
+}
+
+#[tokio::test]
+async fn history_names_the_key_and_landing_pages_are_recorded_as_such() {
+    use consentd::pb::{
+        ChangeContext, Channel, ListConsentHistoryRequest, OptInRequest, OptOutRequest, Source,
+        UpsertProfileRequest, consent_service_client::ConsentServiceClient,
+    };
+    let app = spawn_app_secured(keys(), None).await;
+    let operator = with_key(&app.channel, "operator");
+    let landing = with_key(&app.channel, "landing_page");
+    ProfileServiceClient::new(operator.clone())
+        .upsert_profile(UpsertProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "jane".to_owned(),
+            emails: vec!["jane@example.com".to_owned()],
+            context: Some(ChangeContext {
+                source: Source::Operator as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("upsert");
+    ConsentServiceClient::new(operator.clone())
+        .opt_out(OptOutRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "jane".to_owned(),
+            channel: Channel::Sms as i32,
+            context: Some(ChangeContext {
+                source: Source::Operator as i32,
+                actor: "alice@back-office".to_owned(),
+                principal: "someone-else".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("operator opt-out");
+    // A landing-page key's opt-in is recorded as LANDING_PAGE whatever it
+    // says, and so needs its proof of consent.
+    let opt_in = |context: ChangeContext| {
+        let mut client = ConsentServiceClient::new(landing.clone());
+        async move {
+            client
+                .opt_in(OptInRequest {
+                    tenant: TENANT.to_owned(),
+                    profile_id: "jane".to_owned(),
+                    channel: Channel::Email as i32,
+                    all_channels: false,
+                    context: Some(context),
+                })
+                .await
+        }
+    };
+    let refused = opt_in(ChangeContext {
+        source: Source::Operator as i32,
+        ..Default::default()
+    })
+    .await
+    .expect_err("a landing page must prove consent");
+    assert_validation_failed("landing opt-in", &refused, &["context.ip_address"]);
+    opt_in(ChangeContext {
+        source: Source::Operator as i32,
+        actor: "jane@example.com".to_owned(),
+        ip_address: "198.51.100.7".to_owned(),
+        notice_version: "v2".to_owned(),
+        ..Default::default()
+    })
+    .await
+    .expect("landing-page opt-in with proof");
+
+    let entries = ConsentServiceClient::new(operator.clone())
+        .list_consent_history(ListConsentHistoryRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "jane".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    let contexts: Vec<(String, String, i32)> = entries
+        .into_iter()
+        .map(|e| {
+            let c = e.context.unwrap_or_default();
+            (c.principal, c.actor, c.source)
+        })
+        .collect();
+    assert_eq!(
+        contexts,
+        vec![
+            (
+                "landing_page".to_owned(),
+                "jane@example.com".to_owned(),
+                Source::LandingPage as i32
+            ),
+            (
+                "operator".to_owned(),
+                "alice@back-office".to_owned(),
+                Source::Operator as i32
+            ),
+        ]
+    );
 }
