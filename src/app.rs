@@ -57,6 +57,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// API keys and TLS; the default is neither (loopback only, see `main`).
+    pub security: crate::auth::Security,
 }
 
 impl Default for Settings {
@@ -67,6 +69,7 @@ impl Default for Settings {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             max_concurrent_streams: CONCURRENT_STREAMS_MAX_DEFAULT,
+            security: crate::auth::Security::default(),
         }
     }
 }

@@ -62,6 +62,13 @@ pub enum Error {
     /// The confirmation token exists but cannot confirm anything; nothing changed.
     #[error("{0}")]
     TokenRefused(TokenProblem),
+    /// The request carries no valid API key (missing, malformed or unknown).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role or tenants do not allow the request. The message
+    /// never says whether the target exists.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The server is shutting down or the store cannot take writes.
     #[error("{0}")]
     Unavailable(String),

@@ -4,12 +4,14 @@
 //! - [`api`]: the gRPC edge (tonic, prost), converting to and from domain types;
 //! - [`app`]: the operations, joining rules and store, owning durability;
 //! - [`engine`]: the rules (consent, quarantine, eligibility), pure;
-//! - [`store`]: the sled store behind a narrow interface.
+//! - [`store`]: the sled store behind a narrow interface;
+//! - [`auth`]: API keys, roles and the permission table (no tonic), used by the edge.
 //!
 //! [`server::run`] serves it all; see ARCHITECTURE.md for the map.
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod engine;
 pub mod error;

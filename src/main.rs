@@ -9,6 +9,7 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use consentd::{
     app::CONCURRENT_STREAMS_MAX_DEFAULT,
+    auth::{KeySet, Role, Security, TenantScope, TlsPem},
     clock::SystemClock,
     engine::QuarantineRules,
     server::{self, App, Settings},
@@ -32,7 +33,29 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gRPC API (with health and reflection) until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a new random API key (once) and the key-file entry that accepts it.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// The key's name: who uses it. It is the actor of the key's changes in history.
+    #[arg(long)]
+    name: String,
+    /// admin, operator, delivery, landing_page or tracking.
+    #[arg(long, value_parser = Role::parse)]
+    role: Role,
+    /// A tenant the key may act in; repeat for several, or '*' for all.
+    #[arg(long = "tenant", required = true)]
+    tenants: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +93,23 @@ struct ServeArgs {
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off when not set).
     #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// API key file (TOML): clients must then send `authorization: Bearer <key>`.
+    /// Without it, access control is off and --listen must be a loopback address.
+    #[arg(long, env = "CONSENTD_AUTH_KEYS")]
+    auth_keys: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without --auth-keys: anyone who
+    /// can reach the port may then read and change every tenant.
+    #[arg(long, env = "CONSENTD_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, env = "CONSENTD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "CONSENTD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS. Needs --tls-cert.
+    #[arg(long, env = "CONSENTD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -98,7 +138,9 @@ impl ServeArgs {
                 return Err(format!("{flag} must be longer than zero"));
             }
         }
+        let security = self.security()?;
         Ok(Settings {
+            security,
             rules: QuarantineRules {
                 soft_error_threshold: self.soft_error_threshold,
                 significant_error_interval: self.significant_error_interval,
@@ -113,6 +155,40 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// Reads and checks the key file and TLS files, and refuses to serve
+    /// without keys on an address other machines can reach.
+    fn security(&self) -> Result<Security, String> {
+        let keys = match &self.auth_keys {
+            Some(path) => {
+                Some(Arc::new(KeySet::load(path).map_err(|e| {
+                    format!("--auth-keys {}: {e}", path.display())
+                })?))
+            }
+            None => None,
+        };
+        if keys.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(format!(
+                "refusing to listen on {} without --auth-keys: anyone who can reach it could read \
+                 and change every tenant. Give --auth-keys FILE (see `consentd keys generate`), \
+                 listen on a loopback address such as 127.0.0.1, or pass --insecure-no-auth",
+                self.listen
+            ));
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = TlsPem::load(cert, key, self.tls_client_ca.as_deref())?;
+                server::check_tls(&tls)?;
+                Some(Arc::new(tls))
+            }
+            (None, None) => None,
+            // clap's `requires` makes these unreachable; refuse them anyway.
+            _ => return Err("--tls-cert and --tls-key go together".to_owned()),
+        };
+        Ok(Security { keys, tls })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -124,6 +200,30 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Keys(KeysCommand::Generate(args)) => generate_key(&args),
+    }
+}
+
+/// Prints the new key on the first line of stdout, then a blank line, then the
+/// key-file entry; explanations go to stderr.
+fn generate_key(args: &GenerateArgs) -> ExitCode {
+    let generated = TenantScope::parse(args.tenants.iter().map(String::as_str))
+        .map_err(|e| format!("--tenant: {e}"))
+        .and_then(|scope| consentd::auth::generate_key(&args.name, args.role, &scope));
+    match generated {
+        Ok(generated) => {
+            eprintln!(
+                "The key is on the first line below. It is shown once: give it to its user now. \
+                 The server keeps only its SHA-256; add the [[key]] entry to the --auth-keys file \
+                 and restart the server."
+            );
+            println!("{}\n\n{}", generated.key, generated.entry);
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -219,7 +319,9 @@ mod tests {
     #[test]
     fn command_line_defaults_are_the_library_defaults() {
         let cli = Cli::try_parse_from(["consentd", "serve"]).expect("defaults parse");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed as serve")
+        };
         let settings = args.settings().expect("defaults are valid");
         let defaults = Settings::default();
         assert_eq!(settings.rules, defaults.rules);
@@ -238,9 +340,66 @@ mod tests {
             &["consentd", "serve", "--error-reset-period", "0s"][..],
         ] {
             let cli = Cli::try_parse_from(bad).expect("parses");
-            let Command::Serve(args) = cli.command;
+            let Command::Serve(args) = cli.command else {
+                panic!("parsed as serve")
+            };
             assert!(args.settings().is_err(), "{bad:?}");
         }
         assert!(Cli::try_parse_from(["consentd", "serve", "--listen", "nowhere"]).is_err());
+    }
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(args).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed as serve")
+        };
+        *args
+    }
+
+    #[test]
+    fn no_keys_means_loopback_only_unless_insecure() {
+        for listen in ["127.0.0.1:0", "[::1]:0"] {
+            assert!(
+                serve_args(&["consentd", "serve", "--listen", listen])
+                    .settings()
+                    .is_ok()
+            );
+        }
+        let refused = serve_args(&["consentd", "serve", "--listen", "0.0.0.0:0"])
+            .settings()
+            .expect_err("refused");
+        assert!(refused.contains("--insecure-no-auth"), "{refused}");
+        assert!(
+            serve_args(&[
+                "consentd",
+                "serve",
+                "--listen",
+                "0.0.0.0:0",
+                "--insecure-no-auth"
+            ])
+            .settings()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn tls_flags_need_each_other() {
+        assert!(Cli::try_parse_from(["consentd", "serve", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["consentd", "serve", "--tls-key", "k.pem"]).is_err());
+        assert!(Cli::try_parse_from(["consentd", "serve", "--tls-client-ca", "ca.pem"]).is_err());
+        let missing = serve_args(&[
+            "consentd",
+            "serve",
+            "--tls-cert",
+            "/nonexistent/c.pem",
+            "--tls-key",
+            "/nonexistent/k.pem",
+        ])
+        .settings()
+        .expect_err("missing files");
+        assert!(
+            missing.starts_with("--tls-cert: cannot read /nonexistent/c.pem"),
+            "{missing}"
+        );
     }
 }

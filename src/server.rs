@@ -8,9 +8,16 @@
 use std::future::Future;
 
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
-use crate::{api::Services, error::Error, metrics::MetricsLayer, pb, request_id::RequestIdLayer};
+use crate::{
+    api::{Services, auth_layer::AuthLayer},
+    auth::{Security, TlsPem},
+    error::Error,
+    metrics::MetricsLayer,
+    pb,
+    request_id::RequestIdLayer,
+};
 
 pub use crate::app::{App, Settings};
 pub use crate::store::StoreError as StartupError;
@@ -30,9 +37,51 @@ pub enum ServeError {
     /// Reflection could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS certificate, key or client CA was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(tonic::transport::Error),
     /// The final flush failed.
     #[error("final flush: {0}")]
     Flush(#[from] Error),
+}
+
+/// Checks that rustls accepts the TLS files (a key that does not match its
+/// certificate, say), so that `main` can refuse them before anything starts.
+pub fn check_tls(tls: &TlsPem) -> Result<(), String> {
+    Server::builder()
+        .tls_config(tls_config(tls))
+        .map(|_| ())
+        .map_err(|e| {
+            // tonic's error says only "transport error"; the cause is rustls's.
+            let cause =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+            format!("the TLS certificate, key or client CA was refused: {cause}")
+        })
+}
+
+fn tls_config(tls: &TlsPem) -> ServerTlsConfig {
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_chain, &tls.key));
+    match &tls.client_ca {
+        // Client certificates are then required (tonic's default).
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
+    }
+}
+
+fn log_security(security: &Security) {
+    match &security.keys {
+        Some(keys) => tracing::info!(keys = keys.len(), "access control on: API keys required"),
+        None => tracing::warn!(
+            "access control is off (no --auth-keys): any client can call every RPC for every tenant"
+        ),
+    }
+    match &security.tls {
+        Some(tls) if tls.client_ca.is_some() => {
+            tracing::info!("TLS on, client certificates required (mutual TLS)");
+        }
+        Some(_) => tracing::info!("TLS on"),
+        None => tracing::info!("TLS off: plaintext HTTP/2"),
+    }
 }
 
 /// Serves every service on `listener` until `shutdown` resolves, then drains
@@ -85,11 +134,19 @@ pub async fn run(
         let _ = signalled.send(());
     };
 
+    log_security(&settings.security);
+    let mut builder = Server::builder();
+    if let Some(tls) = &settings.security.tls {
+        builder = builder
+            .tls_config(tls_config(tls))
+            .map_err(ServeError::Tls)?;
+    }
+
     let local = listener.local_addr().ok();
     // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add tens of
     // milliseconds to every response that spans several segments.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let server = builder
         .timeout(settings.request_timeout)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
@@ -106,6 +163,8 @@ pub async fn run(
                 request_id = tracing::field::Empty,
             )
         })
+        // Every request passes access control; health and reflection are let through.
+        .layer(AuthLayer::new(settings.security.keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

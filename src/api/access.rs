@@ -5,9 +5,10 @@
 
 use tonic::Request;
 
-use super::convert::Check;
+use super::{auth_layer, convert::Check};
 use crate::{
     app::App,
+    auth::{Caller, Role},
     engine::{ChangeContext, Source, Tenant, UnixMillis},
     error::Error,
     pb,
@@ -16,28 +17,31 @@ use crate::{
 /// The caller of one request and the time it arrived.
 #[derive(Debug, Clone)]
 pub(crate) struct Access {
-    /// The API key's name; empty when access control is off.
-    principal: String,
-    /// Whether the caller's changes are recorded as coming from a landing page.
-    landing_page: bool,
+    /// The caller, as the auth layer found it.
+    caller: Caller,
     /// When the request is handled.
     now: UnixMillis,
 }
 
 impl Access {
-    /// The caller of `request`.
-    pub(crate) fn of<T>(_request: &Request<T>, app: &App) -> Self {
+    /// The caller of `request` (see [`auth_layer::caller`]: a request that did
+    /// not pass the auth layer may act in no tenant).
+    pub(crate) fn of<T>(request: &Request<T>, app: &App) -> Self {
         Self {
-            principal: String::new(),
-            landing_page: false,
+            caller: auth_layer::caller(request),
             now: app.now(),
         }
     }
 
     /// The request's tenant: parsed (a violation when invalid) and allowed
-    /// for the caller (PERMISSION_DENIED otherwise, before anything is read).
+    /// for the caller (PERMISSION_DENIED otherwise, before anything is read,
+    /// so the answer is the same whether the target exists or not).
     pub(crate) fn tenant(&self, check: &mut Check, raw: &str) -> Result<Option<Tenant>, Error> {
-        Ok(check.tenant(raw))
+        let Some(tenant) = check.tenant(raw) else {
+            return Ok(None);
+        };
+        self.caller.check_tenant(&tenant)?;
+        Ok(Some(tenant))
     }
 
     /// The request's change context, stamped with the caller: `principal` is
@@ -48,9 +52,9 @@ impl Access {
         check: &mut Check,
         raw: Option<&pb::ChangeContext>,
     ) -> Option<ChangeContext> {
-        let forced = self.landing_page.then_some(Source::LandingPage);
+        let forced = (self.caller.role == Role::LandingPage).then_some(Source::LandingPage);
         let mut context = check.context(raw, forced, self.now)?;
-        context.principal.clone_from(&self.principal);
+        context.principal = self.caller.actor().unwrap_or_default().to_owned();
         Some(context)
     }
 }

@@ -4,6 +4,7 @@
 //! back; errors become statuses in one place (`status`).
 
 mod access;
+pub(crate) mod auth_layer;
 mod convert;
 mod eligibility;
 mod page;

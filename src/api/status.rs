@@ -108,6 +108,20 @@ impl From<Error> for Status {
                 HashMap::new(),
                 ErrorDetails::new(),
             ),
+            Error::Unauthenticated(_) => status(
+                Code::Unauthenticated,
+                message,
+                "UNAUTHENTICATED",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
+            Error::PermissionDenied(_) => status(
+                Code::PermissionDenied,
+                message,
+                "PERMISSION_DENIED",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
             Error::Unavailable(_) => status(
                 Code::Unavailable,
                 message,

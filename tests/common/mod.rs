@@ -4,9 +4,12 @@
 //! Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub(crate) mod process;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use consentd::{
+    auth::Security,
     clock::{Clock, ManualClock},
     pb::{
         AddressHistoryEntry, AddressState, AddressStatus, AddressType,
@@ -28,8 +31,10 @@ use prost_types::Timestamp;
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
-    Code, Status,
-    transport::{Channel as GrpcChannel, Endpoint},
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::Interceptor,
+    transport::{Channel as GrpcChannel, ClientTlsConfig, Endpoint},
 };
 use tonic_types::{ErrorInfo, StatusExt};
 
@@ -75,10 +80,56 @@ pub(crate) async fn spawn_app() -> TestApp {
 /// Starts a server with the given settings on a fresh data directory.
 pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
     let data_dir = tempfile::tempdir().expect("create a temporary data directory");
-    start(data_dir, ManualClock::new(START_MS), settings).await
+    start(data_dir, ManualClock::new(START_MS), settings, None).await
 }
 
-async fn start(data_dir: TempDir, clock: ManualClock, settings: Settings) -> TestApp {
+/// Starts a server with API keys and/or TLS (`security`) and default settings
+/// otherwise. `client_tls` is how the harness's clients connect: `None` for
+/// plaintext, else over `https://127.0.0.1:<port>` with that configuration.
+/// With keys, the harness's clients send no key; wrap `channel` with [`Bearer`].
+pub(crate) async fn spawn_app_secured(
+    security: Security,
+    client_tls: Option<ClientTlsConfig>,
+) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("create a temporary data directory");
+    let settings = Settings {
+        security,
+        ..Settings::default()
+    };
+    start(data_dir, ManualClock::new(START_MS), settings, client_tls).await
+}
+
+/// An interceptor that sends `authorization: Bearer <key>` with every request.
+#[derive(Clone)]
+pub(crate) struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    /// Sends `key`.
+    pub(crate) fn new(key: &str) -> Self {
+        Self::header(&format!("Bearer {key}"))
+    }
+
+    /// Sends this exact `authorization` value (for malformed headers).
+    pub(crate) fn header(value: &str) -> Self {
+        Self(value.parse().expect("an ASCII header value"))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+async fn start(
+    data_dir: TempDir,
+    clock: ManualClock,
+    settings: Settings,
+    client_tls: Option<ClientTlsConfig>,
+) -> TestApp {
     let shared_clock: Arc<dyn Clock> = Arc::new(clock.clone());
     let app = match App::open(data_dir.path(), settings, shared_clock) {
         Ok(app) => app,
@@ -93,11 +144,16 @@ async fn start(data_dir: TempDir, clock: ManualClock, settings: Settings) -> Tes
         // Resolves on send and when the sender is dropped.
         let _ = shutdown_rx.await;
     }));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint URI")
-        .connect()
-        .await
-        .expect("connect to the test server");
+    let channel = match client_tls {
+        None => Endpoint::from_shared(format!("http://{addr}")).expect("endpoint URI"),
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+            .expect("endpoint URI")
+            .tls_config(tls)
+            .expect("client TLS configuration"),
+    }
+    .connect()
+    .await
+    .expect("connect to the test server");
     TestApp {
         addr,
         clock,
@@ -159,7 +215,7 @@ impl TestApp {
     /// Stops the server gracefully and starts a new one on the same data directory and clock.
     pub(crate) async fn restart(self) -> TestApp {
         let (data_dir, clock) = self.stop().await;
-        start(data_dir, clock, Settings::default()).await
+        start(data_dir, clock, Settings::default(), None).await
     }
 }
 
