@@ -452,3 +452,55 @@ async fn the_binary_serves_metrics_and_logs_the_request_id_in_the_span() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_request_refused_by_access_control_is_counted_and_carries_its_id() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let key_file = data_dir.path().join("keys.toml");
+    let digest = consentd::auth::sha256_hex("cdk_observability_test_key");
+    std::fs::write(
+        &key_file,
+        format!(
+            "[[key]]\nname = \"ops\"\nsha256 = \"{digest}\"\nrole = \"admin\"\ntenants = \"*\"\n"
+        ),
+    )
+    .expect("write the key file");
+    let store_dir = data_dir.path().join("store");
+    let key_path = key_file.to_str().expect("UTF-8 path");
+    let (mut server, addr) = binary::Consentd::start(
+        &store_dir,
+        "info",
+        &["--auth-keys", key_path, "--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics_line = server.wait_for_line("metrics on http://");
+    let metrics_addr: SocketAddr = binary::after(&metrics_line, "metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("the metrics address");
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("URI")
+        .connect()
+        .await
+        .expect("connect");
+    let refused = ProfileServiceClient::new(channel)
+        .get_profile(with_id(
+            GetProfileRequest {
+                tenant: TENANT.into(),
+                profile_id: "alice".into(),
+            },
+            "no-key-1",
+        ))
+        .await
+        .expect_err("no API key");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(request_id(refused.metadata()), "no-key-1");
+    let samples = scrape(metrics_addr).await;
+    assert_eq!(
+        requests(
+            &samples,
+            "consent.v1.ProfileService/GetProfile",
+            "UNAUTHENTICATED"
+        ),
+        1.0
+    );
+}
