@@ -19,6 +19,7 @@
 
 mod codec;
 mod commit;
+mod dump;
 mod keys;
 mod lock;
 
@@ -40,6 +41,7 @@ use crate::engine::{
 
 pub use codec::CodecError;
 use commit::GroupCommit;
+pub use dump::{DumpItem, Snapshot};
 use lock::DirLock;
 
 /// How many lock stripes guard read-modify-write; two keys share a stripe

@@ -1,0 +1,722 @@
+//! The export format: one JSON object per line, tagged by `type`.
+//!
+//! These serde types are the format's contract, kept apart from the domain
+//! types on purpose (as the protos are for the API): a field renamed in the
+//! engine must not silently change the files operators keep. Enum values are
+//! the proto names without their prefix (`OPTED_OUT`, `QUARANTINED`,
+//! `DELIVERY_FEEDBACK`); times are milliseconds since the Unix epoch (`*_ms`).
+//!
+//! Reading a record validates it with the engine's parsers ([`Record::into_item`]),
+//! so that an edited or damaged file cannot put an invalid value in the store.
+//!
+//! A new record type is one new [`Record`] variant with its struct, one arm
+//! in [`Record::from_item`] and one in [`Record::into_item`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    engine::{
+        ADDRESSES_PER_KIND_MAX, Address, AddressEvent, AddressEventKind, AddressKind, AddressState,
+        AddressStatus, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState,
+        ConsentStatus, ErrorReason, EventId, FeedbackKind, Profile, ProfileId, Scope, Source,
+        Tenant, UnixMillis, parse_postal_address,
+    },
+    store::DumpItem,
+};
+
+/// The `format` of the header line.
+pub const FORMAT_NAME: &str = "consentd-export";
+/// The version of the format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One line of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// The first line: what the file is.
+    Header(Header),
+    /// A profile with its addresses and consent.
+    Profile(ProfileRecord),
+    /// One entry of a profile's consent history.
+    ConsentHistory(ConsentHistoryRecord),
+    /// The state of an address.
+    AddressState(AddressStateRecord),
+    /// One entry of an address's log.
+    AddressEvent(AddressEventRecord),
+    /// A feedback event id already recorded (so that a redelivery is ignored).
+    FeedbackEventId(FeedbackEventIdRecord),
+}
+
+/// The header line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// [`FORMAT_VERSION`] when written by this build.
+    pub version: u32,
+    /// The consentd version that wrote the file.
+    pub written_by: String,
+    /// When the export was taken (ms since the Unix epoch).
+    pub created_at_ms: UnixMillis,
+    /// The one tenant exported, or `null` for all.
+    pub tenant: Option<String>,
+}
+
+impl Header {
+    /// A header for an export taken now.
+    pub fn new(tenant: Option<&Tenant>, created_at_ms: UnixMillis) -> Self {
+        Self {
+            format: FORMAT_NAME.to_owned(),
+            version: FORMAT_VERSION,
+            written_by: format!("consentd {}", env!("CARGO_PKG_VERSION")),
+            created_at_ms,
+            tenant: tenant.map(|t| t.as_str().to_owned()),
+        }
+    }
+
+    /// Checks that a file is an export this build can read.
+    pub fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT_NAME {
+            return Err(format!(
+                "format is '{}', expected '{FORMAT_NAME}'",
+                self.format
+            ));
+        }
+        if self.version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                self.version
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Mirrors an engine enum as a serde enum with SCREAMING_SNAKE_CASE names.
+macro_rules! mirror {
+    ($(#[$doc:meta])* $name:ident <=> $engine:ident { $($variant:ident),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        #[allow(missing_docs)]
+        pub enum $name { $($variant),* }
+
+        impl From<$engine> for $name {
+            fn from(value: $engine) -> Self {
+                match value { $($engine::$variant => Self::$variant),* }
+            }
+        }
+
+        impl From<$name> for $engine {
+            fn from(value: $name) -> Self {
+                match value { $($name::$variant => Self::$variant),* }
+            }
+        }
+    };
+}
+
+mirror!(
+    /// A consent setting.
+    ConsentStatusName <=> ConsentStatus { NoPreference, OptedIn, OptedOut }
+);
+mirror!(
+    /// Where a change came from.
+    SourceName <=> Source { LandingPage, Operator, Api, Import, DeliveryFeedback }
+);
+mirror!(
+    /// An address kind.
+    AddressTypeName <=> AddressKind { Email, Phone, PushToken }
+);
+mirror!(
+    /// An address status.
+    AddressStatusName <=> AddressStatus { Valid, WithErrors, Quarantined, Denylisted }
+);
+mirror!(
+    /// A delivery feedback kind.
+    FeedbackKindName <=> FeedbackKind { HardBounce, SoftBounce, Ignored, Complaint, Delivered }
+);
+mirror!(
+    /// A delivery error reason.
+    ErrorReasonName <=> ErrorReason {
+        Unspecified, UserUnknown, InvalidDomain, Unreachable, AccountDisabled, MailboxFull,
+        Refused, NotConnected, Other,
+    }
+);
+
+/// The scope of a consent change: every channel, or one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum ScopeName {
+    AllChannels,
+    Email,
+    Sms,
+    Push,
+    Voice,
+    DirectMail,
+}
+
+impl From<Scope> for ScopeName {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::AllChannels => Self::AllChannels,
+            Scope::Channel(Channel::Email) => Self::Email,
+            Scope::Channel(Channel::Sms) => Self::Sms,
+            Scope::Channel(Channel::Push) => Self::Push,
+            Scope::Channel(Channel::Voice) => Self::Voice,
+            Scope::Channel(Channel::DirectMail) => Self::DirectMail,
+        }
+    }
+}
+
+impl From<ScopeName> for Scope {
+    fn from(scope: ScopeName) -> Self {
+        match scope {
+            ScopeName::AllChannels => Scope::AllChannels,
+            ScopeName::Email => Scope::Channel(Channel::Email),
+            ScopeName::Sms => Scope::Channel(Channel::Sms),
+            ScopeName::Push => Scope::Channel(Channel::Push),
+            ScopeName::Voice => Scope::Channel(Channel::Voice),
+            ScopeName::DirectMail => Scope::Channel(Channel::DirectMail),
+        }
+    }
+}
+
+/// Who made a change, how and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextRecord {
+    /// Where the change came from.
+    pub source: SourceName,
+    /// Who made it (may be empty).
+    pub actor: String,
+    /// Why (may be empty).
+    pub reason: String,
+}
+
+impl From<&ChangeContext> for ContextRecord {
+    fn from(c: &ChangeContext) -> Self {
+        Self {
+            source: c.source.into(),
+            actor: c.actor.clone(),
+            reason: c.reason.clone(),
+        }
+    }
+}
+
+impl ContextRecord {
+    fn parse(&self) -> Result<ChangeContext, String> {
+        ChangeContext::new(self.source.into(), &self.actor, &self.reason)
+            .map_err(|(field, e)| format!("context.{field}: {e}"))
+    }
+}
+
+/// The setting of one consent scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRecord {
+    /// The setting.
+    pub status: ConsentStatusName,
+    /// When it last changed; `null` if never set.
+    pub changed_at_ms: Option<UnixMillis>,
+    /// By what source it last changed; `null` if never set.
+    pub source: Option<SourceName>,
+}
+
+impl From<&ConsentMark> for MarkRecord {
+    fn from(m: &ConsentMark) -> Self {
+        Self {
+            status: m.status.into(),
+            changed_at_ms: m.changed.map(|(at, _)| at),
+            source: m.changed.map(|(_, source)| source.into()),
+        }
+    }
+}
+
+impl MarkRecord {
+    fn parse(&self, field: &str) -> Result<ConsentMark, String> {
+        let changed = match (self.changed_at_ms, self.source) {
+            (Some(at), Some(source)) => Some((at, source.into())),
+            (None, None) => None,
+            _ => {
+                return Err(format!(
+                    "{field}: changed_at_ms and source are both set or both null"
+                ));
+            }
+        };
+        Ok(ConsentMark {
+            status: self.status.into(),
+            changed,
+        })
+    }
+}
+
+/// A profile's consent: the all-channels setting and one per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRecord {
+    /// The all-channels setting.
+    pub all_channels: MarkRecord,
+    /// E-mail.
+    pub email: MarkRecord,
+    /// Text messages.
+    pub sms: MarkRecord,
+    /// Push notifications.
+    pub push: MarkRecord,
+    /// Voice calls.
+    pub voice: MarkRecord,
+    /// Letters.
+    pub direct_mail: MarkRecord,
+}
+
+/// A profile record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its id.
+    pub profile_id: String,
+    /// E-mail addresses.
+    pub emails: Vec<String>,
+    /// Phone numbers (E.164).
+    pub phones: Vec<String>,
+    /// Push tokens.
+    pub push_tokens: Vec<String>,
+    /// Postal address; empty for none.
+    pub postal_address: String,
+    /// Consent.
+    pub consent: ConsentRecord,
+    /// Sequence of the last consent history entry (0: none).
+    pub history_seq: u64,
+    /// When the profile was first stored.
+    pub created_at_ms: UnixMillis,
+    /// When its addresses were last written.
+    pub updated_at_ms: UnixMillis,
+}
+
+/// A consent history entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentHistoryRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The profile.
+    pub profile_id: String,
+    /// Position in the profile's history, from 1.
+    pub sequence: u64,
+    /// When the change was made.
+    pub changed_at_ms: UnixMillis,
+    /// The setting changed.
+    pub scope: ScopeName,
+    /// The setting before.
+    pub old_status: ConsentStatusName,
+    /// The setting after.
+    pub new_status: ConsentStatusName,
+    /// Who, how and why.
+    pub context: ContextRecord,
+}
+
+/// An address state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressStateRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The address kind.
+    pub address_type: AddressTypeName,
+    /// The address (normalised).
+    pub address: String,
+    /// The status as of the last event.
+    pub status: AddressStatusName,
+    /// Soft errors counted since the address was last VALID.
+    pub error_count: u32,
+    /// Event time of the first counted error.
+    pub first_error_at_ms: Option<UnixMillis>,
+    /// Event time of the last counted error.
+    pub last_error_at_ms: Option<UnixMillis>,
+    /// Reason of the last counted error or hard bounce.
+    pub last_error_reason: ErrorReasonName,
+    /// Reason text of the last status change.
+    pub last_reason: String,
+    /// Event time of the last status change.
+    pub updated_at_ms: Option<UnixMillis>,
+    /// Latest event time folded in.
+    pub last_event_at_ms: Option<UnixMillis>,
+    /// Sequence of the last log entry.
+    pub log_seq: u64,
+}
+
+/// What happened to an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventKindRecord {
+    /// Delivery feedback.
+    Feedback {
+        /// What the delivery reported.
+        feedback_kind: FeedbackKindName,
+        /// Why it failed.
+        error_reason: ErrorReasonName,
+        /// The sender's event id.
+        event_id: String,
+    },
+    /// An operator (or an import) set the status.
+    Manual {
+        /// QUARANTINED or DENYLISTED.
+        status: AddressStatusName,
+    },
+    /// The address was released.
+    Release,
+}
+
+/// An address log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressEventRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The address kind.
+    pub address_type: AddressTypeName,
+    /// The address.
+    pub address: String,
+    /// Position in the address's log, from 1.
+    pub sequence: u64,
+    /// What happened.
+    pub event: EventKindRecord,
+    /// Event time.
+    pub occurred_at_ms: UnixMillis,
+    /// When consentd recorded it.
+    pub recorded_at_ms: UnixMillis,
+    /// Status before.
+    pub old_status: AddressStatusName,
+    /// Status after.
+    pub new_status: AddressStatusName,
+    /// Who, how and why.
+    pub context: ContextRecord,
+}
+
+/// A recorded feedback event id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackEventIdRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The event id.
+    pub event_id: String,
+    /// The kind of the address the event was about.
+    pub address_type: AddressTypeName,
+    /// The address.
+    pub address: String,
+}
+
+fn strings(addresses: &[Address]) -> Vec<String> {
+    addresses.iter().map(|a| a.as_str().to_owned()).collect()
+}
+
+fn tenant(raw: &str) -> Result<Tenant, String> {
+    Tenant::parse(raw).map_err(|e| format!("tenant: {e}"))
+}
+
+fn profile_id(raw: &str) -> Result<ProfileId, String> {
+    ProfileId::parse(raw).map_err(|e| format!("profile_id: {e}"))
+}
+
+fn address(kind: AddressTypeName, raw: &str, field: &str) -> Result<Address, String> {
+    Address::parse(Some(kind.into()), raw).map_err(|e| format!("{field}: {e}"))
+}
+
+fn address_list(raw: &[String], kind: AddressKind, field: &str) -> Result<Vec<Address>, String> {
+    if raw.len() > ADDRESSES_PER_KIND_MAX {
+        return Err(format!(
+            "{field}: {} entries, at most {ADDRESSES_PER_KIND_MAX} are allowed",
+            raw.len()
+        ));
+    }
+    let mut out: Vec<Address> = Vec::with_capacity(raw.len());
+    for (i, text) in raw.iter().enumerate() {
+        let parsed = Address::parse(Some(kind), text).map_err(|e| format!("{field}[{i}]: {e}"))?;
+        if out.contains(&parsed) {
+            return Err(format!(
+                "{field}[{i}]: '{}' is listed twice",
+                parsed.as_str()
+            ));
+        }
+        out.push(parsed);
+    }
+    Ok(out)
+}
+
+fn manual_status(status: AddressStatusName) -> Result<AddressStatus, String> {
+    match status.into() {
+        s @ (AddressStatus::Quarantined | AddressStatus::Denylisted) => Ok(s),
+        _ => Err("event.status: a manual event sets QUARANTINED or DENYLISTED".to_owned()),
+    }
+}
+
+impl Record {
+    /// The line for a dumped record.
+    pub fn from_item(item: &DumpItem) -> Self {
+        match item {
+            DumpItem::Profile { tenant, profile: p } => {
+                let c = &p.consent;
+                let mark = |channel: Channel| MarkRecord::from(&c.channels[channel.index()]);
+                Record::Profile(ProfileRecord {
+                    tenant: tenant.as_str().to_owned(),
+                    profile_id: p.id.as_str().to_owned(),
+                    emails: strings(&p.emails),
+                    phones: strings(&p.phones),
+                    push_tokens: strings(&p.push_tokens),
+                    postal_address: p.postal_address.clone(),
+                    consent: ConsentRecord {
+                        all_channels: MarkRecord::from(&c.all_channels),
+                        email: mark(Channel::Email),
+                        sms: mark(Channel::Sms),
+                        push: mark(Channel::Push),
+                        voice: mark(Channel::Voice),
+                        direct_mail: mark(Channel::DirectMail),
+                    },
+                    history_seq: p.history_seq,
+                    created_at_ms: p.created_at,
+                    updated_at_ms: p.updated_at,
+                })
+            }
+            DumpItem::ConsentEntry {
+                tenant,
+                profile_id,
+                entry: e,
+            } => Record::ConsentHistory(ConsentHistoryRecord {
+                tenant: tenant.as_str().to_owned(),
+                profile_id: profile_id.as_str().to_owned(),
+                sequence: e.sequence,
+                changed_at_ms: e.changed_at,
+                scope: e.scope.into(),
+                old_status: e.old_status.into(),
+                new_status: e.new_status.into(),
+                context: (&e.context).into(),
+            }),
+            DumpItem::AddressState {
+                tenant,
+                address,
+                state: s,
+            } => Record::AddressState(AddressStateRecord {
+                tenant: tenant.as_str().to_owned(),
+                address_type: address.kind().into(),
+                address: address.as_str().to_owned(),
+                status: s.status.into(),
+                error_count: s.error_count,
+                first_error_at_ms: s.first_error_at,
+                last_error_at_ms: s.last_error_at,
+                last_error_reason: s.last_error_reason.into(),
+                last_reason: s.last_reason.clone(),
+                updated_at_ms: s.updated_at,
+                last_event_at_ms: s.last_event_at,
+                log_seq: s.log_seq,
+            }),
+            DumpItem::AddressEvent {
+                tenant,
+                address,
+                event: e,
+            } => Record::AddressEvent(AddressEventRecord {
+                tenant: tenant.as_str().to_owned(),
+                address_type: address.kind().into(),
+                address: address.as_str().to_owned(),
+                sequence: e.sequence,
+                event: match &e.kind {
+                    AddressEventKind::Feedback {
+                        kind,
+                        reason,
+                        event_id,
+                    } => EventKindRecord::Feedback {
+                        feedback_kind: (*kind).into(),
+                        error_reason: (*reason).into(),
+                        event_id: event_id.as_str().to_owned(),
+                    },
+                    AddressEventKind::Manual(status) => EventKindRecord::Manual {
+                        status: (*status).into(),
+                    },
+                    AddressEventKind::Release => EventKindRecord::Release,
+                },
+                occurred_at_ms: e.occurred_at,
+                recorded_at_ms: e.recorded_at,
+                old_status: e.old_status.into(),
+                new_status: e.new_status.into(),
+                context: (&e.context).into(),
+            }),
+            DumpItem::FeedbackEventId {
+                tenant,
+                event_id,
+                address,
+            } => Record::FeedbackEventId(FeedbackEventIdRecord {
+                tenant: tenant.as_str().to_owned(),
+                event_id: event_id.as_str().to_owned(),
+                address_type: address.kind().into(),
+                address: address.as_str().to_owned(),
+            }),
+        }
+    }
+
+    /// The record's `type`, as written in the file.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Record::Header(_) => "header",
+            Record::Profile(_) => "profile",
+            Record::ConsentHistory(_) => "consent_history",
+            Record::AddressState(_) => "address_state",
+            Record::AddressEvent(_) => "address_event",
+            Record::FeedbackEventId(_) => "feedback_event_id",
+        }
+    }
+
+    /// Validates the record with the engine's parsers and turns it into
+    /// what the store restores. A header is not a record to restore (`Ok(None)`).
+    pub fn into_item(self) -> Result<Option<DumpItem>, String> {
+        let item = match self {
+            Record::Header(_) => return Ok(None),
+            Record::Profile(r) => {
+                let mut channels = [ConsentMark::default(); 5];
+                for (channel, mark, field) in [
+                    (Channel::Email, &r.consent.email, "consent.email"),
+                    (Channel::Sms, &r.consent.sms, "consent.sms"),
+                    (Channel::Push, &r.consent.push, "consent.push"),
+                    (Channel::Voice, &r.consent.voice, "consent.voice"),
+                    (
+                        Channel::DirectMail,
+                        &r.consent.direct_mail,
+                        "consent.direct_mail",
+                    ),
+                ] {
+                    channels[channel.index()] = mark.parse(field)?;
+                }
+                let postal_address = parse_postal_address(&r.postal_address)
+                    .map_err(|e| format!("postal_address: {e}"))?;
+                DumpItem::Profile {
+                    tenant: tenant(&r.tenant)?,
+                    profile: Profile {
+                        id: profile_id(&r.profile_id)?,
+                        emails: address_list(&r.emails, AddressKind::Email, "emails")?,
+                        phones: address_list(&r.phones, AddressKind::Phone, "phones")?,
+                        push_tokens: address_list(
+                            &r.push_tokens,
+                            AddressKind::PushToken,
+                            "push_tokens",
+                        )?,
+                        postal_address,
+                        consent: ConsentState {
+                            all_channels: r.consent.all_channels.parse("consent.all_channels")?,
+                            channels,
+                        },
+                        history_seq: r.history_seq,
+                        created_at: r.created_at_ms,
+                        updated_at: r.updated_at_ms,
+                    },
+                }
+            }
+            Record::ConsentHistory(r) => {
+                if r.sequence == 0 {
+                    return Err("sequence: starts at 1".to_owned());
+                }
+                DumpItem::ConsentEntry {
+                    tenant: tenant(&r.tenant)?,
+                    profile_id: profile_id(&r.profile_id)?,
+                    entry: ConsentHistoryEntry {
+                        sequence: r.sequence,
+                        changed_at: r.changed_at_ms,
+                        scope: r.scope.into(),
+                        old_status: r.old_status.into(),
+                        new_status: r.new_status.into(),
+                        context: r.context.parse()?,
+                    },
+                }
+            }
+            Record::AddressState(r) => DumpItem::AddressState {
+                tenant: tenant(&r.tenant)?,
+                address: address(r.address_type, &r.address, "address")?,
+                state: AddressState {
+                    status: r.status.into(),
+                    error_count: r.error_count,
+                    first_error_at: r.first_error_at_ms,
+                    last_error_at: r.last_error_at_ms,
+                    last_error_reason: r.last_error_reason.into(),
+                    last_reason: r.last_reason,
+                    updated_at: r.updated_at_ms,
+                    last_event_at: r.last_event_at_ms,
+                    log_seq: r.log_seq,
+                },
+            },
+            Record::AddressEvent(r) => {
+                if r.sequence == 0 {
+                    return Err("sequence: starts at 1".to_owned());
+                }
+                let kind = match r.event {
+                    EventKindRecord::Feedback {
+                        feedback_kind,
+                        error_reason,
+                        event_id,
+                    } => AddressEventKind::Feedback {
+                        kind: feedback_kind.into(),
+                        reason: error_reason.into(),
+                        event_id: EventId::parse(&event_id)
+                            .map_err(|e| format!("event.event_id: {e}"))?,
+                    },
+                    EventKindRecord::Manual { status } => {
+                        AddressEventKind::Manual(manual_status(status)?)
+                    }
+                    EventKindRecord::Release => AddressEventKind::Release,
+                };
+                DumpItem::AddressEvent {
+                    tenant: tenant(&r.tenant)?,
+                    address: address(r.address_type, &r.address, "address")?,
+                    event: AddressEvent {
+                        sequence: r.sequence,
+                        kind,
+                        occurred_at: r.occurred_at_ms,
+                        recorded_at: r.recorded_at_ms,
+                        old_status: r.old_status.into(),
+                        new_status: r.new_status.into(),
+                        context: r.context.parse()?,
+                    },
+                }
+            }
+            Record::FeedbackEventId(r) => DumpItem::FeedbackEventId {
+                tenant: tenant(&r.tenant)?,
+                event_id: EventId::parse(&r.event_id).map_err(|e| format!("event_id: {e}"))?,
+                address: address(r.address_type, &r.address, "address")?,
+            },
+        };
+        Ok(Some(item))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_type_or_field_is_refused() {
+        let unknown: Result<Record, _> = serde_json::from_str(r#"{"type":"newsletter"}"#);
+        assert!(unknown.is_err());
+        let extra: Result<Record, _> = serde_json::from_str(
+            r#"{"type":"feedback_event_id","tenant":"a","event_id":"e","address_type":"EMAIL","address":"a@b.io","x":1}"#,
+        );
+        assert!(extra.is_err(), "{extra:?}");
+        let good: Record = serde_json::from_str(
+            r#"{"type":"feedback_event_id","tenant":"a","event_id":"e","address_type":"EMAIL","address":"A@B.io"}"#,
+        )
+        .expect("parses");
+        let Ok(Some(DumpItem::FeedbackEventId { address, .. })) = good.into_item() else {
+            panic!("valid record");
+        };
+        assert_eq!(address.as_str(), "a@b.io");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let bad: Record = serde_json::from_str(
+            r#"{"type":"address_state","tenant":"a b","address_type":"EMAIL","address":"x@y.io","status":"VALID","error_count":0,"first_error_at_ms":null,"last_error_at_ms":null,"last_error_reason":"UNSPECIFIED","last_reason":"","updated_at_ms":null,"last_event_at_ms":null,"log_seq":0}"#,
+        )
+        .expect("parses");
+        let err = bad.into_item().expect_err("bad tenant");
+        assert!(err.starts_with("tenant:"), "{err}");
+    }
+}

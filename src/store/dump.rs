@@ -1,0 +1,371 @@
+//! Whole-store iteration and raw restore, for the data tools (`crate::data`):
+//! export, import and online backup.
+//!
+//! A dump is every record of the [`keys::DUMPED_TYPES`] in key order, decoded
+//! into a [`DumpItem`]. The derived indexes (`u`: address → profile, `s`:
+//! status) are not dumped: [`Store::restore`] rebuilds them from the profile
+//! and address-state records, so they always agree with what was restored.
+//!
+//! Consistency: [`Store::snapshot`] copies the raw records while it holds
+//! every lock stripe ([`Store::pause_writes`]). Every write takes its stripes
+//! before its read-modify-write and releases them after its one
+//! `apply_batch`, so with all stripes held no write is half done and none
+//! starts: the copy is the state as of one moment. Reads go on meanwhile.
+//!
+//! A new record type is one more [`DumpItem`] variant, one arm in
+//! `decode_item`, and one arm in [`Store::restore`] (plus its key type in
+//! `keys::DUMPED_TYPES` and `keys::parse`).
+
+use std::{
+    sync::MutexGuard,
+    time::{Duration, Instant},
+};
+
+use sled::IVec;
+
+use super::{CodecError, Result, Store, StoreError, codec, corrupt, keys, keys::KeyParts};
+use crate::engine::{
+    Address, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry, EventId, Profile,
+    ProfileId, Tenant,
+};
+
+/// One record of a dump, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DumpItem {
+    /// A profile: addresses, consent, history sequence.
+    Profile {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The profile (its id included).
+        profile: Profile,
+    },
+    /// One entry of a profile's consent history.
+    ConsentEntry {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The profile it belongs to.
+        profile_id: ProfileId,
+        /// The entry (its sequence included).
+        entry: ConsentHistoryEntry,
+    },
+    /// The folded state of an address.
+    AddressState {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The address.
+        address: Address,
+        /// Its state.
+        state: AddressState,
+    },
+    /// One entry of an address's log.
+    AddressEvent {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The address.
+        address: Address,
+        /// The event (its sequence included).
+        event: AddressEvent,
+    },
+    /// A feedback event id the tenant has recorded, and for which address.
+    FeedbackEventId {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The event id.
+        event_id: EventId,
+        /// The address the event was about.
+        address: Address,
+    },
+}
+
+/// The raw records of a dump, copied while writes were paused: the state as
+/// of one moment. Decode them with [`Snapshot::items`] after writes resume.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Keys and values, in key order.
+    entries: Vec<(IVec, IVec)>,
+    /// How long writes were paused for the copy.
+    pub paused: Duration,
+}
+
+impl Snapshot {
+    /// How many records the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the snapshot holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The records, decoded, in key order.
+    pub fn items(&self) -> impl Iterator<Item = Result<DumpItem>> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|(key, value)| decode_item(key, value).transpose())
+    }
+}
+
+fn utf8<'a>(key: &[u8], bytes: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|_| corrupt(key)(CodecError::Utf8))
+}
+
+fn tenant_of(key: &[u8], bytes: &[u8]) -> Result<Tenant> {
+    Tenant::parse(utf8(key, bytes)?).map_err(|_| corrupt(key)(CodecError::Utf8))
+}
+
+fn address_of(key: &[u8], kind: u8, bytes: &[u8]) -> Result<Address> {
+    let kind = codec::address_kind_from_byte(kind).map_err(corrupt(key))?;
+    Ok(Address::from_trusted(kind, utf8(key, bytes)?.to_owned()))
+}
+
+/// Decodes one raw record; `None` for a key that is not of a dumped type.
+fn decode_item(key: &[u8], value: &[u8]) -> Result<Option<DumpItem>> {
+    let Some(parts) = keys::parse(key) else {
+        return Ok(None);
+    };
+    let item = match parts {
+        KeyParts::Profile { tenant, id } => DumpItem::Profile {
+            tenant: tenant_of(key, tenant)?,
+            profile: codec::decode_profile(
+                ProfileId::from_trusted(utf8(key, id)?.to_owned()),
+                value,
+            )
+            .map_err(corrupt(key))?,
+        },
+        KeyParts::ConsentLog { tenant, id } => DumpItem::ConsentEntry {
+            tenant: tenant_of(key, tenant)?,
+            profile_id: ProfileId::from_trusted(utf8(key, id)?.to_owned()),
+            entry: codec::decode_consent_entry(value).map_err(corrupt(key))?,
+        },
+        KeyParts::Address {
+            tenant,
+            kind,
+            address,
+        } => DumpItem::AddressState {
+            tenant: tenant_of(key, tenant)?,
+            address: address_of(key, kind, address)?,
+            state: codec::decode_address_state(value).map_err(corrupt(key))?,
+        },
+        KeyParts::AddressLog {
+            tenant,
+            kind,
+            address,
+        } => DumpItem::AddressEvent {
+            tenant: tenant_of(key, tenant)?,
+            address: address_of(key, kind, address)?,
+            event: codec::decode_address_event(value).map_err(corrupt(key))?,
+        },
+        KeyParts::EventId { tenant, event_id } => {
+            // The value is the key of the address's state.
+            let Some(KeyParts::Address { kind, address, .. }) = keys::parse(value) else {
+                return Err(corrupt(key)(CodecError::Truncated));
+            };
+            DumpItem::FeedbackEventId {
+                tenant: tenant_of(key, tenant)?,
+                event_id: EventId::from_trusted(utf8(key, event_id)?.to_owned()),
+                address: address_of(key, kind, address)?,
+            }
+        }
+    };
+    Ok(Some(item))
+}
+
+impl Store {
+    /// Takes every lock stripe, in order: while the guards live, no write is
+    /// between its read and its `apply_batch`, and no new write starts.
+    /// Reads are not affected.
+    fn pause_writes(&self) -> Vec<MutexGuard<'_, ()>> {
+        self.locks
+            .iter()
+            .map(|stripe| stripe.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+
+    fn raw_records<'a>(
+        &'a self,
+        tenant: Option<&Tenant>,
+    ) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> + 'a {
+        let tenant = tenant.cloned();
+        keys::DUMPED_TYPES
+            .into_iter()
+            .flat_map(move |t| self.db.scan_prefix(keys::type_prefix(t, tenant.as_ref())))
+    }
+
+    /// Every record of `tenant` (all tenants when `None`), decoded, in key
+    /// order, read live. Consistent only when nothing writes meanwhile, as in
+    /// the offline export (the process holds the data directory); a running
+    /// server uses [`Store::snapshot`].
+    pub fn dump<'a>(
+        &'a self,
+        tenant: Option<&Tenant>,
+    ) -> impl Iterator<Item = Result<DumpItem>> + 'a {
+        self.raw_records(tenant).filter_map(|item| match item {
+            Ok((key, value)) => decode_item(&key, &value).transpose(),
+            Err(e) => Some(Err(StoreError::from(e))),
+        })
+    }
+
+    /// Copies the raw records of `tenant` (all tenants when `None`) into
+    /// memory with writes paused: the state as of one moment. Blocking; the
+    /// pause lasts as long as the copy (see [`Snapshot::paused`]).
+    pub fn snapshot(&self, tenant: Option<&Tenant>) -> Result<Snapshot> {
+        let guards = self.pause_writes();
+        let started = Instant::now();
+        let entries = self.raw_records(tenant).collect::<sled::Result<Vec<_>>>();
+        let paused = started.elapsed();
+        drop(guards);
+        Ok(Snapshot {
+            entries: entries?,
+            paused,
+        })
+    }
+
+    /// Writes one dumped record as it was, in one atomic batch, replacing a
+    /// record with the same key and keeping the derived indexes in step: a
+    /// profile moves its address → profile entries, an address state its
+    /// status index entry. Restoring the same item twice changes nothing the
+    /// second time. Not durable until [`Store::sync`].
+    pub fn restore(&self, item: &DumpItem) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        match item {
+            DumpItem::Profile { tenant, profile } => {
+                let key = keys::profile(tenant, &profile.id);
+                let _guard = self.lock(&[&key]);
+                if let Some(old) = self.profile(tenant, &profile.id)? {
+                    for address in old.all_addresses() {
+                        batch.remove(keys::address_user(tenant, address, &old.id));
+                    }
+                }
+                for address in profile.all_addresses() {
+                    batch.insert(
+                        keys::address_user(tenant, address, &profile.id),
+                        IVec::default(),
+                    );
+                }
+                batch.insert(key, codec::encode_profile(profile));
+                self.apply(batch)
+            }
+            DumpItem::ConsentEntry {
+                tenant,
+                profile_id,
+                entry,
+            } => {
+                let key = keys::consent_log(tenant, profile_id, entry.sequence);
+                let _guard = self.lock(&[&keys::profile(tenant, profile_id)]);
+                batch.insert(key, codec::encode_consent_entry(entry));
+                self.apply(batch)
+            }
+            DumpItem::AddressState {
+                tenant,
+                address,
+                state,
+            } => {
+                let key = keys::address(tenant, address);
+                let _guard = self.lock(&[&key]);
+                if self.db.contains_key(&key)? {
+                    let old = self.read_address_state(&key)?;
+                    if old.status != AddressStatus::Valid {
+                        batch.remove(keys::status_index(tenant, old.status, address));
+                    }
+                }
+                if state.status != AddressStatus::Valid {
+                    batch.insert(
+                        keys::status_index(tenant, state.status, address),
+                        IVec::default(),
+                    );
+                }
+                batch.insert(key, codec::encode_address_state(state));
+                self.apply(batch)
+            }
+            DumpItem::AddressEvent {
+                tenant,
+                address,
+                event,
+            } => {
+                let _guard = self.lock(&[&keys::address(tenant, address)]);
+                batch.insert(
+                    keys::address_log(tenant, address, event.sequence),
+                    codec::encode_address_event(event),
+                );
+                self.apply(batch)
+            }
+            DumpItem::FeedbackEventId {
+                tenant,
+                event_id,
+                address,
+            } => {
+                let key = keys::event_id(tenant, event_id.as_str());
+                let _guard = self.lock(&[&key]);
+                batch.insert(key, keys::address(tenant, address));
+                self.apply(batch)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{
+        AddressEventKind, ChangeContext, ProfileAddresses, QuarantineRules, Scope, Source,
+    };
+
+    fn ctx() -> ChangeContext {
+        ChangeContext::new(Source::Operator, "ops", "test").expect("valid")
+    }
+
+    #[test]
+    fn a_snapshot_restored_elsewhere_dumps_the_same_and_rebuilds_the_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let t = Tenant::parse("acme").expect("valid");
+        let id = ProfileId::parse("p1").expect("valid");
+        let email = Address::email("a@x.io").expect("valid");
+        let addresses = ProfileAddresses {
+            emails: vec![email.clone()],
+            ..ProfileAddresses::default()
+        };
+        store.upsert_profile(&t, &id, addresses, 1).expect("upsert");
+        store
+            .set_consent(
+                &t,
+                &id,
+                Scope::AllChannels,
+                crate::engine::ConsentStatus::OptedOut,
+                &ctx(),
+                2,
+            )
+            .expect("consent");
+        store
+            .record_address_event(
+                &t,
+                &email,
+                AddressEventKind::Manual(AddressStatus::Denylisted),
+                3,
+                &ctx(),
+                3,
+                &QuarantineRules::default(),
+            )
+            .expect("event");
+        let snapshot = store.snapshot(None).expect("snapshot");
+        assert_eq!(snapshot.len(), 4);
+        let items: Vec<DumpItem> = snapshot.items().collect::<Result<_>>().expect("decode");
+
+        let other = tempfile::tempdir().expect("tempdir");
+        let restored = Store::open(other.path()).expect("open");
+        for _ in 0..2 {
+            for item in &items {
+                restored.restore(item).expect("restore");
+            }
+        }
+        let again: Vec<DumpItem> = restored.dump(None).collect::<Result<_>>().expect("dump");
+        assert_eq!(again, items);
+        let (users, _) = restored.address_users(&t, &email, 10).expect("users");
+        assert_eq!(users, vec![id]);
+        let (listed, _) = restored
+            .list_addresses(&t, Some(AddressStatus::Denylisted), None, 10)
+            .expect("list");
+        assert_eq!(listed.len(), 1);
+    }
+}
