@@ -15,7 +15,7 @@ use crate::{
         decide,
     },
     error::{Error, Result},
-    store::{Store, StoreError, Written},
+    store::{Snapshot, Store, StoreError, Written},
 };
 
 /// How far in the future a feedback event's `occurred_at` may lie (clock skew).
@@ -110,6 +110,14 @@ impl App {
     /// Waits until every write so far is durable.
     pub async fn sync(&self) -> Result<()> {
         Ok(self.store.sync().await?)
+    }
+
+    /// Copies the records of `tenant` (every tenant when `None`) as of one
+    /// moment, for an online backup: writes wait while the records are copied
+    /// into memory, reads go on (see `store::dump`).
+    pub async fn snapshot(&self, tenant: Option<Tenant>) -> Result<Snapshot> {
+        self.blocking(move |store| Ok(store.snapshot(tenant.as_ref())?))
+            .await
     }
 
     /// Starts blocking store work (scans, batches) off the async workers,

@@ -51,6 +51,7 @@ pub async fn run(
         "consent.v1.ConsentService",
         "consent.v1.QuarantineService",
         "consent.v1.EligibilityService",
+        "consent.v1.AdminService",
     ];
     for name in names {
         health
@@ -105,6 +106,7 @@ pub async fn run(
         .add_service(services.consent)
         .add_service(services.quarantine)
         .add_service(services.eligibility)
+        .add_service(services.admin)
         .serve_with_incoming_shutdown(incoming, drain);
     if let Some(addr) = local {
         tracing::info!("listening on {addr}");

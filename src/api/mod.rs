@@ -3,6 +3,7 @@
 //! domain values (`convert`), calls the application, and converts the result
 //! back; errors become statuses in one place (`status`).
 
+mod admin;
 mod convert;
 mod eligibility;
 mod page;
@@ -13,13 +14,14 @@ mod status;
 use crate::{
     app::App,
     pb::{
-        consent_service_server::ConsentServiceServer,
+        admin_service_server::AdminServiceServer, consent_service_server::ConsentServiceServer,
         eligibility_service_server::EligibilityServiceServer,
         profile_service_server::ProfileServiceServer,
         quarantine_service_server::QuarantineServiceServer,
     },
 };
 
+pub use admin::{BACKUP_CHUNK_BYTES, BackupError, fetch_backup};
 pub use eligibility::BATCH_PROFILE_IDS_MAX;
 pub use status::ERROR_DOMAIN;
 
@@ -44,6 +46,8 @@ pub(crate) struct Services {
     pub(crate) quarantine: QuarantineServiceServer<quarantine::QuarantineApi>,
     /// `consent.v1.EligibilityService`.
     pub(crate) eligibility: EligibilityServiceServer<eligibility::EligibilityApi>,
+    /// `consent.v1.AdminService`.
+    pub(crate) admin: AdminServiceServer<admin::AdminApi>,
 }
 
 impl Services {
@@ -67,6 +71,9 @@ impl Services {
             })
             .max_decoding_message_size(DECODE_LIMIT_ELIGIBILITY_BYTES)
             .max_encoding_message_size(ENCODE_LIMIT_ELIGIBILITY_BYTES),
+            admin: AdminServiceServer::new(admin::AdminApi { app: app.clone() })
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
         }
     }
 }
