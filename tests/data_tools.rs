@@ -1,0 +1,662 @@
+//! The data tools, run as the real binary: export → import → export gives the
+//! same records; malformed lines are reported by number and nothing of them is
+//! applied; import is idempotent; a CSV suppression list quarantines and
+//! denylists; an online backup taken under write load holds everything
+//! acknowledged before it began and is internally consistent.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use common::*;
+use consentd::{
+    engine::{Address, AddressStatus as DomainStatus, ProfileId, Tenant},
+    pb::{
+        AddressStatus, AddressType, Channel, DeliveryErrorReason, FeedbackKind,
+        QuarantineAddressRequest, ReleaseAddressRequest, Source, UpsertProfileRequest,
+    },
+    store::Store,
+};
+use serde_json::Value;
+
+/// Runs the consentd binary with `args` and returns its output.
+fn consentd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_consentd"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the consentd binary")
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Exports `data_dir` to `file` and returns its lines.
+fn export(data_dir: &Path, file: &Path) -> Vec<String> {
+    let out = consentd(&[
+        "export",
+        "--data-dir",
+        path_str(data_dir),
+        "--output",
+        path_str(file),
+    ]);
+    assert!(out.status.success(), "export failed: {}", stderr(&out));
+    std::fs::read_to_string(file)
+        .expect("read the export")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn import(data_dir: &Path, file: &Path) -> Output {
+    consentd(&["import", "--data-dir", path_str(data_dir), path_str(file)])
+}
+
+fn parse(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"))
+}
+
+/// The records of an export (header left out), each parsed.
+fn records(lines: &[String]) -> Vec<Value> {
+    assert_eq!(
+        parse(&lines[0])["type"],
+        "header",
+        "first line: {}",
+        lines[0]
+    );
+    assert_eq!(parse(&lines[0])["format"], "consentd-export");
+    assert_eq!(parse(&lines[0])["version"], 1);
+    lines[1..].iter().map(|l| parse(l)).collect()
+}
+
+fn count_by_type(records: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        *counts
+            .entry(r["type"].as_str().expect("type").to_owned())
+            .or_default() += 1;
+    }
+    counts
+}
+
+async fn set_status(app: &TestApp, address: &str, status: AddressStatus) {
+    app.quarantine
+        .clone()
+        .quarantine_address(QuarantineAddressRequest {
+            tenant: TENANT.to_owned(),
+            address: address.to_owned(),
+            address_type: AddressType::Unspecified as i32,
+            status: status as i32,
+            context: operator("ops", "manual check"),
+        })
+        .await
+        .expect("QuarantineAddress");
+}
+
+/// A server's worth of every kind of state: profiles with every address kind,
+/// consent changes of every kind, quarantined, denylisted, released and
+/// with-errors addresses, feedback event ids, and a second tenant. Returns
+/// the stopped server's data directory.
+async fn sample_data() -> tempfile::TempDir {
+    let app = spawn_app().await;
+    app.profiles
+        .clone()
+        .upsert_profile(UpsertProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "alice".to_owned(),
+            emails: vec![
+                "Alice@Example.com".to_owned(),
+                "shared@example.com".to_owned(),
+            ],
+            phones: vec!["+33 6 12 34 56 78".to_owned()],
+            push_tokens: vec!["tok-alice".to_owned()],
+            postal_address: "1 rue de la Paix, Paris".to_owned(),
+            context: ctx(Source::Import),
+        })
+        .await
+        .expect("upsert alice");
+    upsert(&app, "bob", &["shared@example.com"], &["+447700900123"]).await;
+    upsert(&app, "carol", &["carol@example.com"], &[]).await;
+    opt_out_all(&app, "alice").await;
+    opt_in(&app, "alice", Some(Channel::Sms)).await;
+    opt_out(&app, "bob", Channel::Email).await;
+    opt_out(&app, "bob", Channel::Voice).await;
+    opt_in(&app, "bob", Some(Channel::Email)).await;
+    opt_in(&app, "alice", None).await;
+    opt_out(&app, "carol", Channel::DirectMail).await;
+    app.advance_ms(MINUTE_MS);
+    feedback(
+        &app,
+        "shared@example.com",
+        FeedbackKind::HardBounce,
+        DeliveryErrorReason::UserUnknown,
+        "mta-1",
+        None,
+    )
+    .await;
+    soft_bounce(&app, "carol@example.com", "mta-2", app.now_ms()).await;
+    feedback(
+        &app,
+        "+447700900123",
+        FeedbackKind::Complaint,
+        DeliveryErrorReason::Unspecified,
+        "sms-1",
+        None,
+    )
+    .await;
+    set_status(&app, "alice@example.com", AddressStatus::Quarantined).await;
+    app.quarantine
+        .clone()
+        .release_address(ReleaseAddressRequest {
+            tenant: TENANT.to_owned(),
+            address: "alice@example.com".to_owned(),
+            address_type: AddressType::Unspecified as i32,
+            context: operator("ops", "mailbox recreated"),
+        })
+        .await
+        .expect("release");
+    set_status(&app, "+33612345678", AddressStatus::Denylisted).await;
+    // A second tenant, with a profile id and address the first one also has.
+    app.profiles
+        .clone()
+        .upsert_profile(UpsertProfileRequest {
+            tenant: "globex".to_owned(),
+            profile_id: "alice".to_owned(),
+            emails: vec!["shared@example.com".to_owned()],
+            context: ctx(Source::Api),
+            ..Default::default()
+        })
+        .await
+        .expect("upsert globex alice");
+    let (dir, _clock) = app.stop().await;
+    dir
+}
+
+#[tokio::test]
+async fn export_import_export_gives_the_same_records_and_rebuilds_the_indexes() {
+    let data = sample_data().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let first = export(data.path(), &work.path().join("first.jsonl"));
+    let counts = count_by_type(&records(&first));
+    for kind in [
+        "profile",
+        "consent_history",
+        "address_state",
+        "address_event",
+        "feedback_event_id",
+    ] {
+        assert!(counts.contains_key(kind), "no {kind} record in {counts:?}");
+    }
+    assert_eq!(counts["profile"], 4, "{counts:?}");
+    assert_eq!(counts["feedback_event_id"], 3, "{counts:?}");
+
+    let restored = work.path().join("restored");
+    let out = import(&restored, &work.path().join("first.jsonl"));
+    assert!(out.status.success(), "import failed: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 lines rejected"),
+        "{}",
+        stderr(&out)
+    );
+    let second = export(&restored, &work.path().join("second.jsonl"));
+    assert_eq!(
+        first[1..],
+        second[1..],
+        "the records differ after a round trip"
+    );
+
+    // The derived indexes were rebuilt: who uses an address, which are not VALID.
+    let store = Store::open(&restored).expect("open the restored store");
+    let acme = Tenant::parse(TENANT).expect("tenant");
+    let shared = Address::email("shared@example.com").expect("address");
+    let (users, _) = store.address_users(&acme, &shared, 10).expect("users");
+    let users: Vec<&str> = users.iter().map(ProfileId::as_str).collect();
+    assert_eq!(users, ["alice", "bob"]);
+    let (listed, _) = store.list_addresses(&acme, None, None, 100).expect("list");
+    let listed: BTreeMap<String, DomainStatus> = listed
+        .into_iter()
+        .map(|(a, s)| (a.as_str().to_owned(), s.status))
+        .collect();
+    assert_eq!(
+        listed,
+        BTreeMap::from([
+            ("+33612345678".to_owned(), DomainStatus::Denylisted),
+            ("+447700900123".to_owned(), DomainStatus::Denylisted),
+            ("carol@example.com".to_owned(), DomainStatus::WithErrors),
+            ("shared@example.com".to_owned(), DomainStatus::Quarantined),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn importing_twice_gives_the_same_state_as_once() {
+    let data = sample_data().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("export.jsonl");
+    let original = export(data.path(), &file);
+    // Into the directory the export came from, and twice into a new one.
+    let out = import(data.path(), &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = export(data.path(), &work.path().join("again.jsonl"));
+    assert_eq!(original[1..], again[1..]);
+    let fresh = work.path().join("fresh");
+    for _ in 0..2 {
+        let out = import(&fresh, &file);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let twice = export(&fresh, &work.path().join("twice.jsonl"));
+    assert_eq!(original[1..], twice[1..]);
+    let store = Store::open(&fresh).expect("open");
+    let acme = Tenant::parse(TENANT).expect("tenant");
+    let shared = Address::email("shared@example.com").expect("address");
+    let (users, _) = store.address_users(&acme, &shared, 10).expect("users");
+    assert_eq!(users.len(), 2, "index entries are not duplicated");
+}
+
+#[tokio::test]
+async fn malformed_lines_are_reported_by_number_and_nothing_of_them_is_applied() {
+    let data = sample_data().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let lines = export(data.path(), &work.path().join("export.jsonl"));
+    let good_profile = |id: &str, email: &str| {
+        let mut v = parse(&lines[1]);
+        assert_eq!(v["type"], "profile");
+        v["profile_id"] = Value::from(id);
+        v["emails"] = Value::from(vec![email]);
+        v.to_string()
+    };
+    let mut bad = vec![lines[0].clone()];
+    bad.push(good_profile("dave", "dave@example.com")); // line 2: good
+    bad.push("{not json".to_owned()); // line 3
+    bad.push(r#"{"type":"newsletter","tenant":"acme"}"#.to_owned()); // line 4
+    bad.push(good_profile("erin", "not-an-email")); // line 5: invalid address
+    let mut extra_field = parse(&good_profile("frank", "frank@example.com"));
+    extra_field["favourite_colour"] = Value::from("blue");
+    bad.push(extra_field.to_string()); // line 6: unknown field
+    bad.push(good_profile("gina", "gina@example.com")); // line 7: good
+    let file = work.path().join("bad.jsonl");
+    std::fs::write(&file, bad.join("\n") + "\n").expect("write");
+
+    let target = work.path().join("target");
+    let out = import(&target, &file);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    for line in [3, 4, 5, 6] {
+        assert!(
+            err.contains(&format!("line {line}: rejected")),
+            "line {line}: {err}"
+        );
+    }
+    assert!(err.contains("newsletter"), "{err}");
+    assert!(err.contains("emails[0]"), "{err}");
+    assert!(err.contains("favourite_colour"), "{err}");
+    assert!(
+        !err.contains("line 2:") && !err.contains("line 7:"),
+        "{err}"
+    );
+    assert!(err.contains("4 lines rejected"), "{err}");
+
+    let store = Store::open(&target).expect("open");
+    let acme = Tenant::parse(TENANT).expect("tenant");
+    let exists = |id: &str| {
+        store
+            .profile(&acme, &ProfileId::parse(id).expect("id"))
+            .expect("read")
+            .is_some()
+    };
+    assert!(exists("dave") && exists("gina"));
+    assert!(!exists("erin") && !exists("frank"));
+    let (users, _) = store
+        .address_users(&acme, &Address::email("frank@example.com").expect("a"), 10)
+        .expect("users");
+    assert!(users.is_empty(), "nothing of a rejected line is written");
+    drop(store);
+
+    // Without a header, nothing at all is imported.
+    let headless = work.path().join("headless.jsonl");
+    std::fs::write(&headless, bad[1..].join("\n")).expect("write");
+    let empty = work.path().join("empty");
+    let out = import(&empty, &headless);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+    let store = Store::open(&empty).expect("open");
+    assert_eq!(store.dump(None).count(), 0);
+}
+
+#[tokio::test]
+async fn a_csv_suppression_list_quarantines_and_denylists_with_source_import() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let csv = work.path().join("suppressions.csv");
+    std::fs::write(
+        &csv,
+        "Email Address,Reason,Created\n\
+         Bounce@Example.com,hard_bounce,2025-01-02\n\
+         soft@example.com,Soft Bounce,2025-01-03T10:00:00+01:00\n\
+         spam@example.com,spam,\n\
+         unsub@example.com,unsubscribed,2025-01-04 08:30:00\n\
+         not-an-address,bounce,\n\
+         who@example.com,vacation,\n\
+         late@example.com,complaint,tomorrow\n\
+         +33612345678,manual,\n\
+         bounce@example.com,complaint,2025-01-05\n",
+    )
+    .expect("write");
+    let dir = work.path().join("data");
+    let run = || {
+        consentd(&[
+            "import-suppressions",
+            "--data-dir",
+            path_str(&dir),
+            "--tenant",
+            TENANT,
+            "--format",
+            "csv",
+            path_str(&csv),
+        ])
+    };
+    let out = run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    for line in [6, 7, 8] {
+        assert!(
+            err.contains(&format!("line {line}: rejected")),
+            "line {line}: {err}"
+        );
+    }
+    assert!(err.contains("3 rejected"), "{err}");
+
+    let check = |expect_events: usize| {
+        let store = Store::open(&dir).expect("open");
+        let acme = Tenant::parse(TENANT).expect("tenant");
+        for (address, status, reason) in [
+            // A complaint after a bounce denylists; the reason is the last one.
+            ("bounce@example.com", DomainStatus::Denylisted, "complaint"),
+            ("soft@example.com", DomainStatus::Quarantined, "Soft Bounce"),
+            ("spam@example.com", DomainStatus::Denylisted, "spam"),
+            (
+                "unsub@example.com",
+                DomainStatus::Denylisted,
+                "unsubscribed",
+            ),
+            ("+33612345678", DomainStatus::Denylisted, "manual"),
+        ] {
+            let parsed = Address::parse(None, address).expect("address");
+            let state = store.address_state(&acme, &parsed).expect("state");
+            assert_eq!(state.status, status, "{address}");
+            assert_eq!(state.last_reason, reason, "{address}");
+            let history = store
+                .address_history(&acme, &parsed, None, 100)
+                .expect("history");
+            for event in &history {
+                assert_eq!(event.context.source, consentd::engine::Source::Import);
+                assert_eq!(event.context.actor, "import-suppressions:suppressions.csv");
+            }
+        }
+        let bounce = Address::email("bounce@example.com").expect("address");
+        let history = store
+            .address_history(&acme, &bounce, None, 100)
+            .expect("history");
+        assert_eq!(history.len(), expect_events);
+        // The row's date is the event time.
+        let jan_2 = 1_735_776_000_000;
+        assert!(
+            history.iter().any(|e| e.occurred_at == jan_2),
+            "{history:?}"
+        );
+        let none = Address::email("who@example.com").expect("address");
+        assert_eq!(
+            store.address_state(&acme, &none).expect("state").status,
+            DomainStatus::Valid
+        );
+    };
+    check(2);
+    // Again: nothing new is recorded.
+    let out = run();
+    assert!(
+        stderr(&out).contains("0 quarantined, 0 denylisted, 6 unchanged, 3 rejected"),
+        "{}",
+        stderr(&out)
+    );
+    check(2);
+}
+
+/// What the backup must hold: writes acknowledged before it started.
+#[derive(Default)]
+struct Acknowledged {
+    /// Profiles opted out of every channel, with the bounce event id of their address.
+    profiles: Vec<(String, String)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_under_write_load_holds_everything_acknowledged_before_it_and_is_consistent() {
+    const PRELOAD: usize = 300;
+    const WRITERS: usize = 4;
+    let app = Arc::new(spawn_app().await);
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let backup_started = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // One unit of work: a profile, its all-channels opt-out and a bounce of its address.
+    async fn unit(app: &TestApp, id: &str) -> String {
+        let email = format!("{id}@example.com");
+        upsert(app, id, &[&email], &[]).await;
+        opt_out_all(app, id).await;
+        let event = format!("ev-{id}");
+        feedback(
+            app,
+            &email,
+            FeedbackKind::HardBounce,
+            DeliveryErrorReason::UserUnknown,
+            &event,
+            None,
+        )
+        .await;
+        event
+    }
+
+    let mut preload = Vec::new();
+    for w in 0..16 {
+        let app = Arc::clone(&app);
+        let acked = Arc::clone(&acked);
+        preload.push(tokio::spawn(async move {
+            for i in (w..PRELOAD).step_by(16) {
+                let id = format!("pre-{i}");
+                let event = unit(&app, &id).await;
+                acked.lock().expect("lock").profiles.push((id, event));
+            }
+        }));
+    }
+    for task in preload {
+        task.await.expect("preload");
+    }
+
+    let mut writers = Vec::new();
+    let (running, mut all_running) = tokio::sync::mpsc::channel::<()>(WRITERS);
+    for w in 0..WRITERS {
+        let (app, acked, started, stop, running) = (
+            Arc::clone(&app),
+            Arc::clone(&acked),
+            Arc::clone(&backup_started),
+            Arc::clone(&stop),
+            running.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            loop {
+                if i == 1 {
+                    // This writer is under way: the backup may start.
+                    running.send(()).await.expect("the test waits");
+                }
+                if i > 0 && stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let id = format!("live-{w}-{i}");
+                let event = unit(&app, &id).await;
+                // Acknowledged before the backup started: it must be in it.
+                if !started.load(Ordering::SeqCst) {
+                    acked.lock().expect("lock").profiles.push((id, event));
+                }
+                i += 1;
+            }
+            i
+        }));
+    }
+
+    for _ in 0..WRITERS {
+        all_running.recv().await.expect("a writer started");
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let backup_file = work.path().join("backup.jsonl");
+    let server = format!("http://{}", app.addr);
+    backup_started.store(true, Ordering::SeqCst);
+    let must_have = std::mem::take(&mut acked.lock().expect("lock").profiles);
+    let out = {
+        let (server, file) = (server.clone(), backup_file.clone());
+        tokio::task::spawn_blocking(move || {
+            consentd(&["backup", "--server", &server, "--output", path_str(&file)])
+        })
+        .await
+        .expect("backup task")
+    };
+    stop.store(true, Ordering::SeqCst);
+    let mut live_units = 0;
+    for task in writers {
+        live_units += task.await.expect("writer");
+    }
+    assert!(out.status.success(), "backup failed: {}", stderr(&out));
+    assert!(live_units >= WRITERS, "every writer wrote during the test");
+    assert!(!PathBuf::from(format!("{}.partial", backup_file.display())).exists());
+
+    let lines: Vec<String> = std::fs::read_to_string(&backup_file)
+        .expect("read the backup")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let backup = records(&lines);
+    assert_internally_consistent(&backup);
+
+    // Restore into a fresh directory and check everything acknowledged before the backup.
+    let restored = work.path().join("restored");
+    let out = import(&restored, &backup_file);
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
+    {
+        let store = Store::open(&restored).expect("open");
+        let acme = Tenant::parse(TENANT).expect("tenant");
+        assert!(must_have.len() >= PRELOAD);
+        for (id, _event) in &must_have {
+            let profile = store
+                .profile(&acme, &ProfileId::parse(id).expect("id"))
+                .expect("read")
+                .unwrap_or_else(|| {
+                    panic!("{id} was acknowledged before the backup but is missing")
+                });
+            assert!(profile.consent.opted_out_all(), "{id}");
+            assert_eq!(profile.history_seq, 1, "{id}");
+            let email = Address::email(&format!("{id}@example.com")).expect("address");
+            let state = store.address_state(&acme, &email).expect("state");
+            assert_eq!(state.status, DomainStatus::Quarantined, "{id}");
+            let (users, _) = store.address_users(&acme, &email, 10).expect("users");
+            assert_eq!(users.len(), 1, "{id}");
+        }
+    }
+
+    // Everything in the backup is in the live server's final state, unchanged
+    // where it cannot change (history and logs are append-only).
+    let Ok(app) = Arc::try_unwrap(app) else {
+        panic!("every writer has finished");
+    };
+    let (data_dir, _clock) = app.stop().await;
+    let live = records(&export(data_dir.path(), &work.path().join("live.jsonl")));
+    let live_lines: BTreeSet<String> = live
+        .iter()
+        .filter(|r| r["type"] != "profile" && r["type"] != "address_state")
+        .map(Value::to_string)
+        .collect();
+    for r in backup
+        .iter()
+        .filter(|r| r["type"] != "profile" && r["type"] != "address_state")
+    {
+        assert!(
+            live_lines.contains(&r.to_string()),
+            "not in the live state: {r}"
+        );
+    }
+}
+
+/// Every history entry and log entry matches its owner's counters exactly,
+/// and every recorded event id has its log entry: nothing half-written.
+fn assert_internally_consistent(records: &[Value]) {
+    let key = |r: &Value, field: &str| {
+        format!(
+            "{}/{}",
+            r["tenant"].as_str().expect("tenant"),
+            r[field].as_str().expect(field)
+        )
+    };
+    let mut history: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut logs: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut event_ids: BTreeSet<(String, String)> = BTreeSet::new();
+    for r in records.iter() {
+        match r["type"].as_str() {
+            Some("consent_history") => {
+                history
+                    .entry(key(r, "profile_id"))
+                    .or_default()
+                    .insert(r["sequence"].as_u64().expect("sequence"));
+            }
+            Some("address_event") => {
+                logs.entry(key(r, "address"))
+                    .or_default()
+                    .insert(r["sequence"].as_u64().expect("sequence"));
+                if let Some(id) = r["event"]["event_id"].as_str() {
+                    event_ids.insert((key(r, "address"), id.to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut profiles = 0;
+    let mut states = 0;
+    for r in records.iter() {
+        match r["type"].as_str() {
+            Some("profile") => {
+                profiles += 1;
+                let n = r["history_seq"].as_u64().expect("history_seq");
+                let expected: BTreeSet<u64> = (1..=n).collect();
+                let found = history.remove(&key(r, "profile_id")).unwrap_or_default();
+                assert_eq!(found, expected, "history of {r}");
+            }
+            Some("address_state") => {
+                states += 1;
+                let n = r["log_seq"].as_u64().expect("log_seq");
+                let expected: BTreeSet<u64> = (1..=n).collect();
+                let found = logs.remove(&key(r, "address")).unwrap_or_default();
+                assert_eq!(found, expected, "log of {r}");
+            }
+            Some("feedback_event_id") => {
+                let id = r["event_id"].as_str().expect("event_id").to_owned();
+                assert!(
+                    event_ids.contains(&(key(r, "address"), id)),
+                    "event id without its log entry: {r}"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(profiles > 0 && states > 0);
+    assert!(history.is_empty(), "history without a profile: {history:?}");
+    assert!(logs.is_empty(), "log entries without a state: {logs:?}");
+}
