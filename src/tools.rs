@@ -199,7 +199,7 @@ pub(crate) fn export(args: &ExportArgs) -> ExitCode {
         let mut lines = 0u64;
         let summary: ExportSummary = write_records(&header, store.dump(tenant.as_ref()), |line| {
             lines += 1;
-            if lines % 1024 == 0 {
+            if lines.is_multiple_of(1024) {
                 progress.set_position(lines);
             }
             out.write_all(line)

@@ -104,7 +104,7 @@ pub fn import(
             }
             Err(LineError::Store(e)) => return Err(e.into()),
         }
-        if line_no % 1024 == 0 {
+        if line_no.is_multiple_of(1024) {
             on_progress(bytes);
         }
     }

@@ -228,7 +228,7 @@ pub fn import_csv(
             }
             Err(RowError::Store(e)) => return Err(e.into()),
         }
-        if summary.rows % 4096 == 0 {
+        if summary.rows.is_multiple_of(4096) {
             on_progress(reader.position().byte());
         }
     }
