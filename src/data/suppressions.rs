@@ -15,11 +15,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
 use super::DataError;
 use crate::{
-    engine::{
-        Address, AddressEventKind, AddressStatus, ChangeContext, QuarantineRules, Source, Tenant,
-        UnixMillis,
-    },
-    store::Store,
+    engine::{Address, AddressStatus, ChangeContext, QuarantineRules, Source, Tenant, UnixMillis},
+    store::{ManualEvent, Store},
 };
 
 /// Header names (compared case-insensitively, with spaces, `-` and `_`
@@ -53,6 +50,9 @@ pub const DATE_HEADERS: &[&str] = &[
     "suppressedat",
     "lastchanged",
 ];
+/// Rows recorded per bulk write (one `apply_batch` each, unless an address
+/// repeats within it).
+pub const BULK_ROWS: usize = 1000;
 /// How far in the future a row's date may lie (clock skew), as for feedback.
 pub const DATE_FUTURE_SKEW_MAX: Duration = crate::app::FEEDBACK_FUTURE_SKEW_MAX;
 
@@ -190,6 +190,7 @@ pub fn import_csv(
     let skew_ms = i64::try_from(DATE_FUTURE_SKEW_MAX.as_millis()).unwrap_or(i64::MAX);
 
     let mut summary = SuppressionSummary::default();
+    let mut pending: Vec<ManualEvent> = Vec::with_capacity(BULK_ROWS);
     let mut row = csv::StringRecord::new();
     loop {
         let line = reader.position().line();
@@ -204,56 +205,59 @@ pub fn import_csv(
                 continue;
             }
         }
-        summary.rows += 1;
         let line = row.position().map_or(line, csv::Position::line);
         if row.iter().all(str::is_empty) {
-            summary.rows -= 1;
             continue;
         }
-        match import_row(
-            store,
-            &row,
-            options,
-            address_col,
-            reason_col,
-            date_col,
-            skew_ms,
-        ) {
-            Ok(Some(AddressStatus::Quarantined)) => summary.quarantined += 1,
-            Ok(Some(_)) => summary.denylisted += 1,
-            Ok(None) => summary.unchanged += 1,
-            Err(RowError::Rejected(reason)) => {
+        summary.rows += 1;
+        match parse_row(&row, options, address_col, reason_col, date_col, skew_ms) {
+            Ok(event) => pending.push(event),
+            Err(reason) => {
                 summary.rejected += 1;
                 on_reject(line, &reason);
             }
-            Err(RowError::Store(e)) => return Err(e.into()),
         }
-        if summary.rows.is_multiple_of(4096) {
+        if pending.len() == BULK_ROWS {
+            record(store, options, &mut pending, &mut summary)?;
             on_progress(reader.position().byte());
         }
     }
+    record(store, options, &mut pending, &mut summary)?;
     on_progress(reader.position().byte());
     Ok(summary)
 }
 
-enum RowError {
-    Rejected(String),
-    Store(crate::store::StoreError),
+/// Records the pending events in one bulk write and counts the outcome.
+fn record(
+    store: &Store,
+    options: &SuppressionImport,
+    pending: &mut Vec<ManualEvent>,
+    summary: &mut SuppressionSummary,
+) -> Result<(), DataError> {
+    let recorded =
+        store.record_manual_events(&options.tenant, pending, options.now, &options.rules)?;
+    for (event, recorded) in pending.iter().zip(recorded) {
+        match (recorded, event.status) {
+            (false, _) => summary.unchanged += 1,
+            (true, AddressStatus::Quarantined) => summary.quarantined += 1,
+            (true, _) => summary.denylisted += 1,
+        }
+    }
+    pending.clear();
+    Ok(())
 }
 
-fn import_row(
-    store: &Store,
+/// Parses and validates one row into the event it records.
+fn parse_row(
     row: &csv::StringRecord,
     options: &SuppressionImport,
     address_col: usize,
     reason_col: Option<usize>,
     date_col: Option<usize>,
     skew_ms: i64,
-) -> Result<Option<AddressStatus>, RowError> {
-    let rejected = RowError::Rejected;
+) -> Result<ManualEvent, String> {
     let raw_address = row.get(address_col).unwrap_or_default();
-    let address =
-        Address::parse(None, raw_address).map_err(|e| rejected(format!("address: {e}")))?;
+    let address = Address::parse(None, raw_address).map_err(|e| format!("address: {e}"))?;
     let reason = match reason_col
         .and_then(|c| row.get(c))
         .filter(|r| !r.is_empty())
@@ -262,46 +266,32 @@ fn import_row(
         None => options
             .default_reason
             .as_deref()
-            .ok_or_else(|| rejected("reason: empty, and no --reason given".to_owned()))?,
+            .ok_or_else(|| "reason: empty, and no --reason given".to_owned())?,
     };
     let status = status_of(reason).ok_or_else(|| {
-        rejected(format!(
+        format!(
             "reason: '{reason}' is not known (bounce, hard_bounce, soft_bounce, complaint, \
              spam, unsubscribe, unsubscribed, manual, ...)"
-        ))
+        )
     })?;
     let occurred_at = match date_col.and_then(|c| row.get(c)).filter(|d| !d.is_empty()) {
         Some(date) => {
-            let at = parse_date(date).map_err(|e| rejected(format!("date: {e}")))?;
+            let at = parse_date(date).map_err(|e| format!("date: {e}"))?;
             if at > options.now.saturating_add(skew_ms) {
-                return Err(rejected(format!("date: '{date}' is in the future")));
+                return Err(format!("date: '{date}' is in the future"));
             }
             at
         }
         None => options.now,
     };
     let context = ChangeContext::new(Source::Import, &options.actor, reason)
-        .map_err(|(field, e)| rejected(format!("{field}: {e}")))?;
-    let current = store
-        .address_state(&options.tenant, &address)
-        .map_err(RowError::Store)?
-        .as_of(options.now, &options.rules);
-    // A bounce does not weaken a denylisting.
-    if status == AddressStatus::Quarantined && current.status == AddressStatus::Denylisted {
-        return Ok(None);
-    }
-    let written = store
-        .record_address_event(
-            &options.tenant,
-            &address,
-            AddressEventKind::Manual(status),
-            occurred_at,
-            &context,
-            options.now,
-            &options.rules,
-        )
-        .map_err(RowError::Store)?;
-    Ok(written.changed.then_some(status))
+        .map_err(|(field, e)| format!("{field}: {e}"))?;
+    Ok(ManualEvent {
+        address,
+        status,
+        occurred_at,
+        context,
+    })
 }
 
 #[cfg(test)]

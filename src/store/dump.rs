@@ -17,6 +17,7 @@
 //! `keys::DUMPED_TYPES` and `keys::parse`).
 
 use std::{
+    collections::HashSet,
     sync::MutexGuard,
     time::{Duration, Instant},
 };
@@ -25,9 +26,22 @@ use sled::IVec;
 
 use super::{CodecError, Result, Store, StoreError, codec, corrupt, keys, keys::KeyParts};
 use crate::engine::{
-    Address, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry, EventId, Profile,
-    ProfileId, Tenant,
+    Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, ChangeContext,
+    ConsentHistoryEntry, EventId, Profile, ProfileId, QuarantineRules, Tenant, UnixMillis, replay,
 };
+
+/// An operator-style status change of an address, as a bulk import records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManualEvent {
+    /// The address.
+    pub address: Address,
+    /// QUARANTINED or DENYLISTED.
+    pub status: AddressStatus,
+    /// Event time.
+    pub occurred_at: UnixMillis,
+    /// Who, how and why.
+    pub context: ChangeContext,
+}
 
 /// One record of a dump, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +235,100 @@ impl Store {
         })
     }
 
+    /// Records many manual status changes of one tenant's addresses, with
+    /// far fewer `apply_batch` calls than one [`Store::record_address_event`]
+    /// each: the changes are folded exactly as that method folds them (state,
+    /// log entry, status index; a late event replays the log), and written in
+    /// atomic batches of many addresses. An event that changes nothing is
+    /// skipped: the address already has the status, or it is DENYLISTED and
+    /// the event says QUARANTINED (a weaker status never replaces a stronger
+    /// one). Returns, per event, whether it was recorded. Not durable until
+    /// [`Store::sync`].
+    pub fn record_manual_events(
+        &self,
+        tenant: &Tenant,
+        events: &[ManualEvent],
+        now: UnixMillis,
+        rules: &QuarantineRules,
+    ) -> Result<Vec<bool>> {
+        let keys: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| keys::address(tenant, &e.address))
+            .collect();
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let _guards = self.lock(&key_refs);
+        let mut recorded = Vec::with_capacity(events.len());
+        let mut batch = sled::Batch::default();
+        let mut in_batch: HashSet<&[u8]> = HashSet::with_capacity(events.len());
+        for (event, key) in events.iter().zip(&keys) {
+            // An address met twice: write what is pending, so that reads see it.
+            if !in_batch.insert(key) {
+                self.apply(std::mem::take(&mut batch))?;
+                in_batch.clear();
+                in_batch.insert(key);
+            }
+            recorded.push(self.fold_manual_event(tenant, event, key, now, rules, &mut batch)?);
+        }
+        self.apply(batch)?;
+        Ok(recorded)
+    }
+
+    /// Adds one manual event to `batch` the way [`Store::record_address_event`]
+    /// writes it; false when it changes nothing.
+    fn fold_manual_event(
+        &self,
+        tenant: &Tenant,
+        e: &ManualEvent,
+        key: &[u8],
+        now: UnixMillis,
+        rules: &QuarantineRules,
+        batch: &mut sled::Batch,
+    ) -> Result<bool> {
+        let kind = AddressEventKind::Manual(e.status);
+        let old = self.read_address_state(key)?;
+        let current = old.as_of(now, rules);
+        let weaker =
+            e.status == AddressStatus::Quarantined && current.status == AddressStatus::Denylisted;
+        if weaker || kind.is_noop_for(&current) {
+            return Ok(false);
+        }
+        let mut event = AddressEvent {
+            sequence: old.log_seq + 1,
+            kind,
+            occurred_at: e.occurred_at,
+            recorded_at: now,
+            old_status: current.status,
+            new_status: AddressStatus::Valid,
+            context: e.context.clone(),
+        };
+        let mut new = if old.is_late(e.occurred_at) {
+            let mut log = self.address_log_all(tenant, &e.address)?;
+            log.push(event.clone());
+            replay(&mut log, rules)
+        } else {
+            let mut new = old.clone();
+            new.apply(&event.kind, e.occurred_at, &e.context, rules);
+            new
+        };
+        new.log_seq = event.sequence;
+        event.new_status = new.as_of(now, rules).status;
+        if old.status != AddressStatus::Valid {
+            batch.remove(keys::status_index(tenant, old.status, &e.address));
+        }
+        if new.status != AddressStatus::Valid {
+            batch.insert(
+                keys::status_index(tenant, new.status, &e.address),
+                IVec::default(),
+            );
+        }
+        batch.insert(
+            keys::address_log(tenant, &e.address, event.sequence),
+            codec::encode_address_event(&event),
+        );
+        batch.insert(key, codec::encode_address_state(&new));
+        Ok(true)
+    }
+
     /// Writes one dumped record as it was, in one atomic batch, replacing a
     /// record with the same key and keeping the derived indexes in step: a
     /// profile moves its address → profile entries, an address state its
@@ -307,12 +415,60 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{
-        AddressEventKind, ChangeContext, ProfileAddresses, QuarantineRules, Scope, Source,
-    };
+    use crate::engine::{ProfileAddresses, Scope, Source};
 
     fn ctx() -> ChangeContext {
         ChangeContext::new(Source::Operator, "ops", "test").expect("valid")
+    }
+
+    #[test]
+    fn bulk_manual_events_write_what_one_by_one_events_write() {
+        let t = Tenant::parse("acme").expect("valid");
+        let rules = QuarantineRules::default();
+        let a = Address::email("a@x.io").expect("valid");
+        let b = Address::email("b@x.io").expect("valid");
+        let event = |address: &Address, status, occurred_at| ManualEvent {
+            address: address.clone(),
+            status,
+            occurred_at,
+            context: ctx(),
+        };
+        // In order, a repeat, a late event, a no-op, and a weaker status.
+        let events = vec![
+            event(&a, AddressStatus::Quarantined, 10),
+            event(&b, AddressStatus::Denylisted, 10),
+            event(&a, AddressStatus::Denylisted, 5),
+            event(&b, AddressStatus::Denylisted, 20),
+            event(&b, AddressStatus::Quarantined, 30),
+        ];
+        let bulk_dir = tempfile::tempdir().expect("tempdir");
+        let bulk = Store::open(bulk_dir.path()).expect("open");
+        let recorded = bulk
+            .record_manual_events(&t, &events, 100, &rules)
+            .expect("bulk");
+        assert_eq!(recorded, [true, true, true, false, false]);
+
+        let one_dir = tempfile::tempdir().expect("tempdir");
+        let one = Store::open(one_dir.path()).expect("open");
+        for (e, expected) in events.iter().zip(&recorded) {
+            if !expected {
+                continue;
+            }
+            one.record_address_event(
+                &t,
+                &e.address,
+                AddressEventKind::Manual(e.status),
+                e.occurred_at,
+                &e.context,
+                100,
+                &rules,
+            )
+            .expect("one");
+        }
+        let dumped = |s: &Store| s.dump(None).collect::<Result<Vec<_>>>().expect("dump");
+        assert_eq!(dumped(&bulk), dumped(&one));
+        let (listed, _) = bulk.list_addresses(&t, None, None, 10).expect("list");
+        assert_eq!(listed.len(), 2);
     }
 
     #[test]

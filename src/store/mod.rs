@@ -41,7 +41,7 @@ use crate::engine::{
 
 pub use codec::CodecError;
 use commit::GroupCommit;
-pub use dump::{DumpItem, Snapshot};
+pub use dump::{DumpItem, ManualEvent, Snapshot};
 use lock::DirLock;
 
 /// How many lock stripes guard read-modify-write; two keys share a stripe
