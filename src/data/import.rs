@@ -10,7 +10,10 @@ use super::{
     DataError,
     record::{Header, Record},
 };
-use crate::store::Store;
+use crate::store::{DumpItem, Store};
+
+/// Records restored per bulk write (lines are never split between writes).
+pub const BATCH_RECORDS: usize = 1000;
 
 /// Longest line accepted; a longer one is rejected (the largest real record,
 /// a profile with every address at its limit, is about 20 KiB).
@@ -36,9 +39,10 @@ impl ImportSummary {
 
 /// Restores every line of `input` into `store`. The first line must be a
 /// header of a format version this build reads, or nothing is imported.
-/// Every other line is parsed and validated in full, then restored in one
-/// atomic batch; a line that fails is reported to `on_reject` with its line
-/// number (from 1) and reason, and nothing of it is written. `on_progress`
+/// Every other line is parsed and validated in full, then restored with
+/// others in atomic batches that never split a line; a line that fails is
+/// reported to `on_reject` with its line number (from 1) and reason, and
+/// nothing of it is written. `on_progress`
 /// gets the bytes read so far. Restoring replaces records with the same key,
 /// so importing a file twice gives the same state as importing it once.
 /// Writes are not durable until the caller runs [`Store::sync`].
@@ -51,6 +55,7 @@ pub fn import(
     let mut summary = ImportSummary::default();
     let mut buf = Vec::with_capacity(4096);
     let mut line_no = 0u64;
+    let mut pending: Vec<(&'static str, DumpItem)> = Vec::with_capacity(BATCH_RECORDS);
     let mut bytes = 0u64;
     loop {
         buf.clear();
@@ -95,19 +100,20 @@ pub fn import(
         if text.is_empty() {
             continue;
         }
-        match restore_line(store, text) {
-            Ok(Some(type_name)) => *summary.restored.entry(type_name).or_default() += 1,
+        match parse_line(text) {
+            Ok(Some(parsed)) => pending.push(parsed),
             Ok(None) => {}
-            Err(LineError::Rejected(reason)) => {
+            Err(reason) => {
                 summary.rejected += 1;
                 on_reject(line_no, &reason);
             }
-            Err(LineError::Store(e)) => return Err(e.into()),
         }
-        if line_no.is_multiple_of(1024) {
+        if pending.len() == BATCH_RECORDS {
+            restore(store, &mut pending, &mut summary)?;
             on_progress(bytes);
         }
     }
+    restore(store, &mut pending, &mut summary)?;
     on_progress(bytes);
     if summary.header.is_none() {
         return Err(DataError::Input(
@@ -130,26 +136,29 @@ fn header(text: &[u8]) -> Result<Header, DataError> {
     }
 }
 
-enum LineError {
-    Rejected(String),
-    Store(crate::store::StoreError),
+/// Restores the pending records (whole lines only) and counts them.
+fn restore(
+    store: &Store,
+    pending: &mut Vec<(&'static str, DumpItem)>,
+    summary: &mut ImportSummary,
+) -> Result<(), DataError> {
+    let (types, items): (Vec<&'static str>, Vec<DumpItem>) = pending.drain(..).unzip();
+    store.restore_all(&items)?;
+    for type_name in types {
+        *summary.restored.entry(type_name).or_default() += 1;
+    }
+    Ok(())
 }
 
-fn restore_line(store: &Store, text: &[u8]) -> Result<Option<&'static str>, LineError> {
-    let record: Record =
-        serde_json::from_slice(text).map_err(|e| LineError::Rejected(e.to_string()))?;
+/// Parses and validates one line in full; `Err` is the reason it is rejected.
+fn parse_line(text: &[u8]) -> Result<Option<(&'static str, DumpItem)>, String> {
+    let record: Record = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     let type_name = record.type_name();
     if type_name == "header" {
-        return Err(LineError::Rejected(
-            "a header is allowed only on line 1".to_owned(),
-        ));
+        return Err("a header is allowed only on line 1".to_owned());
     }
-    let Some(item) = record
+    let item = record
         .into_item()
-        .map_err(|e| LineError::Rejected(format!("{type_name}: {e}")))?
-    else {
-        return Ok(None);
-    };
-    store.restore(&item).map_err(LineError::Store)?;
-    Ok(Some(type_name))
+        .map_err(|e| format!("{type_name}: {e}"))?;
+    Ok(item.map(|item| (type_name, item)))
 }

@@ -13,7 +13,7 @@
 //! starts: the copy is the state as of one moment. Reads go on meanwhile.
 //!
 //! A new record type is one more [`DumpItem`] variant, one arm in
-//! `decode_item`, and one arm in [`Store::restore`] (plus its key type in
+//! `decode_item`, and one arm in `restore_into` and `owner_key` (plus its key type in
 //! `keys::DUMPED_TYPES` and `keys::parse`).
 
 use std::{
@@ -335,11 +335,38 @@ impl Store {
     /// status index entry. Restoring the same item twice changes nothing the
     /// second time. Not durable until [`Store::sync`].
     pub fn restore(&self, item: &DumpItem) -> Result<()> {
+        self.restore_all(std::slice::from_ref(item))
+    }
+
+    /// Restores many items as [`Store::restore`] does each, in far fewer
+    /// atomic batches: an item is always wholly in one batch, and an item
+    /// that replaces a record read earlier in the same batch (a profile or
+    /// address state met twice) starts a new batch, so that it reads what the
+    /// earlier one wrote.
+    pub fn restore_all(&self, items: &[DumpItem]) -> Result<()> {
+        let owners: Vec<Vec<u8>> = items.iter().map(owner_key).collect();
+        let owner_refs: Vec<&[u8]> = owners.iter().map(Vec::as_slice).collect();
+        let _guards = self.lock(&owner_refs);
         let mut batch = sled::Batch::default();
+        let mut read_in_batch: HashSet<&[u8]> = HashSet::new();
+        for (item, owner) in items.iter().zip(&owners) {
+            let reads = matches!(
+                item,
+                DumpItem::Profile { .. } | DumpItem::AddressState { .. }
+            );
+            if reads && !read_in_batch.insert(owner) {
+                self.apply(std::mem::take(&mut batch))?;
+                read_in_batch.clear();
+                read_in_batch.insert(owner);
+            }
+            self.restore_into(item, owner, &mut batch)?;
+        }
+        self.apply(batch)
+    }
+
+    fn restore_into(&self, item: &DumpItem, owner: &[u8], batch: &mut sled::Batch) -> Result<()> {
         match item {
             DumpItem::Profile { tenant, profile } => {
-                let key = keys::profile(tenant, &profile.id);
-                let _guard = self.lock(&[&key]);
                 if let Some(old) = self.profile(tenant, &profile.id)? {
                     for address in old.all_addresses() {
                         batch.remove(keys::address_user(tenant, address, &old.id));
@@ -351,28 +378,23 @@ impl Store {
                         IVec::default(),
                     );
                 }
-                batch.insert(key, codec::encode_profile(profile));
-                self.apply(batch)
+                batch.insert(owner, codec::encode_profile(profile));
             }
             DumpItem::ConsentEntry {
                 tenant,
                 profile_id,
                 entry,
-            } => {
-                let key = keys::consent_log(tenant, profile_id, entry.sequence);
-                let _guard = self.lock(&[&keys::profile(tenant, profile_id)]);
-                batch.insert(key, codec::encode_consent_entry(entry));
-                self.apply(batch)
-            }
+            } => batch.insert(
+                keys::consent_log(tenant, profile_id, entry.sequence),
+                codec::encode_consent_entry(entry),
+            ),
             DumpItem::AddressState {
                 tenant,
                 address,
                 state,
             } => {
-                let key = keys::address(tenant, address);
-                let _guard = self.lock(&[&key]);
-                if self.db.contains_key(&key)? {
-                    let old = self.read_address_state(&key)?;
+                if self.db.contains_key(owner)? {
+                    let old = self.read_address_state(owner)?;
                     if old.status != AddressStatus::Valid {
                         batch.remove(keys::status_index(tenant, old.status, address));
                     }
@@ -383,32 +405,43 @@ impl Store {
                         IVec::default(),
                     );
                 }
-                batch.insert(key, codec::encode_address_state(state));
-                self.apply(batch)
+                batch.insert(owner, codec::encode_address_state(state));
             }
             DumpItem::AddressEvent {
                 tenant,
                 address,
                 event,
-            } => {
-                let _guard = self.lock(&[&keys::address(tenant, address)]);
-                batch.insert(
-                    keys::address_log(tenant, address, event.sequence),
-                    codec::encode_address_event(event),
-                );
-                self.apply(batch)
-            }
+            } => batch.insert(
+                keys::address_log(tenant, address, event.sequence),
+                codec::encode_address_event(event),
+            ),
             DumpItem::FeedbackEventId {
                 tenant,
-                event_id,
+                event_id: _,
                 address,
-            } => {
-                let key = keys::event_id(tenant, event_id.as_str());
-                let _guard = self.lock(&[&key]);
-                batch.insert(key, keys::address(tenant, address));
-                self.apply(batch)
-            }
+            } => batch.insert(owner, keys::address(tenant, address)),
         }
+        Ok(())
+    }
+}
+
+/// The key whose lock stripe guards an item's write: the profile for its
+/// history, the address state for its log, the item's own key otherwise.
+fn owner_key(item: &DumpItem) -> Vec<u8> {
+    match item {
+        DumpItem::Profile { tenant, profile } => keys::profile(tenant, &profile.id),
+        DumpItem::ConsentEntry {
+            tenant, profile_id, ..
+        } => keys::profile(tenant, profile_id),
+        DumpItem::AddressState {
+            tenant, address, ..
+        }
+        | DumpItem::AddressEvent {
+            tenant, address, ..
+        } => keys::address(tenant, address),
+        DumpItem::FeedbackEventId {
+            tenant, event_id, ..
+        } => keys::event_id(tenant, event_id.as_str()),
     }
 }
 
@@ -510,11 +543,12 @@ mod tests {
 
         let other = tempfile::tempdir().expect("tempdir");
         let restored = Store::open(other.path()).expect("open");
-        for _ in 0..2 {
-            for item in &items {
-                restored.restore(item).expect("restore");
-            }
+        // One by one, then all at once with every item twice (a repeat in one batch).
+        for item in &items {
+            restored.restore(item).expect("restore");
         }
+        let twice: Vec<DumpItem> = items.iter().chain(&items).cloned().collect();
+        restored.restore_all(&twice).expect("restore all");
         let again: Vec<DumpItem> = restored.dump(None).collect::<Result<_>>().expect("dump");
         assert_eq!(again, items);
         let (users, _) = restored.address_users(&t, &email, 10).expect("users");
