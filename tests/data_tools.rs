@@ -660,3 +660,104 @@ fn assert_internally_consistent(records: &[Value]) {
     assert!(history.is_empty(), "history without a profile: {history:?}");
     assert!(logs.is_empty(), "log entries without a state: {logs:?}");
 }
+
+#[tokio::test]
+async fn an_export_of_one_tenant_holds_that_tenant_only() {
+    let data = sample_data().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("globex.jsonl");
+    let out = consentd(&[
+        "export",
+        "--data-dir",
+        path_str(data.path()),
+        "--tenant",
+        "globex",
+        "--output",
+        path_str(&file),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = std::fs::read_to_string(&file)
+        .expect("read")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(parse(&lines[0])["tenant"], "globex");
+    let globex = records(&lines);
+    assert_eq!(
+        count_by_type(&globex),
+        BTreeMap::from([("profile".to_owned(), 1)])
+    );
+    assert!(globex.iter().all(|r| r["tenant"] == "globex"));
+
+    let out = consentd(&[
+        "export",
+        "--data-dir",
+        path_str(data.path()),
+        "--tenant",
+        "not a tenant",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--tenant"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn the_backup_rpc_streams_one_tenant_in_whole_lines_and_refuses_a_bad_tenant() {
+    use consentd::pb::{BackupRequest, admin_service_client::AdminServiceClient};
+    let app = spawn_app().await;
+    upsert(&app, "alice", &["alice@example.com"], &[]).await;
+    opt_out_all(&app, "alice").await;
+    app.profiles
+        .clone()
+        .upsert_profile(UpsertProfileRequest {
+            tenant: "globex".to_owned(),
+            profile_id: "zed".to_owned(),
+            context: ctx(Source::Api),
+            ..Default::default()
+        })
+        .await
+        .expect("upsert globex");
+    let mut admin = AdminServiceClient::new(app.channel.clone());
+
+    let status = admin
+        .backup(BackupRequest {
+            tenant: "not a tenant".to_owned(),
+        })
+        .await
+        .expect_err("a bad tenant is refused");
+    assert_validation_failed("backup with a bad tenant", &status, &["tenant"]);
+
+    let mut stream = admin
+        .backup(BackupRequest {
+            tenant: TENANT.to_owned(),
+        })
+        .await
+        .expect("Backup")
+        .into_inner();
+    let mut data = Vec::new();
+    let mut records_sum = 0;
+    let mut totals = BTreeSet::new();
+    while let Some(chunk) = stream.message().await.expect("a chunk") {
+        assert_eq!(
+            chunk.data.last(),
+            Some(&b'\n'),
+            "a chunk ends with a whole line"
+        );
+        data.extend_from_slice(&chunk.data);
+        records_sum += chunk.records;
+        totals.insert(chunk.records_total);
+    }
+    let lines: Vec<String> = String::from_utf8(data)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let backup = records(&lines);
+    assert_eq!(parse(&lines[0])["tenant"], TENANT);
+    assert!(backup.iter().all(|r| r["tenant"] == TENANT));
+    assert_eq!(
+        count_by_type(&backup),
+        BTreeMap::from([("consent_history".to_owned(), 1), ("profile".to_owned(), 1)])
+    );
+    assert_eq!(records_sum, 2);
+    assert_eq!(totals, BTreeSet::from([2]));
+}
