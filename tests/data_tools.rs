@@ -761,3 +761,21 @@ async fn the_backup_rpc_streams_one_tenant_in_whole_lines_and_refuses_a_bad_tena
     assert_eq!(records_sum, 2);
     assert_eq!(totals, BTreeSet::from([2]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_of_a_directory_a_server_holds_is_refused_and_points_to_backup() {
+    let app = spawn_app().await;
+    let dir = app.data_dir.path().to_owned();
+    let out =
+        tokio::task::spawn_blocking(move || consentd(&["export", "--data-dir", path_str(&dir)]))
+            .await
+            .expect("export task");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(err.contains("consentd backup --server"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing is exported");
+}

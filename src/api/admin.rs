@@ -40,7 +40,7 @@ pub(crate) struct AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    type BackupStream = ReceiverStream<Result<pb::BackupChunk, Status>>;
+    type BackupStream = ReceiverStream<Result<pb::BackupResponse, Status>>;
 
     async fn backup(
         &self,
@@ -72,7 +72,7 @@ impl AdminService for AdminApi {
                 let mut records = 0u64;
                 let mut header_line = true;
                 let send = |data: Vec<u8>, records: u64| {
-                    tx.blocking_send(Ok(pb::BackupChunk {
+                    tx.blocking_send(Ok(pb::BackupResponse {
                         data,
                         records,
                         records_total,
