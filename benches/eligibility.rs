@@ -83,10 +83,12 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("decide", |b| {
         b.iter(|| {
-            let decision: Result<_, std::convert::Infallible> =
-                engine::decide(Some(black_box(&profile)), Channel::Email, |_| {
-                    Ok(AddressStatus::Valid)
-                });
+            let decision: Result<_, std::convert::Infallible> = engine::decide(
+                Some(black_box(&profile)),
+                Channel::Email,
+                engine::Policy::default(),
+                |_| Ok(AddressStatus::Valid),
+            );
             black_box(decision)
         });
     });
@@ -109,10 +111,13 @@ fn benches(c: &mut Criterion) {
             }
         });
     });
+    let delivery = app
+        .delivery(&tenant, Some(Channel::Email), None)
+        .expect("delivery");
     group.bench_function("app_check_10k", |b| {
         b.to_async(&runtime).iter(|| async {
             let (decisions, summary) = app
-                .check(&tenant, ids.clone(), Channel::Email)
+                .check(&tenant, ids.clone(), &delivery)
                 .await
                 .expect("check");
             assert_eq!(decisions.len(), BATCH);
@@ -143,6 +148,7 @@ fn benches(c: &mut Criterion) {
         tenant: tenant.as_str().to_owned(),
         channel: pb::Channel::Email.into(),
         profile_ids: ids.iter().map(|id| id.as_str().to_owned()).collect(),
+        ..Default::default()
     };
     group.bench_function("grpc_batch_10k", |b| {
         b.to_async(&runtime).iter(|| {

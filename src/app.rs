@@ -11,11 +11,15 @@ use crate::{
     engine::{
         Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, ChangeContext,
         Channel, ConsentHistoryEntry, ConsentStatus, Decision, ErrorReason, EventId, FeedbackKind,
-        Profile, ProfileAddresses, ProfileId, QuarantineRules, Scope, Summary, Tenant, UnixMillis,
-        decide,
+        Policy, Profile, ProfileAddresses, ProfileId, QuarantineRules, Regime, Scope, Service,
+        ServiceId, SettingsUpdate, Subscribed, Subscription, SubscriptionStatus, Summary, Tenant,
+        TenantSettings, Token, TokenHash, TokenRefusal, UnixMillis, UsageOptOut, UserId, decide,
     },
-    error::{Error, Result},
-    store::{Snapshot, Store, StoreError, Written},
+    error::{Error, Result, TokenProblem},
+    store::{
+        ConfirmRefusal, Confirmed, Created, SERVICES_PER_TENANT_MAX, Snapshot, Store, StoreError,
+        Written,
+    },
 };
 
 /// How far in the future a feedback event's `occurred_at` may lie (clock skew).
@@ -33,12 +37,16 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
 /// Default limit of concurrent HTTP/2 streams (requests) per connection.
 pub const CONCURRENT_STREAMS_MAX_DEFAULT: u32 = 256;
+/// Default lifetime of a double opt-in confirmation token.
+pub const CONFIRMATION_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Everything the server can be configured with, once parsed.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The quarantine rule parameters (server-wide for now).
+    /// The quarantine rule parameters of tenants that set none of their own.
     pub rules: QuarantineRules,
+    /// How long a double opt-in confirmation token works.
+    pub confirmation_token_ttl: Duration,
     /// How long one request may take.
     pub request_timeout: Duration,
     /// How long in-flight requests get to finish at shutdown.
@@ -51,6 +59,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             rules: QuarantineRules::default(),
+            confirmation_token_ttl: CONFIRMATION_TOKEN_TTL_DEFAULT,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             max_concurrent_streams: CONCURRENT_STREAMS_MAX_DEFAULT,
@@ -318,7 +327,7 @@ impl App {
         context: &ChangeContext,
         now: UnixMillis,
     ) -> Result<Written<AddressState>> {
-        let rules = self.settings.rules;
+        let rules = self.rules(tenant)?;
         let (tenant, address, context) = (tenant.clone(), address.clone(), context.clone());
         let mut written = self
             .blocking(move |store| {
@@ -341,7 +350,7 @@ impl App {
     /// An address's state as of now (VALID when never seen).
     pub fn address_state(&self, tenant: &Tenant, address: &Address) -> Result<AddressState> {
         let state = self.store.address_state(tenant, address)?;
-        Ok(state.as_of(self.now(), &self.settings.rules))
+        Ok(state.as_of(self.now(), &self.rules(tenant)?))
     }
 
     /// The profiles that use an address (at most [`ADDRESS_USERS_MAX`]) and
@@ -364,7 +373,7 @@ impl App {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Page<(Address, AddressState), Vec<u8>>> {
-        let (tenant, now, rules) = (tenant.clone(), self.now(), self.settings.rules);
+        let (tenant, now, rules) = (tenant.clone(), self.now(), self.rules(tenant)?);
         self.blocking(move |store| {
             let (found, next) = store.list_addresses(&tenant, status, after.as_deref(), limit)?;
             // The index holds stored statuses; an address whose errors expired reads VALID now.
@@ -398,14 +407,53 @@ impl App {
 
     // ---- eligibility ----------------------------------------------------
 
-    /// Decides for each profile, in order: one profile read and one address
-    /// read per address on the channel. Runs off the async workers, split
-    /// across the cores when the batch is large.
+    /// What a delivery on `channel`, or of `service`, checks: the channel
+    /// (the service's when one is given), the tenant's regime for it, and the
+    /// service. A channel that differs from the service's is invalid.
+    pub fn delivery(
+        &self,
+        tenant: &Tenant,
+        channel: Option<Channel>,
+        service: Option<&ServiceId>,
+    ) -> Result<Delivery> {
+        let service = service.map(|id| self.service(tenant, id)).transpose()?;
+        let channel = match (channel, &service) {
+            (Some(channel), Some(service)) if channel != service.channel => {
+                return Err(Error::invalid(
+                    "channel",
+                    format!(
+                        "service '{}' is delivered on {:?}; leave channel unspecified or give that one",
+                        service.id.as_str(),
+                        service.channel
+                    ),
+                ));
+            }
+            (_, Some(service)) => service.channel,
+            (Some(channel), None) => channel,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "channel",
+                    "is required unless service_id is given: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL",
+                ));
+            }
+        };
+        let regime = self.store.tenant_settings(tenant)?.regime(channel);
+        Ok(Delivery {
+            channel,
+            regime,
+            service: service.map(|s| s.id),
+        })
+    }
+
+    /// Decides for each profile, in order: one profile read, one address
+    /// read per address on the channel, and one subscription read for a
+    /// service. Runs off the async workers, split across the cores when the
+    /// batch is large.
     pub async fn check(
         &self,
         tenant: &Tenant,
         mut ids: Vec<ProfileId>,
-        channel: Channel,
+        delivery: &Delivery,
     ) -> Result<(Vec<(ProfileId, Decision)>, Summary)> {
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         let part_len = ids.len().div_ceil(workers).max(PARALLEL_CHECK_PART_MIN);
@@ -419,8 +467,8 @@ impl App {
         let running: Vec<_> = parts
             .into_iter()
             .map(|part| {
-                let tenant = tenant.clone();
-                self.spawn_blocking(move |store| decide_all(store, &tenant, part, channel))
+                let (tenant, delivery) = (tenant.clone(), delivery.clone());
+                self.spawn_blocking(move |store| decide_all(store, &tenant, part, &delivery))
             })
             .collect();
         let mut decisions = Vec::new();
@@ -434,9 +482,307 @@ impl App {
     }
 
     /// Decides for one profile, on the calling task (a handful of point reads).
-    pub fn check_one(&self, tenant: &Tenant, id: &ProfileId, channel: Channel) -> Result<Decision> {
-        decide_one(&self.store, tenant, id, channel)
+    pub fn check_one(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+        delivery: &Delivery,
+    ) -> Result<Decision> {
+        decide_one(&self.store, tenant, id, delivery)
     }
+
+    // ---- tenant settings ------------------------------------------------
+
+    /// A tenant's settings (the defaults when it set none).
+    pub fn tenant_settings(&self, tenant: &Tenant) -> Result<TenantSettings> {
+        Ok(self.store.tenant_settings(tenant)?)
+    }
+
+    /// Changes a tenant's settings. Durable when it returns.
+    pub async fn update_tenant_settings(
+        &self,
+        tenant: &Tenant,
+        update: &SettingsUpdate,
+        context: &ChangeContext,
+    ) -> Result<Written<TenantSettings>> {
+        let written = self
+            .store
+            .update_tenant_settings(tenant, update, self.now())?;
+        if written.changed {
+            tracing::info!(
+                source = ?context.source,
+                principal = %context.principal,
+                actor = %context.actor,
+                reason = %context.reason,
+                settings = ?written.value,
+                "tenant settings changed"
+            );
+        }
+        self.sync().await?;
+        Ok(written)
+    }
+
+    /// The quarantine rules in force for a tenant.
+    fn rules(&self, tenant: &Tenant) -> Result<QuarantineRules> {
+        Ok(self
+            .store
+            .tenant_settings(tenant)?
+            .rules(&self.settings.rules))
+    }
+
+    // ---- services and subscriptions -------------------------------------
+
+    /// Creates a service. Durable when it returns.
+    pub async fn create_service(
+        &self,
+        tenant: &Tenant,
+        id: ServiceId,
+        name: String,
+        channel: Channel,
+        double_opt_in: bool,
+        context: &ChangeContext,
+    ) -> Result<Service> {
+        let service = Service {
+            id,
+            name,
+            channel,
+            double_opt_in,
+            created_at: self.now(),
+        };
+        match self.store.create_service(tenant, service)? {
+            Created::Created(service) => {
+                tracing::info!(
+                    service_id = service.id.as_str(),
+                    principal = %context.principal,
+                    actor = %context.actor,
+                    "service created"
+                );
+                self.sync().await?;
+                Ok(service)
+            }
+            Created::Exists(existing) => Err(Error::ServiceExists(existing.id.as_str().to_owned())),
+            Created::TooMany => Err(Error::TooManyServices(SERVICES_PER_TENANT_MAX)),
+        }
+    }
+
+    /// A service, or `ServiceNotFound`.
+    pub fn service(&self, tenant: &Tenant, id: &ServiceId) -> Result<Service> {
+        self.store
+            .service(tenant, id)?
+            .ok_or_else(|| Error::ServiceNotFound(id.as_str().to_owned()))
+    }
+
+    /// A page of a tenant's services.
+    pub async fn services(
+        &self,
+        tenant: &Tenant,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Page<Service, Vec<u8>>> {
+        let tenant = tenant.clone();
+        self.blocking(move |store| {
+            let (items, next) = store.services(&tenant, after.as_deref(), limit)?;
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    /// Subscribes a profile to a service; with double opt-in the result
+    /// carries the token to send. Durable when it returns.
+    pub async fn subscribe(
+        &self,
+        tenant: &Tenant,
+        profile: &ProfileId,
+        service: &ServiceId,
+        context: &ChangeContext,
+    ) -> Result<Written<Subscribed>> {
+        let service = self.service(tenant, service)?;
+        let ttl_ms =
+            i64::try_from(self.settings.confirmation_token_ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut random = [0u8; crate::engine::TOKEN_BYTES];
+        getrandom::fill(&mut random)
+            .map_err(|e| Error::Unavailable(format!("no randomness for a token: {e}")))?;
+        let written = self
+            .store
+            .subscribe(
+                tenant,
+                profile,
+                &service,
+                context,
+                self.now(),
+                ttl_ms,
+                || Token::from_random(random),
+            )?
+            .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))?;
+        self.sync().await?;
+        Ok(written)
+    }
+
+    /// Confirms a pending subscription by its token. Durable when it returns;
+    /// a refused token changes nothing.
+    pub async fn confirm_subscription(
+        &self,
+        tenant: &Tenant,
+        token: &TokenHash,
+        context: &ChangeContext,
+    ) -> Result<Confirmed> {
+        let confirmed = self
+            .store
+            .confirm_subscription(tenant, token, context, self.now())?;
+        match confirmed {
+            Ok(written) => {
+                self.sync().await?;
+                Ok(written.value)
+            }
+            Err(ConfirmRefusal::Unknown) => Err(Error::TokenNotFound),
+            Err(ConfirmRefusal::Refused(refusal)) => Err(Error::TokenRefused(match refusal {
+                TokenRefusal::Used => TokenProblem::Used,
+                TokenRefusal::Expired(at) => TokenProblem::Expired(at),
+                TokenRefusal::Superseded => TokenProblem::Superseded,
+            })),
+        }
+    }
+
+    /// Unsubscribes a profile from a service. Durable when it returns.
+    pub async fn unsubscribe(
+        &self,
+        tenant: &Tenant,
+        profile: &ProfileId,
+        service: &ServiceId,
+        context: &ChangeContext,
+    ) -> Result<Written<Option<Subscription>>> {
+        let service = self.service(tenant, service)?;
+        let written = self
+            .store
+            .unsubscribe(tenant, profile, &service, context, self.now())?
+            .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))?;
+        self.sync().await?;
+        Ok(written)
+    }
+
+    /// A profile's subscriptions.
+    pub async fn subscriptions(
+        &self,
+        tenant: &Tenant,
+        profile: &ProfileId,
+    ) -> Result<Vec<Subscription>> {
+        self.profile(tenant, profile)?;
+        let (tenant, profile) = (tenant.clone(), profile.clone());
+        self.blocking(move |store| Ok(store.subscriptions(&tenant, &profile)?))
+            .await
+    }
+
+    /// A page of a service's subscribers, optionally only those with `status`.
+    pub async fn subscribers(
+        &self,
+        tenant: &Tenant,
+        service: &ServiceId,
+        status: Option<SubscriptionStatus>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Page<(ProfileId, SubscriptionStatus), Vec<u8>>> {
+        self.service(tenant, service)?;
+        let (tenant, service) = (tenant.clone(), service.clone());
+        self.blocking(move |store| {
+            let (found, next) = store.subscribers(&tenant, &service, after.as_deref(), limit)?;
+            let items = found
+                .into_iter()
+                .filter(|(_, s)| status.is_none_or(|wanted| wanted == *s))
+                .collect();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    // ---- product usage --------------------------------------------------
+
+    /// Opts a user out of usage tracking. Durable when it returns.
+    pub async fn opt_out_usage(
+        &self,
+        tenant: &Tenant,
+        user: &UserId,
+        context: &ChangeContext,
+    ) -> Result<Written<UsageOptOut>> {
+        let written = self
+            .store
+            .opt_out_usage(tenant, user, context, self.now())?;
+        self.sync().await?;
+        Ok(written)
+    }
+
+    /// Opts a user back in to usage tracking. Durable when it returns.
+    pub async fn opt_in_usage(
+        &self,
+        tenant: &Tenant,
+        user: &UserId,
+        context: &ChangeContext,
+    ) -> Result<Written<()>> {
+        let written = self.store.opt_in_usage(tenant, user)?;
+        if written.changed {
+            tracing::info!(
+                user_id = user.as_str(),
+                principal = %context.principal,
+                actor = %context.actor,
+                reason = %context.reason,
+                "user opted back in to usage tracking"
+            );
+        }
+        self.sync().await?;
+        Ok(written)
+    }
+
+    /// A page of the users opted out of usage tracking.
+    pub async fn usage_opt_outs(
+        &self,
+        tenant: &Tenant,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Page<UsageOptOut, Vec<u8>>> {
+        let tenant = tenant.clone();
+        self.blocking(move |store| {
+            let (items, next) = store.usage_opt_outs(&tenant, after.as_deref(), limit)?;
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    /// Whether a user's usage may be tracked.
+    pub fn tracking_allowed(&self, tenant: &Tenant, user: &UserId) -> Result<bool> {
+        Ok(!self.store.is_usage_opted_out(tenant, user)?)
+    }
+
+    /// For each user (in order), whether their usage may be tracked: one
+    /// point read per distinct user, off the async workers.
+    pub async fn filter_tracking(&self, tenant: &Tenant, users: Vec<UserId>) -> Result<Vec<bool>> {
+        let tenant = tenant.clone();
+        self.blocking(move |store| {
+            let mut seen: std::collections::HashMap<UserId, bool> =
+                std::collections::HashMap::new();
+            users
+                .into_iter()
+                .map(|user| match seen.get(&user) {
+                    Some(allowed) => Ok(*allowed),
+                    None => {
+                        let allowed = !store.is_usage_opted_out(&tenant, &user)?;
+                        seen.insert(user, allowed);
+                        Ok(allowed)
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// What an eligibility check is for: resolved once per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The channel.
+    pub channel: Channel,
+    /// The tenant's regime for the channel.
+    pub regime: Regime,
+    /// The service, when the delivery is for one.
+    pub service: Option<ServiceId>,
 }
 
 /// The result of a blocking task; a task that panicked or was cancelled is unavailable.
@@ -448,10 +794,22 @@ fn decide_one(
     store: &Store,
     tenant: &Tenant,
     id: &ProfileId,
-    channel: Channel,
+    delivery: &Delivery,
 ) -> Result<Decision> {
     let profile = store.profile(tenant, id)?;
-    let decision = decide(profile.as_ref(), channel, |address| {
+    let subscribed = match (&delivery.service, &profile) {
+        (Some(service), Some(_)) => Some(
+            store
+                .subscription(tenant, id, service)?
+                .is_some_and(|s| s.status == SubscriptionStatus::Active),
+        ),
+        _ => None,
+    };
+    let policy = Policy {
+        regime: delivery.regime,
+        subscribed,
+    };
+    let decision = decide(profile.as_ref(), delivery.channel, policy, |address| {
         store.address_status(tenant, address)
     })?;
     Ok(decision)
@@ -461,12 +819,12 @@ fn decide_all(
     store: &Store,
     tenant: &Tenant,
     ids: Vec<ProfileId>,
-    channel: Channel,
+    delivery: &Delivery,
 ) -> Result<(Vec<(ProfileId, Decision)>, Summary)> {
     let mut summary = Summary::default();
     let mut decisions = Vec::with_capacity(ids.len());
     for id in ids {
-        let decision = decide_one(store, tenant, &id, channel)?;
+        let decision = decide_one(store, tenant, &id, delivery)?;
         summary.add(&decision);
         decisions.push((id, decision));
     }

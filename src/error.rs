@@ -47,12 +47,68 @@ pub enum Error {
     /// The profile does not exist in the tenant.
     #[error("profile '{0}' not found in this tenant")]
     ProfileNotFound(String),
+    /// The service does not exist in the tenant.
+    #[error("service '{0}' not found in this tenant; create it with CreateService")]
+    ServiceNotFound(String),
+    /// A service with this id exists already.
+    #[error("service '{0}' already exists in this tenant")]
+    ServiceExists(String),
+    /// The tenant has as many services as it may.
+    #[error("this tenant has {0} services, the most allowed")]
+    TooManyServices(usize),
+    /// No confirmation token like this one was issued in the tenant.
+    #[error("unknown confirmation token: it was not issued in this tenant")]
+    TokenNotFound,
+    /// The confirmation token exists but cannot confirm anything; nothing changed.
+    #[error("{0}")]
+    TokenRefused(TokenProblem),
     /// The server is shutting down or the store cannot take writes.
     #[error("{0}")]
     Unavailable(String),
     /// The store failed. The cause is logged; the caller sees an opaque message.
     #[error("storage error")]
     Storage(#[from] crate::store::StoreError),
+}
+
+/// Why a confirmation token cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// It confirmed its subscription already (tokens are single-use).
+    Used,
+    /// It expired (at this time, ms since the epoch).
+    Expired(i64),
+    /// A newer token was sent, or the subscription was cancelled.
+    Superseded,
+}
+
+impl TokenProblem {
+    /// The stable `ErrorInfo.reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenProblem::Used => "TOKEN_ALREADY_USED",
+            TokenProblem::Expired(_) => "TOKEN_EXPIRED",
+            TokenProblem::Superseded => "TOKEN_SUPERSEDED",
+        }
+    }
+}
+
+impl fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenProblem::Used => f.write_str(
+                "this confirmation token was used already; the subscription it confirmed is active",
+            ),
+            TokenProblem::Expired(at) => write!(
+                f,
+                "this confirmation token expired (at {} ms since the epoch); subscribe again to get a new one",
+                at
+            ),
+            TokenProblem::Superseded => f.write_str(
+                "this confirmation token is no longer valid: a newer one was sent, or the \
+                 subscription was cancelled; use the newest token or subscribe again",
+            ),
+        }
+    }
 }
 
 fn join(violations: &[FieldViolation]) -> String {

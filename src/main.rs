@@ -55,7 +55,7 @@ struct ServeArgs {
     /// Directory of the embedded store; created if missing. One process at a time.
     #[arg(long, env = "CONSENTD_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Soft errors counted before an address is quarantined.
+    /// Soft errors counted before an address is quarantined (tenants without their own setting; see TenantService).
     #[arg(long, env = "CONSENTD_SOFT_ERROR_THRESHOLD", default_value_t = 5)]
     soft_error_threshold: u32,
     /// At most one soft error is counted per interval (e.g. 1d, 12h).
@@ -67,6 +67,9 @@ struct ServeArgs {
     /// The reset period when the last counted error was MAILBOX_FULL.
     #[arg(long, env = "CONSENTD_MAILBOX_FULL_RESET_PERIOD", default_value = "30d", value_parser = humantime::parse_duration)]
     mailbox_full_reset_period: Duration,
+    /// How long a double opt-in confirmation token works after Subscribe.
+    #[arg(long, env = "CONSENTD_CONFIRMATION_TOKEN_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    confirmation_token_ttl: Duration,
     /// How long one request may take; a slower one is cut off with CANCELLED ("Timeout expired", tonic's code for a server-side timeout).
     #[arg(long, env = "CONSENTD_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
@@ -98,6 +101,7 @@ impl ServeArgs {
                 self.mailbox_full_reset_period,
             ),
             ("--request-timeout", self.request_timeout),
+            ("--confirmation-token-ttl", self.confirmation_token_ttl),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be longer than zero"));
@@ -110,6 +114,7 @@ impl ServeArgs {
                 error_reset_period: self.error_reset_period,
                 mailbox_full_reset_period: self.mailbox_full_reset_period,
             },
+            confirmation_token_ttl: self.confirmation_token_ttl,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             max_concurrent_streams: self.max_concurrent_streams,

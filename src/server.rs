@@ -52,6 +52,9 @@ pub async fn run(
         "consent.v1.QuarantineService",
         "consent.v1.EligibilityService",
         "consent.v1.AdminService",
+        "consent.v1.TenantService",
+        "consent.v1.SubscriptionService",
+        "consent.v1.ProductUsageService",
     ];
     for name in names {
         health
@@ -107,6 +110,9 @@ pub async fn run(
         .add_service(services.quarantine)
         .add_service(services.eligibility)
         .add_service(services.admin)
+        .add_service(services.tenant)
+        .add_service(services.subscription)
+        .add_service(services.usage)
         .serve_with_incoming_shutdown(incoming, drain);
     if let Some(addr) = local {
         tracing::info!("listening on {addr}");

@@ -295,6 +295,7 @@ async fn an_acknowledged_opt_out_survives_sigkill() {
             tenant: TENANT.to_owned(),
             profile_id: id.to_owned(),
             channel: Channel::Email as i32,
+            ..Default::default()
         })
         .await
         .expect("CheckEligibility after the crash")
@@ -450,6 +451,7 @@ async fn sigterm_drains_in_flight_requests_flushes_and_exits_zero() {
         tenant: TENANT.into(),
         channel: Channel::Email.into(),
         profile_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+        ..Default::default()
     };
     let (chunks, outbound) = mpsc::channel(4);
     chunks

@@ -830,6 +830,7 @@ async fn stream_of_one_hundred_thousand_recipients_answers_every_chunk_in_order(
                 profile_ids: (c * BATCH_LIMIT..(c + 1) * BATCH_LIMIT)
                     .map(audience_id)
                     .collect(),
+                ..Default::default()
             }
         })
         .collect();
@@ -1322,6 +1323,7 @@ async fn quarantine_is_per_tenant() {
             tenant: "other-tenant".to_owned(),
             profile_id: "p-tenant".to_owned(),
             channel: Channel::Email as i32,
+            ..Default::default()
         })
         .await
         .expect("CheckEligibility")

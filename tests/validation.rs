@@ -178,6 +178,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                         source: Source::Unspecified as i32,
                         actor: "someone".to_owned(),
                         reason: String::new(),
+                        ..Default::default()
                     }),
                     ..upsert_req("p1")
                 };
@@ -273,6 +274,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                     source: 42,
                     actor: String::new(),
                     reason: String::new(),
+                    ..Default::default()
                 }),
                 ..opt_out_req()
             };
@@ -285,6 +287,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                     source: Source::Api as i32,
                     actor: "a".repeat(257),
                     reason: String::new(),
+                    ..Default::default()
                 }),
                 ..opt_out_req()
             };
@@ -507,6 +510,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                 tenant: TENANT.to_owned(),
                 profile_id: EXISTING.to_owned(),
                 channel: Channel::Unspecified as i32,
+                ..Default::default()
             };
             async move { c.check_eligibility(req).await }
         }),
@@ -516,6 +520,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                 tenant: String::new(),
                 profile_id: EXISTING.to_owned(),
                 channel: Channel::Email as i32,
+                ..Default::default()
             };
             async move { c.check_eligibility(req).await }
         }),
@@ -533,6 +538,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                         "c".to_owned(),
                         String::new(),
                     ],
+                    ..Default::default()
                 };
                 async move { c.batch_check_eligibility(req).await }
             },
@@ -546,6 +552,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                     tenant: TENANT.to_owned(),
                     channel: Channel::Email as i32,
                     profile_ids: vec!["a".to_owned(), long_id.clone()],
+                    ..Default::default()
                 };
                 async move { c.batch_check_eligibility(req).await }
             },
@@ -556,6 +563,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                 tenant: TENANT.to_owned(),
                 channel: Channel::Email as i32,
                 profile_ids: Vec::new(),
+                ..Default::default()
             };
             async move { c.batch_check_eligibility(req).await }
         }),
@@ -568,6 +576,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
                     tenant: TENANT.to_owned(),
                     channel: Channel::Unspecified as i32,
                     profile_ids: vec!["a".to_owned()],
+                    ..Default::default()
                 };
                 async move { c.batch_check_eligibility(req).await }
             },
@@ -820,11 +829,13 @@ async fn a_stream_chunk_may_not_change_the_channel() {
             tenant: TENANT.to_owned(),
             channel: Channel::Email as i32,
             profile_ids: vec!["p-stream".to_owned()],
+            ..Default::default()
         },
         StreamEligibilityRequest {
             tenant: TENANT.to_owned(),
             channel: Channel::Sms as i32,
             profile_ids: vec!["p-stream".to_owned()],
+            ..Default::default()
         },
     ];
     let mut responses = app
@@ -944,6 +955,7 @@ async fn requests_over_the_decode_limit_are_refused_and_change_nothing() {
             tenant: TENANT.to_owned(),
             channel: Channel::Email.into(),
             profile_ids: ids,
+            ..Default::default()
         })
         .await
         .expect_err("a 10 MB request is over the eligibility decode limit");

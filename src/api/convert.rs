@@ -16,6 +16,9 @@ use crate::{
     pb,
 };
 
+/// How far in the future a context's `collected_at` may lie (clock skew), in ms.
+const COLLECTED_AT_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
 /// Collects the problems of one request, so that the caller hears of all of them at once.
 #[derive(Debug, Default)]
 pub(crate) struct Check {
@@ -120,9 +123,19 @@ impl Check {
         }
     }
 
-    /// A required change context.
-    pub(crate) fn context(&mut self, raw: Option<&pb::ChangeContext>) -> Option<ChangeContext> {
+    /// A required change context with its proof of consent. `forced` is the
+    /// source the caller's changes are always recorded with, if any; `now`
+    /// bounds `collected_at`.
+    pub(crate) fn context(
+        &mut self,
+        raw: Option<&pb::ChangeContext>,
+        forced: Option<engine::Source>,
+        now: UnixMillis,
+    ) -> Option<ChangeContext> {
         let Some(raw) = raw else {
+            if let Some(source) = forced {
+                return ChangeContext::new(source, "", "").ok();
+            }
             self.violation(
                 "context",
                 "is required: say where the change comes from (context.source)",
@@ -130,6 +143,7 @@ impl Check {
             return None;
         };
         let source = match pb::Source::try_from(raw.source) {
+            _ if forced.is_some() => forced,
             Ok(source) => {
                 let source = source_from_pb(source);
                 if source.is_none() {
@@ -150,16 +164,51 @@ impl Check {
         };
         // The texts are checked even when the source is missing, so that every
         // problem is reported at once; the placeholder source is never kept.
-        match ChangeContext::new(
+        let context = match ChangeContext::new(
             source.unwrap_or(engine::Source::Api),
             &raw.actor,
             &raw.reason,
         ) {
-            Ok(context) => source.map(|_| context),
+            Ok(context) => Some(context),
             Err((field, invalid)) => {
                 self.violation(format!("context.{field}"), invalid.0);
                 None
             }
+        };
+        let collected_at = self
+            .timestamp("context.collected_at", raw.collected_at.as_ref())
+            .and_then(|at| match at {
+                Some(at) if at > now.saturating_add(COLLECTED_AT_FUTURE_SKEW_MS) => {
+                    self.violation(
+                        "context.collected_at",
+                        "is more than 5 minutes in the future: it must say when the person acted",
+                    );
+                    None
+                }
+                at => Some(at),
+            });
+        let proof = match engine::Proof::new(
+            &raw.ip_address,
+            &raw.user_agent,
+            &raw.notice_version,
+            collected_at.flatten(),
+        ) {
+            Ok(proof) => Some(proof),
+            Err((field, invalid)) => {
+                self.violation(format!("context.{field}"), invalid.0);
+                None
+            }
+        };
+        let (mut context, proof, _, _) = (context?, proof?, source?, collected_at?);
+        context.proof = proof;
+        Some(context)
+    }
+
+    /// Checks that a context that gives consent carries its proof when it
+    /// comes from a landing page.
+    pub(crate) fn consent_proof(&mut self, context: Option<&ChangeContext>) {
+        if let Some(Err((field, invalid))) = context.map(ChangeContext::require_proof) {
+            self.violation(format!("context.{field}"), invalid.0);
         }
     }
 
@@ -253,6 +302,144 @@ impl Check {
         }
     }
 
+    /// A service id in field `field`.
+    pub(crate) fn service_id(&mut self, field: &str, raw: &str) -> Option<engine::ServiceId> {
+        self.field(field, engine::ServiceId::parse(raw))
+    }
+
+    /// An optional service id: empty means none.
+    pub(crate) fn optional_service_id(
+        &mut self,
+        field: &str,
+        raw: &str,
+    ) -> Option<Option<engine::ServiceId>> {
+        if raw.is_empty() {
+            return Some(None);
+        }
+        self.service_id(field, raw).map(Some)
+    }
+
+    /// A product user id in field `field`.
+    pub(crate) fn user_id(&mut self, field: &str, raw: &str) -> Option<engine::UserId> {
+        self.field(field, engine::UserId::parse(raw))
+    }
+
+    /// A subscription status filter: UNSPECIFIED means none.
+    pub(crate) fn subscription_status_filter(
+        &mut self,
+        field: &str,
+        raw: i32,
+    ) -> Option<Option<engine::SubscriptionStatus>> {
+        use engine::SubscriptionStatus as S;
+        match pb::SubscriptionStatus::try_from(raw) {
+            Ok(pb::SubscriptionStatus::Unspecified) => Some(None),
+            Ok(pb::SubscriptionStatus::PendingConfirmation) => Some(Some(S::PendingConfirmation)),
+            Ok(pb::SubscriptionStatus::Active) => Some(Some(S::Active)),
+            Ok(pb::SubscriptionStatus::Unsubscribed) => Some(Some(S::Unsubscribed)),
+            Err(_) => {
+                self.violation(field, format!("unknown subscription status value {raw}"));
+                None
+            }
+        }
+    }
+
+    /// A duration that must be a valid, non-negative span, if given.
+    pub(crate) fn duration(
+        &mut self,
+        field: &str,
+        raw: Option<&prost_types::Duration>,
+    ) -> Option<Option<std::time::Duration>> {
+        let Some(d) = raw else {
+            return Some(None);
+        };
+        match (u64::try_from(d.seconds), u32::try_from(d.nanos)) {
+            (Ok(seconds), Ok(nanos)) if nanos < 1_000_000_000 => {
+                Some(Some(std::time::Duration::new(seconds, nanos)))
+            }
+            _ => {
+                self.violation(
+                    field,
+                    "must be a positive duration (seconds >= 0, nanos 0 to 999,999,999)",
+                );
+                None
+            }
+        }
+    }
+
+    /// The update of a tenant's settings.
+    pub(crate) fn settings_update(
+        &mut self,
+        req: &pb::UpdateTenantSettingsRequest,
+    ) -> Option<engine::SettingsUpdate> {
+        const FIELD: &str = "channel_regimes";
+        let before = self.violations.len();
+        if req.channel_regimes.len() > Channel::ALL.len() {
+            self.violation(
+                FIELD,
+                format!(
+                    "has {} entries; at most {} (one per channel) are allowed",
+                    req.channel_regimes.len(),
+                    Channel::ALL.len()
+                ),
+            );
+            return None;
+        }
+        let mut regimes: Vec<(Channel, engine::Regime)> = Vec::new();
+        for (i, entry) in req.channel_regimes.iter().enumerate() {
+            let channel = self.channel(&format!("{FIELD}[{i}].channel"), entry.channel);
+            let regime = match pb::ConsentRegime::try_from(entry.regime) {
+                Ok(pb::ConsentRegime::OptOut) => Some(engine::Regime::OptOut),
+                Ok(pb::ConsentRegime::OptIn) => Some(engine::Regime::OptIn),
+                Ok(pb::ConsentRegime::Unspecified) | Err(_) => {
+                    self.violation(
+                        format!("{FIELD}[{i}].regime"),
+                        "is required: CONSENT_REGIME_OPT_OUT or CONSENT_REGIME_OPT_IN",
+                    );
+                    None
+                }
+            };
+            if let (Some(channel), Some(regime)) = (channel, regime) {
+                if regimes.iter().any(|(c, _)| *c == channel) {
+                    self.violation(
+                        format!("{FIELD}[{i}].channel"),
+                        "is given twice; give each channel at most once",
+                    );
+                }
+                regimes.push((channel, regime));
+            }
+        }
+        let raw = req.quarantine_rules.unwrap_or_default();
+        let rules = engine::RuleOverrides {
+            soft_error_threshold: raw.soft_error_threshold,
+            significant_error_interval: self
+                .duration(
+                    "quarantine_rules.significant_error_interval",
+                    raw.significant_error_interval.as_ref(),
+                )
+                .flatten(),
+            error_reset_period: self
+                .duration(
+                    "quarantine_rules.error_reset_period",
+                    raw.error_reset_period.as_ref(),
+                )
+                .flatten(),
+            mailbox_full_reset_period: self
+                .duration(
+                    "quarantine_rules.mailbox_full_reset_period",
+                    raw.mailbox_full_reset_period.as_ref(),
+                )
+                .flatten(),
+        };
+        if let Err((field, invalid)) = rules.validate() {
+            self.violation(format!("quarantine_rules.{field}"), invalid.0);
+        }
+        (self.violations.len() == before).then_some(engine::SettingsUpdate {
+            regimes,
+            rules,
+            reset_rules: req.reset_quarantine_rules,
+        })
+    }
+
     /// A page size: 0 means `default`, over `max` is clamped, negative is invalid.
     pub(crate) fn page_size(&mut self, raw: i32, default: usize, max: usize) -> Option<usize> {
         match usize::try_from(raw) {
@@ -315,6 +502,15 @@ pub(crate) fn context_to_pb(context: &ChangeContext) -> pb::ChangeContext {
         source: source_to_pb(context.source).into(),
         actor: context.actor.clone(),
         reason: context.reason.clone(),
+        principal: context.principal.clone(),
+        ip_address: context
+            .proof
+            .ip_address
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        user_agent: context.proof.user_agent.clone(),
+        notice_version: context.proof.notice_version.clone(),
+        collected_at: context.proof.collected_at.map(timestamp),
     }
 }
 
@@ -530,6 +726,8 @@ pub(crate) fn exclusion_reason_to_pb(reason: engine::ExclusionReason) -> pb::Exc
         R::ProfileNotFound => pb::ExclusionReason::ProfileNotFound,
         R::OptedOutAllChannels => pb::ExclusionReason::OptedOutAllChannels,
         R::OptedOutChannel => pb::ExclusionReason::OptedOutChannel,
+        R::NoOptIn => pb::ExclusionReason::NoOptIn,
+        R::NotSubscribed => pb::ExclusionReason::NotSubscribed,
         R::NoAddress => pb::ExclusionReason::NoAddress,
         R::AddressQuarantined => pb::ExclusionReason::AddressQuarantined,
         R::AddressDenylisted => pb::ExclusionReason::AddressDenylisted,
@@ -561,6 +759,137 @@ pub(crate) fn summary_to_pb(summary: &engine::Summary) -> pb::EligibilitySummary
                 count,
             })
             .collect(),
+    }
+}
+
+pub(crate) fn history_entry_to_pb(e: &engine::ConsentHistoryEntry) -> pb::ConsentHistoryEntry {
+    let mut entry = pb::ConsentHistoryEntry {
+        sequence: e.sequence,
+        changed_at: Some(timestamp(e.changed_at)),
+        context: Some(context_to_pb(&e.context)),
+        ..Default::default()
+    };
+    match &e.change {
+        engine::Change::Consent {
+            scope,
+            old_status,
+            new_status,
+        } => {
+            match scope {
+                engine::Scope::AllChannels => entry.all_channels = true,
+                engine::Scope::Channel(c) => entry.channel = channel_to_pb(*c).into(),
+            }
+            entry.old_status = consent_status_to_pb(*old_status).into();
+            entry.new_status = consent_status_to_pb(*new_status).into();
+        }
+        engine::Change::Subscription {
+            service_id,
+            channel,
+            change,
+        } => {
+            entry.service_id = service_id.as_str().to_owned();
+            entry.channel = channel_to_pb(*channel).into();
+            entry.old_subscription_status = change
+                .old
+                .map_or(
+                    pb::SubscriptionStatus::Unspecified,
+                    subscription_status_to_pb,
+                )
+                .into();
+            entry.new_subscription_status = subscription_status_to_pb(change.new).into();
+        }
+    }
+    entry
+}
+
+pub(crate) fn subscription_status_to_pb(
+    status: engine::SubscriptionStatus,
+) -> pb::SubscriptionStatus {
+    match status {
+        engine::SubscriptionStatus::PendingConfirmation => {
+            pb::SubscriptionStatus::PendingConfirmation
+        }
+        engine::SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
+        engine::SubscriptionStatus::Unsubscribed => pb::SubscriptionStatus::Unsubscribed,
+    }
+}
+
+pub(crate) fn service_to_pb(service: &engine::Service) -> pb::Service {
+    pb::Service {
+        service_id: service.id.as_str().to_owned(),
+        name: service.name.clone(),
+        channel: channel_to_pb(service.channel).into(),
+        double_opt_in: service.double_opt_in,
+        created_at: Some(timestamp(service.created_at)),
+    }
+}
+
+pub(crate) fn subscription_to_pb(subscription: &engine::Subscription) -> pb::Subscription {
+    pb::Subscription {
+        service_id: subscription.service_id.as_str().to_owned(),
+        status: subscription_status_to_pb(subscription.status).into(),
+        changed_at: Some(timestamp(subscription.changed_at)),
+        confirmation_expires_at: subscription.pending.map(|p| timestamp(p.expires_at)),
+    }
+}
+
+fn duration_to_pb(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub(crate) fn tenant_settings_to_pb(
+    settings: &engine::TenantSettings,
+    server: &engine::QuarantineRules,
+) -> pb::TenantSettings {
+    let rules = settings.rules(server);
+    let o = &settings.rules;
+    let overridden = [
+        ("soft_error_threshold", o.soft_error_threshold.is_some()),
+        (
+            "significant_error_interval",
+            o.significant_error_interval.is_some(),
+        ),
+        ("error_reset_period", o.error_reset_period.is_some()),
+        (
+            "mailbox_full_reset_period",
+            o.mailbox_full_reset_period.is_some(),
+        ),
+    ];
+    pb::TenantSettings {
+        channel_regimes: Channel::ALL
+            .iter()
+            .map(|&channel| pb::ChannelRegime {
+                channel: channel_to_pb(channel).into(),
+                regime: match settings.regime(channel) {
+                    engine::Regime::OptOut => pb::ConsentRegime::OptOut,
+                    engine::Regime::OptIn => pb::ConsentRegime::OptIn,
+                }
+                .into(),
+            })
+            .collect(),
+        quarantine_rules: Some(pb::QuarantineRules {
+            soft_error_threshold: rules.soft_error_threshold,
+            significant_error_interval: Some(duration_to_pb(rules.significant_error_interval)),
+            error_reset_period: Some(duration_to_pb(rules.error_reset_period)),
+            mailbox_full_reset_period: Some(duration_to_pb(rules.mailbox_full_reset_period)),
+        }),
+        overridden_quarantine_rules: overridden
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| (*name).to_owned())
+            .collect(),
+        updated_at: settings.updated_at.map(timestamp),
+    }
+}
+
+pub(crate) fn usage_opt_out_to_pb(opt_out: &engine::UsageOptOut) -> pb::UsageOptOut {
+    pb::UsageOptOut {
+        user_id: opt_out.user_id.as_str().to_owned(),
+        opted_out_at: Some(timestamp(opt_out.opted_out_at)),
+        context: Some(context_to_pb(&opt_out.context)),
     }
 }
 

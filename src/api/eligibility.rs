@@ -5,10 +5,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use super::convert::{self, Check};
+use super::{
+    access::Access,
+    convert::{self, Check},
+};
 use crate::{
-    app::App,
-    engine::{Channel, ProfileId, Summary, Tenant},
+    app::{App, Delivery},
+    engine::{Channel, ProfileId, ServiceId, Summary, Tenant},
     error::Error,
     pb::{self, eligibility_service_server::EligibilityService},
 };
@@ -46,19 +49,35 @@ fn profile_ids(
     Ok(check.profile_ids("profile_ids", raw))
 }
 
+/// The channel (optional when a service is given) and the service of a check.
+fn target(
+    check: &mut Check,
+    channel: i32,
+    service_id: &str,
+) -> Option<(Option<Channel>, Option<ServiceId>)> {
+    let service = check.optional_service_id("service_id", service_id);
+    let channel = match (channel, &service) {
+        (0, Some(Some(_))) => Some(None),
+        (raw, _) => check.channel("channel", raw).map(Some),
+    };
+    Some((channel?, service?))
+}
+
 #[tonic::async_trait]
 impl EligibilityService for EligibilityApi {
     async fn check_eligibility(
         &self,
         request: Request<pb::CheckEligibilityRequest>,
     ) -> Result<Response<pb::CheckEligibilityResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let id = check.profile_id("profile_id", &req.profile_id);
-        let channel = check.channel("channel", req.channel);
-        let (tenant, id, channel) = check.finish((tenant, id, channel))?;
-        let decision = self.app.check_one(&tenant, &id, channel)?;
+        let target = target(&mut check, req.channel, &req.service_id);
+        let (tenant, id, (channel, service)) = check.finish((tenant, id, target))?;
+        let delivery = self.app.delivery(&tenant, channel, service.as_ref())?;
+        let decision = self.app.check_one(&tenant, &id, &delivery)?;
         Ok(Response::new(pb::CheckEligibilityResponse {
             decision: Some(convert::decision_to_pb(id, decision)),
         }))
@@ -68,13 +87,15 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<pb::BatchCheckEligibilityRequest>,
     ) -> Result<Response<pb::BatchCheckEligibilityResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let ids = profile_ids(&mut check, &req.profile_ids, true)?;
-        let tenant = check.tenant(&req.tenant);
-        let channel = check.channel("channel", req.channel);
-        let (tenant, channel, ids) = check.finish((tenant, channel, ids))?;
-        let (decisions, summary) = self.app.check(&tenant, ids, channel).await?;
+        let target = target(&mut check, req.channel, &req.service_id);
+        let (tenant, (channel, service), ids) = check.finish((tenant, target, ids))?;
+        let delivery = self.app.delivery(&tenant, channel, service.as_ref())?;
+        let (decisions, summary) = self.app.check(&tenant, ids, &delivery).await?;
         Ok(Response::new(pb::BatchCheckEligibilityResponse {
             decisions: decisions
                 .into_iter()
@@ -90,9 +111,11 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<Streaming<pb::StreamEligibilityRequest>>,
     ) -> Result<Response<Self::StreamEligibilityStream>, Status> {
+        let access = Access::of(&request, &self.app);
         let mut inbound = request.into_inner();
         let (answers, stream) = mpsc::channel(STREAM_CHUNKS_BUFFERED);
         let mut audience = Audience {
+            access,
             app: self.app.clone(),
             scope: None,
             total: Summary::default(),
@@ -122,10 +145,12 @@ impl EligibilityService for EligibilityApi {
 
 /// The state of one `StreamEligibility` call.
 struct Audience {
+    /// The caller.
+    access: Access,
     /// The application.
     app: App,
-    /// The tenant and channel fixed by the first chunk.
-    scope: Option<(Tenant, Channel)>,
+    /// The tenant and delivery fixed by the first chunk.
+    scope: Option<(Tenant, Delivery)>,
     /// The counts of every decision so far.
     total: Summary,
 }
@@ -137,27 +162,33 @@ impl Audience {
     ) -> Result<pb::StreamEligibilityResponse, Error> {
         let mut check = Check::default();
         let ids = profile_ids(&mut check, &chunk.profile_ids, false)?;
-        let scope = match &self.scope {
+        let (tenant, delivery, ids) = match &self.scope {
             None => {
-                let tenant = check.tenant(&chunk.tenant);
-                let channel = check.channel("channel", chunk.channel);
-                tenant.zip(channel)
+                let tenant = self.access.tenant(&mut check, &chunk.tenant)?;
+                let target = target(&mut check, chunk.channel, &chunk.service_id);
+                let (tenant, (channel, service), ids) = check.finish((tenant, target, ids))?;
+                let delivery = self.app.delivery(&tenant, channel, service.as_ref())?;
+                (tenant, delivery, ids)
             }
-            Some((tenant, channel)) => {
+            Some((tenant, delivery)) => {
                 if !chunk.tenant.is_empty() && chunk.tenant != tenant.as_str() {
                     check.violation("tenant", "may not change within a stream");
                 }
                 if chunk.channel != 0
-                    && chunk.channel != i32::from(convert::channel_to_pb(*channel))
+                    && chunk.channel != i32::from(convert::channel_to_pb(delivery.channel))
                 {
                     check.violation("channel", "may not change within a stream");
                 }
-                Some((tenant.clone(), *channel))
+                let service = delivery.service.as_ref().map_or("", |s| s.as_str());
+                if !chunk.service_id.is_empty() && chunk.service_id != service {
+                    check.violation("service_id", "may not change within a stream");
+                }
+                let (ids,) = check.finish((ids,))?;
+                (tenant.clone(), delivery.clone(), ids)
             }
         };
-        let ((tenant, channel), ids) = check.finish((scope, ids))?;
-        self.scope = Some((tenant.clone(), channel));
-        let (decisions, summary) = self.app.check(&tenant, ids, channel).await?;
+        let (decisions, summary) = self.app.check(&tenant, ids, &delivery).await?;
+        self.scope = Some((tenant, delivery));
         self.total.merge(&summary);
         Ok(pb::StreamEligibilityResponse {
             decisions: decisions

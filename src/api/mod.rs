@@ -3,6 +3,7 @@
 //! domain values (`convert`), calls the application, and converts the result
 //! back; errors become statuses in one place (`status`).
 
+mod access;
 mod admin;
 mod convert;
 mod eligibility;
@@ -10,14 +11,20 @@ mod page;
 mod profile;
 mod quarantine;
 mod status;
+mod subscription;
+mod tenant;
+mod usage;
 
 use crate::{
     app::App,
     pb::{
         admin_service_server::AdminServiceServer, consent_service_server::ConsentServiceServer,
         eligibility_service_server::EligibilityServiceServer,
+        product_usage_service_server::ProductUsageServiceServer,
         profile_service_server::ProfileServiceServer,
         quarantine_service_server::QuarantineServiceServer,
+        subscription_service_server::SubscriptionServiceServer,
+        tenant_service_server::TenantServiceServer,
     },
 };
 
@@ -34,6 +41,9 @@ pub const DECODE_LIMIT_ELIGIBILITY_BYTES: usize = 8 * 1024 * 1024;
 pub const ENCODE_LIMIT_DEFAULT_BYTES: usize = 8 * 1024 * 1024;
 /// Largest response message of the eligibility service: 10,000 decisions.
 pub const ENCODE_LIMIT_ELIGIBILITY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest request and response message of the product-usage service:
+/// 10,000 events with payloads of a few hundred bytes each.
+pub const MESSAGE_LIMIT_USAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The consent.v1 services, each with its message size limits.
 #[derive(Debug)]
@@ -48,6 +58,12 @@ pub(crate) struct Services {
     pub(crate) eligibility: EligibilityServiceServer<eligibility::EligibilityApi>,
     /// `consent.v1.AdminService`.
     pub(crate) admin: AdminServiceServer<admin::AdminApi>,
+    /// `consent.v1.TenantService`.
+    pub(crate) tenant: TenantServiceServer<tenant::TenantApi>,
+    /// `consent.v1.SubscriptionService`.
+    pub(crate) subscription: SubscriptionServiceServer<subscription::SubscriptionApi>,
+    /// `consent.v1.ProductUsageService`.
+    pub(crate) usage: ProductUsageServiceServer<usage::UsageApi>,
 }
 
 impl Services {
@@ -74,6 +90,17 @@ impl Services {
             admin: AdminServiceServer::new(admin::AdminApi { app: app.clone() })
                 .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
                 .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            tenant: TenantServiceServer::new(tenant::TenantApi { app: app.clone() })
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            subscription: SubscriptionServiceServer::new(subscription::SubscriptionApi {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+            .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            usage: ProductUsageServiceServer::new(usage::UsageApi { app: app.clone() })
+                .max_decoding_message_size(MESSAGE_LIMIT_USAGE_BYTES)
+                .max_encoding_message_size(MESSAGE_LIMIT_USAGE_BYTES),
         }
     }
 }

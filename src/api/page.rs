@@ -23,6 +23,12 @@ pub(crate) enum TokenKind {
     AddressHistory = 2,
     /// The quarantined-address listing.
     Addresses = 3,
+    /// A tenant's services.
+    Services = 4,
+    /// A service's subscribers.
+    Subscribers = 5,
+    /// The users opted out of usage tracking.
+    UsageOptOuts = 6,
 }
 
 fn fnv1a(parts: &[&[u8]]) -> [u8; 4] {

@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
+    access::Access,
     convert::{self, Check},
     page::{self, TokenKind},
 };
@@ -25,12 +26,13 @@ impl ProfileService for ProfileApi {
         &self,
         request: Request<pb::UpsertProfileRequest>,
     ) -> Result<Response<pb::UpsertProfileResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let id = check.profile_id("profile_id", &req.profile_id);
         let addresses = check.profile_addresses(&req);
-        let context = check.context(req.context.as_ref());
+        let context = access.context(&mut check, req.context.as_ref());
         let (tenant, id, addresses, context) = check.finish((tenant, id, addresses, context))?;
         tracing::info!(
             profile_id = id.as_str(),
@@ -50,9 +52,10 @@ impl ProfileService for ProfileApi {
         &self,
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let id = check.profile_id("profile_id", &req.profile_id);
         let (tenant, id) = check.finish((tenant, id))?;
         let profile = self.app.profile(&tenant, &id)?;
@@ -74,11 +77,12 @@ struct ConsentChange<'a> {
 impl ProfileApi {
     async fn change_consent(
         &self,
+        access: &Access,
         req: ConsentChange<'_>,
         status: ConsentStatus,
     ) -> Result<(bool, pb::ConsentState), Status> {
         let mut check = Check::default();
-        let tenant = check.tenant(req.tenant);
+        let tenant = access.tenant(&mut check, req.tenant)?;
         let id = check.profile_id("profile_id", req.profile_id);
         // A consent system must never guess the scope: exactly one of the two.
         let scope = match (req.channel, req.all_channels) {
@@ -96,7 +100,10 @@ impl ProfileApi {
             }
             (raw, false) => check.channel("channel", raw).map(Scope::Channel),
         };
-        let context = check.context(req.context);
+        let context = access.context(&mut check, req.context);
+        if status == ConsentStatus::OptedIn {
+            check.consent_proof(context.as_ref());
+        }
         let (tenant, id, scope, context) = check.finish((tenant, id, scope, context))?;
         let written = self
             .app
@@ -115,6 +122,7 @@ impl ConsentService for ProfileApi {
         &self,
         request: Request<pb::OptOutRequest>,
     ) -> Result<Response<pb::OptOutResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let change = ConsentChange {
             tenant: &req.tenant,
@@ -123,7 +131,9 @@ impl ConsentService for ProfileApi {
             all_channels: req.all_channels,
             context: req.context.as_ref(),
         };
-        let (changed, consent) = self.change_consent(change, ConsentStatus::OptedOut).await?;
+        let (changed, consent) = self
+            .change_consent(&access, change, ConsentStatus::OptedOut)
+            .await?;
         Ok(Response::new(pb::OptOutResponse {
             changed,
             consent: Some(consent),
@@ -134,6 +144,7 @@ impl ConsentService for ProfileApi {
         &self,
         request: Request<pb::OptInRequest>,
     ) -> Result<Response<pb::OptInResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let change = ConsentChange {
             tenant: &req.tenant,
@@ -142,7 +153,9 @@ impl ConsentService for ProfileApi {
             all_channels: req.all_channels,
             context: req.context.as_ref(),
         };
-        let (changed, consent) = self.change_consent(change, ConsentStatus::OptedIn).await?;
+        let (changed, consent) = self
+            .change_consent(&access, change, ConsentStatus::OptedIn)
+            .await?;
         Ok(Response::new(pb::OptInResponse {
             changed,
             consent: Some(consent),
@@ -153,9 +166,10 @@ impl ConsentService for ProfileApi {
         &self,
         request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let id = check.profile_id("profile_id", &req.profile_id);
         let (tenant, id) = check.finish((tenant, id))?;
         let profile = self.app.profile(&tenant, &id)?;
@@ -168,10 +182,11 @@ impl ConsentService for ProfileApi {
         &self,
         request: Request<pb::ListConsentHistoryRequest>,
     ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let query: [&[u8]; 2] = [req.tenant.as_bytes(), req.profile_id.as_bytes()];
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let id = check.profile_id("profile_id", &req.profile_id);
         let limit = check.page_size(req.page_size, page::PAGE_SIZE_DEFAULT, page::PAGE_SIZE_MAX);
         let before = check.field(
@@ -187,19 +202,7 @@ impl ConsentService for ProfileApi {
             entries: page
                 .items
                 .iter()
-                .map(|e| pb::ConsentHistoryEntry {
-                    sequence: e.sequence,
-                    changed_at: Some(convert::timestamp(e.changed_at)),
-                    channel: match e.scope {
-                        Scope::AllChannels => pb::Channel::Unspecified,
-                        Scope::Channel(c) => convert::channel_to_pb(c),
-                    }
-                    .into(),
-                    all_channels: e.scope == Scope::AllChannels,
-                    old_status: convert::consent_status_to_pb(e.old_status).into(),
-                    new_status: convert::consent_status_to_pb(e.new_status).into(),
-                    context: Some(convert::context_to_pb(&e.context)),
-                })
+                .map(convert::history_entry_to_pb)
                 .collect(),
             next_page_token: page
                 .next

@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
+    access::Access,
     convert::{self, Check},
     page::{self, TokenKind},
 };
@@ -25,9 +26,10 @@ impl QuarantineService for QuarantineApi {
         &self,
         request: Request<pb::RecordDeliveryFeedbackRequest>,
     ) -> Result<Response<pb::RecordDeliveryFeedbackResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let address = check.address(&req.address, req.address_type);
         let kind = check.field("kind", convert::feedback_kind_from_pb(req.kind));
         let reason = check.field(
@@ -36,7 +38,7 @@ impl QuarantineService for QuarantineApi {
         );
         let event_id = check.field("event_id", EventId::parse(&req.event_id));
         let occurred_at = check.timestamp("occurred_at", req.occurred_at.as_ref());
-        let context = check.context(req.context.as_ref());
+        let context = access.context(&mut check, req.context.as_ref());
         let (tenant, address, kind, reason, event_id, occurred_at, context) = check.finish((
             tenant,
             address,
@@ -68,9 +70,10 @@ impl QuarantineService for QuarantineApi {
         &self,
         request: Request<pb::QuarantineAddressRequest>,
     ) -> Result<Response<pb::QuarantineAddressResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let address = check.address(&req.address, req.address_type);
         let allowed = [AddressStatus::Quarantined, AddressStatus::Denylisted];
         let status = check
@@ -79,7 +82,7 @@ impl QuarantineService for QuarantineApi {
                 convert::address_status_from_pb(req.status, &allowed, false),
             )
             .flatten();
-        let context = check.context(req.context.as_ref());
+        let context = access.context(&mut check, req.context.as_ref());
         let (tenant, address, status, context) =
             check.finish((tenant, address, status, context))?;
         let written = self
@@ -96,11 +99,12 @@ impl QuarantineService for QuarantineApi {
         &self,
         request: Request<pb::ReleaseAddressRequest>,
     ) -> Result<Response<pb::ReleaseAddressResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let address = check.address(&req.address, req.address_type);
-        let context = check.context(req.context.as_ref());
+        let context = access.context(&mut check, req.context.as_ref());
         let (tenant, address, context) = check.finish((tenant, address, context))?;
         let written = self
             .app
@@ -116,9 +120,10 @@ impl QuarantineService for QuarantineApi {
         &self,
         request: Request<pb::GetAddressStatusRequest>,
     ) -> Result<Response<pb::GetAddressStatusResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let address = check.address(&req.address, req.address_type);
         let (tenant, address) = check.finish((tenant, address))?;
         let state = self.app.address_state(&tenant, &address)?;
@@ -134,11 +139,12 @@ impl QuarantineService for QuarantineApi {
         &self,
         request: Request<pb::ListQuarantinedAddressesRequest>,
     ) -> Result<Response<pb::ListQuarantinedAddressesResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let status_bytes = req.status.to_be_bytes();
         let query: [&[u8]; 2] = [req.tenant.as_bytes(), &status_bytes];
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let allowed = [
             AddressStatus::WithErrors,
             AddressStatus::Quarantined,
@@ -175,9 +181,10 @@ impl QuarantineService for QuarantineApi {
         &self,
         request: Request<pb::ListAddressHistoryRequest>,
     ) -> Result<Response<pb::ListAddressHistoryResponse>, Status> {
+        let access = Access::of(&request, &self.app);
         let req = request.into_inner();
         let mut check = Check::default();
-        let tenant = check.tenant(&req.tenant);
+        let tenant = access.tenant(&mut check, &req.tenant)?;
         let address = check.address(&req.address, req.address_type);
         let limit = check.page_size(req.page_size, page::PAGE_SIZE_DEFAULT, page::PAGE_SIZE_MAX);
         // Bound to the normalised address, so `A@X.COM` and `a@x.com` share tokens.

@@ -73,6 +73,41 @@ impl From<Error> for Status {
                     ErrorDetails::new(),
                 )
             }
+            Error::ServiceNotFound(id) => status(
+                Code::NotFound,
+                message,
+                "SERVICE_NOT_FOUND",
+                HashMap::from([("service_id".to_owned(), id)]),
+                ErrorDetails::new(),
+            ),
+            Error::ServiceExists(id) => status(
+                Code::AlreadyExists,
+                message,
+                "SERVICE_EXISTS",
+                HashMap::from([("service_id".to_owned(), id)]),
+                ErrorDetails::new(),
+            ),
+            Error::TooManyServices(limit) => status(
+                Code::ResourceExhausted,
+                message,
+                "TOO_MANY_SERVICES",
+                HashMap::from([("limit".to_owned(), limit.to_string())]),
+                ErrorDetails::new(),
+            ),
+            Error::TokenNotFound => status(
+                Code::NotFound,
+                message,
+                "TOKEN_NOT_FOUND",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
+            Error::TokenRefused(problem) => status(
+                Code::FailedPrecondition,
+                message,
+                problem.reason(),
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
             Error::Unavailable(_) => status(
                 Code::Unavailable,
                 message,

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     engine::{
         ADDRESSES_PER_KIND_MAX, Address, AddressEvent, AddressEventKind, AddressKind, AddressState,
-        AddressStatus, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState,
-        ConsentStatus, ErrorReason, EventId, FeedbackKind, Profile, ProfileId, Scope, Source,
-        Tenant, UnixMillis, parse_postal_address,
+        AddressStatus, Change, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark,
+        ConsentState, ConsentStatus, ErrorReason, EventId, FeedbackKind, Profile, ProfileId, Scope,
+        ServiceId, Source, SubscriptionChange, SubscriptionStatus, Tenant, UnixMillis,
+        parse_postal_address,
     },
     store::DumpItem,
 };
@@ -131,6 +132,14 @@ mirror!(
 mirror!(
     /// An address status.
     AddressStatusName <=> AddressStatus { Valid, WithErrors, Quarantined, Denylisted }
+);
+mirror!(
+    /// A channel.
+    ChannelName <=> Channel { Email, Sms, Push, Voice, DirectMail }
+);
+mirror!(
+    /// Where a subscription stands.
+    SubscriptionStatusName <=> SubscriptionStatus { PendingConfirmation, Active, Unsubscribed }
 );
 mirror!(
     /// A delivery feedback kind.
@@ -308,14 +317,91 @@ pub struct ConsentHistoryRecord {
     pub sequence: u64,
     /// When the change was made.
     pub changed_at_ms: UnixMillis,
-    /// The setting changed.
-    pub scope: ScopeName,
-    /// The setting before.
-    pub old_status: ConsentStatusName,
-    /// The setting after.
-    pub new_status: ConsentStatusName,
+    /// What changed.
+    pub change: ChangeRecord,
     /// Who, how and why.
     pub context: ContextRecord,
+}
+
+/// What a consent history entry changed: a consent setting or a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
+pub enum ChangeRecord {
+    /// An opt-in or opt-out.
+    Consent {
+        /// The setting changed.
+        scope: ScopeName,
+        /// The setting before.
+        old_status: ConsentStatusName,
+        /// The setting after.
+        new_status: ConsentStatusName,
+    },
+    /// A subscription to a service changed.
+    Subscription {
+        /// The service.
+        service_id: String,
+        /// The service's channel.
+        channel: ChannelName,
+        /// The status before; `null` when the profile had never subscribed.
+        old_status: Option<SubscriptionStatusName>,
+        /// The status after.
+        new_status: SubscriptionStatusName,
+    },
+}
+
+impl From<&Change> for ChangeRecord {
+    fn from(change: &Change) -> Self {
+        match change {
+            Change::Consent {
+                scope,
+                old_status,
+                new_status,
+            } => ChangeRecord::Consent {
+                scope: (*scope).into(),
+                old_status: (*old_status).into(),
+                new_status: (*new_status).into(),
+            },
+            Change::Subscription {
+                service_id,
+                channel,
+                change,
+            } => ChangeRecord::Subscription {
+                service_id: service_id.as_str().to_owned(),
+                channel: (*channel).into(),
+                old_status: change.old.map(Into::into),
+                new_status: change.new.into(),
+            },
+        }
+    }
+}
+
+impl ChangeRecord {
+    fn parse(&self) -> Result<Change, String> {
+        Ok(match self {
+            ChangeRecord::Consent {
+                scope,
+                old_status,
+                new_status,
+            } => Change::Consent {
+                scope: (*scope).into(),
+                old_status: (*old_status).into(),
+                new_status: (*new_status).into(),
+            },
+            ChangeRecord::Subscription {
+                service_id,
+                channel,
+                old_status,
+                new_status,
+            } => Change::Subscription {
+                service_id: service_id_of(service_id, "change.service_id")?,
+                channel: (*channel).into(),
+                change: SubscriptionChange {
+                    old: old_status.map(Into::into),
+                    new: (*new_status).into(),
+                },
+            },
+        })
+    }
 }
 
 /// An address state.
@@ -422,6 +508,10 @@ fn profile_id(raw: &str) -> Result<ProfileId, String> {
     ProfileId::parse(raw).map_err(|e| format!("profile_id: {e}"))
 }
 
+fn service_id_of(raw: &str, field: &str) -> Result<ServiceId, String> {
+    ServiceId::parse(raw).map_err(|e| format!("{field}: {e}"))
+}
+
 fn address(kind: AddressTypeName, raw: &str, field: &str) -> Result<Address, String> {
     Address::parse(Some(kind.into()), raw).map_err(|e| format!("{field}: {e}"))
 }
@@ -490,9 +580,7 @@ impl Record {
                 profile_id: profile_id.as_str().to_owned(),
                 sequence: e.sequence,
                 changed_at_ms: e.changed_at,
-                scope: e.scope.into(),
-                old_status: e.old_status.into(),
-                new_status: e.new_status.into(),
+                change: (&e.change).into(),
                 context: (&e.context).into(),
             }),
             DumpItem::AddressState {
@@ -622,9 +710,7 @@ impl Record {
                     entry: ConsentHistoryEntry {
                         sequence: r.sequence,
                         changed_at: r.changed_at_ms,
-                        scope: r.scope.into(),
-                        old_status: r.old_status.into(),
-                        new_status: r.new_status.into(),
+                        change: r.change.parse()?,
                         context: r.context.parse()?,
                     },
                 }

@@ -3,7 +3,10 @@
 //! An all-channels opt-out wins over every per-channel setting; lifting it
 //! (`OptIn` for all channels) leaves the per-channel settings as they were.
 
-use super::types::{Address, AddressKind, ChangeContext, Channel, ProfileId, Source, UnixMillis};
+use super::subscription::SubscriptionChange;
+use super::types::{
+    Address, AddressKind, ChangeContext, Channel, ProfileId, ServiceId, Source, UnixMillis,
+};
 
 /// A profile's own setting for one scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,19 +68,38 @@ pub enum Scope {
     Channel(Channel),
 }
 
-/// One recorded change to a profile's consent.
+/// What a history entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An opt-in or opt-out.
+    Consent {
+        /// The setting changed.
+        scope: Scope,
+        /// The setting before.
+        old_status: ConsentStatus,
+        /// The setting after.
+        new_status: ConsentStatus,
+    },
+    /// A subscription to a service changed.
+    Subscription {
+        /// The service.
+        service_id: ServiceId,
+        /// The service's channel.
+        channel: Channel,
+        /// Before and after.
+        change: SubscriptionChange,
+    },
+}
+
+/// One recorded change to a profile's consent or subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentHistoryEntry {
     /// Position in the profile's history, from 1.
     pub sequence: u64,
     /// When the change was made.
     pub changed_at: UnixMillis,
-    /// The setting changed.
-    pub scope: Scope,
-    /// The setting before.
-    pub old_status: ConsentStatus,
-    /// The setting after.
-    pub new_status: ConsentStatus,
+    /// What changed.
+    pub change: Change,
     /// Who, how and why.
     pub context: ChangeContext,
 }
@@ -182,15 +204,31 @@ impl Profile {
             status,
             changed: Some((now, context.source)),
         };
+        Some(self.record(
+            Change::Consent {
+                scope,
+                old_status,
+                new_status: status,
+            },
+            context,
+            now,
+        ))
+    }
+
+    /// Numbers a change as the next entry of the profile's history.
+    pub fn record(
+        &mut self,
+        change: Change,
+        context: &ChangeContext,
+        now: UnixMillis,
+    ) -> ConsentHistoryEntry {
         self.history_seq += 1;
-        Some(ConsentHistoryEntry {
+        ConsentHistoryEntry {
             sequence: self.history_seq,
             changed_at: now,
-            scope,
-            old_status,
-            new_status: status,
+            change,
             context: context.clone(),
-        })
+        }
     }
 }
 
@@ -207,11 +245,7 @@ mod tests {
     }
 
     fn ctx() -> ChangeContext {
-        ChangeContext {
-            source: Source::Operator,
-            actor: "alice".into(),
-            reason: "asked".into(),
-        }
+        ChangeContext::new(Source::Operator, "alice", "asked").expect("valid")
     }
 
     #[test]
@@ -219,8 +253,15 @@ mod tests {
         let mut p = profile();
         let first = p.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx(), 10);
         assert_eq!(
-            first.map(|e| (e.sequence, e.old_status)),
-            Some((1, ConsentStatus::NoPreference))
+            first.map(|e| (e.sequence, e.change)),
+            Some((
+                1,
+                Change::Consent {
+                    scope: Scope::AllChannels,
+                    old_status: ConsentStatus::NoPreference,
+                    new_status: ConsentStatus::OptedOut
+                }
+            ))
         );
         assert_eq!(
             p.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx(), 20),

@@ -5,6 +5,7 @@
 
 use super::consent::{ConsentStatus, Profile};
 use super::quarantine::AddressStatus;
+use super::tenant::Regime;
 use super::types::{Address, Channel};
 
 /// Why a profile may not be contacted, in the order in which reasons are listed.
@@ -16,6 +17,10 @@ pub enum ExclusionReason {
     OptedOutAllChannels,
     /// Opted out of this channel.
     OptedOutChannel,
+    /// The channel needs an opt-in (OPT_IN regime) and the profile has not opted in to it.
+    NoOptIn,
+    /// The delivery is for a service and the profile has no ACTIVE subscription to it.
+    NotSubscribed,
     /// No address for this channel.
     NoAddress,
     /// No usable address, and at least one is quarantined.
@@ -26,10 +31,12 @@ pub enum ExclusionReason {
 
 impl ExclusionReason {
     /// Every reason, in order.
-    pub const ALL: [ExclusionReason; 6] = [
+    pub const ALL: [ExclusionReason; 8] = [
         ExclusionReason::ProfileNotFound,
         ExclusionReason::OptedOutAllChannels,
         ExclusionReason::OptedOutChannel,
+        ExclusionReason::NoOptIn,
+        ExclusionReason::NotSubscribed,
         ExclusionReason::NoAddress,
         ExclusionReason::AddressQuarantined,
         ExclusionReason::AddressDenylisted,
@@ -61,11 +68,22 @@ impl Decision {
     }
 }
 
+/// What applies to a delivery beyond its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// The tenant's regime for the channel.
+    pub regime: Regime,
+    /// For a delivery of a service: whether the profile has an ACTIVE
+    /// subscription to it. `None` when no service is asked about.
+    pub subscribed: Option<bool>,
+}
+
 /// Decides for one profile (`None`: it does not exist). `status_of` gives
 /// the status of each of its addresses on the channel (one lookup each).
 pub fn decide<E>(
     profile: Option<&Profile>,
     channel: Channel,
+    policy: Policy,
     mut status_of: impl FnMut(&Address) -> Result<AddressStatus, E>,
 ) -> Result<Decision, E> {
     let Some(profile) = profile else {
@@ -78,8 +96,15 @@ pub fn decide<E>(
     if profile.consent.opted_out_all() {
         reasons.push(ExclusionReason::OptedOutAllChannels);
     }
-    if profile.consent.channel(channel).status == ConsentStatus::OptedOut {
-        reasons.push(ExclusionReason::OptedOutChannel);
+    match profile.consent.channel(channel).status {
+        ConsentStatus::OptedOut => reasons.push(ExclusionReason::OptedOutChannel),
+        ConsentStatus::NoPreference if policy.regime == Regime::OptIn => {
+            reasons.push(ExclusionReason::NoOptIn);
+        }
+        ConsentStatus::NoPreference | ConsentStatus::OptedIn => {}
+    }
+    if policy.subscribed == Some(false) {
+        reasons.push(ExclusionReason::NotSubscribed);
     }
     let mut usable = Vec::new();
     match channel.address_kind() {
@@ -131,7 +156,7 @@ pub struct Summary {
     /// Eligible decisions.
     pub eligible: u64,
     /// Excluded decisions per primary reason, indexed like [`ExclusionReason::ALL`].
-    excluded: [u64; 6],
+    excluded: [u64; ExclusionReason::ALL.len()],
 }
 
 impl Summary {
@@ -198,7 +223,7 @@ mod tests {
             .iter()
             .map(|(a, s)| ((*a).to_owned(), *s))
             .collect();
-        let result: Result<Decision, Infallible> = decide(p, channel, |a| {
+        let result: Result<Decision, Infallible> = decide(p, channel, Policy::default(), |a| {
             Ok(map.get(a.as_str()).copied().unwrap_or_default())
         });
         result.unwrap_or_else(|never| match never {})
@@ -216,11 +241,7 @@ mod tests {
 
     #[test]
     fn decision_table() {
-        let ctx = ChangeContext {
-            source: Source::Api,
-            actor: String::new(),
-            reason: String::new(),
-        };
+        let ctx = ChangeContext::new(Source::Api, "", "").expect("valid");
         let plain = profile(&["a@x.io", "b@x.io"]);
         let mut opted_out = plain.clone();
         opted_out.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx, 1);
@@ -304,6 +325,66 @@ mod tests {
             assert_eq!(decision.reasons, reasons, "{name}");
             assert_eq!(decision.addresses, addresses, "{name}");
         }
+    }
+
+    #[test]
+    fn opt_in_regime_and_subscriptions() {
+        let ctx = ChangeContext::new(Source::Api, "", "").expect("valid");
+        let decide_with = |p: &Profile, policy: Policy| -> Vec<ExclusionReason> {
+            let result: Result<Decision, Infallible> =
+                decide(Some(p), Channel::Email, policy, |_| {
+                    Ok(AddressStatus::Valid)
+                });
+            result.unwrap_or_else(|never| match never {}).reasons
+        };
+        let opt_in = Policy {
+            regime: Regime::OptIn,
+            subscribed: None,
+        };
+        let mut p = profile(&["a@x.io"]);
+        assert_eq!(decide_with(&p, opt_in), vec![NoOptIn]);
+        assert_eq!(decide_with(&p, Policy::default()), vec![]);
+        p.set_consent(
+            Scope::Channel(Channel::Sms),
+            ConsentStatus::OptedIn,
+            &ctx,
+            1,
+        );
+        assert_eq!(
+            decide_with(&p, opt_in),
+            vec![NoOptIn],
+            "another channel's opt-in"
+        );
+        p.set_consent(Scope::AllChannels, ConsentStatus::OptedIn, &ctx, 2);
+        assert_eq!(
+            decide_with(&p, opt_in),
+            vec![NoOptIn],
+            "consent is specific: an all-channels opt-in is not an e-mail opt-in"
+        );
+        p.set_consent(
+            Scope::Channel(Channel::Email),
+            ConsentStatus::OptedIn,
+            &ctx,
+            3,
+        );
+        assert_eq!(decide_with(&p, opt_in), vec![]);
+        p.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx, 4);
+        assert_eq!(
+            decide_with(&p, opt_in),
+            vec![OptedOutAllChannels],
+            "an all-channels opt-out still wins"
+        );
+        let unsubscribed = Policy {
+            regime: Regime::OptOut,
+            subscribed: Some(false),
+        };
+        let fresh = profile(&["a@x.io"]);
+        assert_eq!(decide_with(&fresh, unsubscribed), vec![NotSubscribed]);
+        let subscribed = Policy {
+            subscribed: Some(true),
+            ..unsubscribed
+        };
+        assert_eq!(decide_with(&fresh, subscribed), vec![]);
     }
 
     #[test]

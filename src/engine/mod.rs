@@ -7,14 +7,27 @@
 mod consent;
 mod eligibility;
 mod quarantine;
+mod subscription;
+mod tenant;
 mod types;
+mod usage;
 
 pub use consent::{
-    ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, Profile, ProfileAddresses, Scope,
+    Change, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, Profile,
+    ProfileAddresses, Scope,
 };
-pub use eligibility::{Decision, ExclusionReason, Summary, decide};
+pub use eligibility::{Decision, ExclusionReason, Policy, Summary, decide};
 pub use quarantine::{
     AddressEvent, AddressEventKind, AddressState, AddressStatus, ErrorReason, FeedbackKind,
     QuarantineRules, replay,
 };
+pub use subscription::{
+    PendingConfirmation, Service, Subscribed, Subscription, SubscriptionChange, SubscriptionStatus,
+    TOKEN_BYTES, Token, TokenHash, TokenRefusal, confirm, subscribe, unsubscribe,
+};
+pub use tenant::{
+    RULE_PERIOD_MAX, Regime, RuleOverrides, SOFT_ERROR_THRESHOLD_MAX, SettingsUpdate,
+    TenantSettings,
+};
 pub use types::*;
+pub use usage::{USAGE_EVENTS_MAX, USAGE_PAYLOAD_LEN_MAX, UsageOptOut};

@@ -323,11 +323,7 @@ mod tests {
     const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
     fn ctx() -> ChangeContext {
-        ChangeContext {
-            source: Source::DeliveryFeedback,
-            actor: "mta".into(),
-            reason: String::new(),
-        }
+        ChangeContext::new(Source::DeliveryFeedback, "mta", "").expect("valid")
     }
 
     fn feedback(kind: FeedbackKind, reason: ErrorReason, id: &str) -> AddressEventKind {

@@ -23,6 +23,18 @@ pub const ACTOR_LEN_MAX: usize = 256;
 pub const REASON_LEN_MAX: usize = 1024;
 /// Longest delivery-feedback event id, in bytes.
 pub const EVENT_ID_LEN_MAX: usize = 256;
+/// Longest `user_agent` of a change context, in bytes.
+pub const USER_AGENT_LEN_MAX: usize = 512;
+/// Longest `notice_version` of a change context, in bytes.
+pub const NOTICE_VERSION_LEN_MAX: usize = 128;
+/// Longest `ip_address` of a change context as given, in bytes (an IPv6 text form is at most 45).
+pub const IP_ADDRESS_LEN_MAX: usize = 64;
+/// Longest service id, in bytes.
+pub const SERVICE_ID_LEN_MAX: usize = 128;
+/// Longest service name, in bytes.
+pub const SERVICE_NAME_LEN_MAX: usize = 256;
+/// Longest product user id, in bytes.
+pub const USER_ID_LEN_MAX: usize = 256;
 /// Fewest digits in an E.164 phone number.
 const PHONE_DIGITS_MIN: usize = 8;
 /// Most digits in an E.164 phone number.
@@ -332,15 +344,71 @@ pub enum Source {
     DeliveryFeedback,
 }
 
+/// Evidence that a person consented (GDPR Art. 7(1)): where and when they
+/// acted, and which consent text they saw. Every field is optional in
+/// general; a landing-page opt-in or subscription needs `ip_address` and
+/// `notice_version` (see [`ChangeContext::require_proof`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Proof {
+    /// The person's IP address.
+    pub ip_address: Option<std::net::IpAddr>,
+    /// The person's browser or app (User-Agent), may be empty.
+    pub user_agent: String,
+    /// The version of the consent notice the person saw, may be empty.
+    pub notice_version: String,
+    /// When the person acted, if before the request.
+    pub collected_at: Option<UnixMillis>,
+}
+
+impl Proof {
+    /// Checks the fields: the IP address parses (it is stored in its
+    /// canonical form), the texts are bounded.
+    pub fn new(
+        ip_address: &str,
+        user_agent: &str,
+        notice_version: &str,
+        collected_at: Option<UnixMillis>,
+    ) -> Result<Self, (&'static str, Invalid)> {
+        let ip_address = match ip_address.trim() {
+            "" => None,
+            raw => {
+                check_len(raw, "ip_address", 1, IP_ADDRESS_LEN_MAX)
+                    .map_err(|e| ("ip_address", e))?;
+                Some(raw.parse::<std::net::IpAddr>().map_err(|_| {
+                    (
+                        "ip_address",
+                        Invalid::new(format!("ip_address {raw:?} is not an IPv4 or IPv6 address")),
+                    )
+                })?)
+            }
+        };
+        check_len(user_agent, "user_agent", 0, USER_AGENT_LEN_MAX)
+            .map_err(|e| ("user_agent", e))?;
+        check_len(notice_version, "notice_version", 0, NOTICE_VERSION_LEN_MAX)
+            .map_err(|e| ("notice_version", e))?;
+        Ok(Self {
+            ip_address,
+            user_agent: user_agent.to_owned(),
+            notice_version: notice_version.to_owned(),
+            collected_at,
+        })
+    }
+}
+
 /// Who made a change, how and why. Stored with every history entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeContext {
     /// Where the change came from.
     pub source: Source,
-    /// Who made it (may be empty).
+    /// Whom the caller acts for: an end user or operator (may be empty).
     pub actor: String,
     /// Why (may be empty).
     pub reason: String,
+    /// The authenticated caller (the API key's name); empty when access
+    /// control is off. Set by the server, never by the client.
+    pub principal: String,
+    /// Evidence of consent.
+    pub proof: Proof,
 }
 
 impl ChangeContext {
@@ -352,7 +420,34 @@ impl ChangeContext {
             source,
             actor: actor.to_owned(),
             reason: reason.to_owned(),
+            principal: String::new(),
+            proof: Proof::default(),
         })
+    }
+
+    /// A giving of consent from a landing page must carry its proof: the
+    /// IP address and the notice version. Returns the first missing field.
+    pub fn require_proof(&self) -> Result<(), (&'static str, Invalid)> {
+        if self.source != Source::LandingPage {
+            return Ok(());
+        }
+        if self.proof.ip_address.is_none() {
+            return Err((
+                "ip_address",
+                Invalid::new(
+                    "ip_address is required when source is LANDING_PAGE and consent is given (proof of consent)",
+                ),
+            ));
+        }
+        if self.proof.notice_version.is_empty() {
+            return Err((
+                "notice_version",
+                Invalid::new(
+                    "notice_version is required when source is LANDING_PAGE and consent is given (proof of consent)",
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -376,6 +471,77 @@ impl EventId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Checks an identifier made of ASCII letters, digits, `.`, `_`, `-`, `:`.
+fn check_identifier(raw: &str, what: &str, max: usize) -> Result<(), Invalid> {
+    check_len(raw, what, 1, max)?;
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err(Invalid::new(format!(
+            "{what} may contain only ASCII letters, digits, '.', '_', '-' and ':'"
+        )));
+    }
+    Ok(())
+}
+
+/// A service's id (a newsletter or topic): 1 to 128 bytes of ASCII letters,
+/// digits, `.`, `_`, `-`, `:`; unique per tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(String);
+
+impl ServiceId {
+    /// Parses a service id.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        check_identifier(raw, "service_id", SERVICE_ID_LEN_MAX)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Rebuilds an id that was valid when it was stored. Only the store calls this.
+    pub(crate) fn from_trusted(id: String) -> Self {
+        Self(id)
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A product user's id (for usage tracking): opaque, 1 to 256 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Parses a user id.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        check_len(raw, "user_id", 1, USER_ID_LEN_MAX)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Rebuilds an id that was valid when it was stored. Only the store calls this.
+    pub(crate) fn from_trusted(id: String) -> Self {
+        Self(id)
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a human-readable name: 1 to `max` bytes, no control characters.
+pub fn parse_name(raw: &str, what: &str, max: usize) -> Result<String, Invalid> {
+    let trimmed = raw.trim();
+    check_len(trimmed, what, 1, max)?;
+    if trimmed.chars().any(char::is_control) {
+        return Err(Invalid::new(format!(
+            "{what} may not contain control characters"
+        )));
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// A postal address: free-form, at most 1024 bytes, never quarantined.
@@ -471,6 +637,50 @@ mod tests {
             let _ = ProfileId::parse(&raw);
             let _ = EventId::parse(&raw);
         }
+    }
+
+    #[test]
+    fn proof_is_validated_and_required_from_landing_pages() {
+        let proof = Proof::new(" 2001:DB8::1 ", "Mozilla/5.0", "v3", Some(5));
+        assert_eq!(
+            proof
+                .as_ref()
+                .map(|p| p.ip_address.map(|ip| ip.to_string())),
+            Ok(Some("2001:db8::1".to_owned()))
+        );
+        assert_eq!(
+            Proof::new("300.1.1.1", "", "", None).map_err(|(f, _)| f),
+            Err("ip_address")
+        );
+        assert_eq!(
+            Proof::new("", &"u".repeat(USER_AGENT_LEN_MAX + 1), "", None).map_err(|(f, _)| f),
+            Err("user_agent")
+        );
+        let mut ctx = ChangeContext::new(Source::LandingPage, "", "").expect("valid");
+        assert_eq!(ctx.require_proof().map_err(|(f, _)| f), Err("ip_address"));
+        ctx.proof = Proof::new("192.0.2.1", "", "", None).expect("valid");
+        assert_eq!(
+            ctx.require_proof().map_err(|(f, _)| f),
+            Err("notice_version")
+        );
+        ctx.proof.notice_version = "2026-01".into();
+        assert_eq!(ctx.require_proof(), Ok(()));
+        ctx.source = Source::Operator;
+        ctx.proof = Proof::default();
+        assert_eq!(ctx.require_proof(), Ok(()), "only landing pages must prove");
+    }
+
+    #[test]
+    fn service_ids_and_names() {
+        assert!(ServiceId::parse("news:weekly-1.eu").is_ok());
+        assert!(ServiceId::parse("has space").is_err());
+        assert!(ServiceId::parse(&"s".repeat(SERVICE_ID_LEN_MAX + 1)).is_err());
+        assert_eq!(
+            parse_name("  Weekly  ", "name", 10),
+            Ok("Weekly".to_owned())
+        );
+        assert!(parse_name("a\u{7}b", "name", 10).is_err());
+        assert!(parse_name("   ", "name", 10).is_err());
     }
 
     #[test]

@@ -6,14 +6,22 @@
 //!
 //! Invariant: only this module knows the byte layout of values.
 
+use std::time::Duration;
+
 use crate::engine::{
-    Address, AddressEvent, AddressEventKind, AddressKind, AddressState, AddressStatus,
+    Address, AddressEvent, AddressEventKind, AddressKind, AddressState, AddressStatus, Change,
     ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus,
-    ErrorReason, EventId, FeedbackKind, Profile, ProfileId, Scope, Source,
+    ErrorReason, EventId, FeedbackKind, PendingConfirmation, Profile, ProfileId, Proof, Regime,
+    RuleOverrides, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
+    SubscriptionStatus, TenantSettings, TokenHash, UnixMillis, UsageOptOut, UserId,
 };
 
-/// The version of every record format written by this build.
+/// The first record format: contexts without proof of consent, history
+/// entries that are always consent changes. Still read.
 const FORMAT_V1: u8 = 1;
+/// The format written by this build: contexts carry the principal and proof
+/// of consent; history entries say what kind of change they record.
+const FORMAT_V2: u8 = 2;
 
 /// A value could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +51,7 @@ struct Writer(Vec<u8>);
 
 impl Writer {
     fn new() -> Self {
-        Self(vec![FORMAT_V1])
+        Self(vec![FORMAT_V2])
     }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
@@ -84,17 +92,23 @@ impl Writer {
     }
 }
 
-/// Reads primitives from a buffer.
+/// Reads primitives from a buffer, and knows the format version it was written in.
 #[derive(Debug)]
-struct Reader<'a>(&'a [u8]);
+struct Reader<'a>(&'a [u8], u8);
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Result<Self, CodecError> {
-        let mut r = Self(bytes);
+        let mut r = Self(bytes, 0);
         match r.u8()? {
-            FORMAT_V1 => Ok(r),
+            v @ (FORMAT_V1 | FORMAT_V2) => {
+                r.1 = v;
+                Ok(r)
+            }
             v => Err(CodecError::Version(v)),
         }
+    }
+    fn version(&self) -> u8 {
+        self.1
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         if self.0.len() < n {
@@ -272,6 +286,36 @@ tag_enum!(
     ]
 );
 
+tag_enum!(
+    subscription_tag,
+    SubscriptionStatus,
+    "subscription status",
+    [
+        SubscriptionStatus::PendingConfirmation = 1,
+        SubscriptionStatus::Active = 2,
+        SubscriptionStatus::Unsubscribed = 3,
+    ]
+);
+tag_enum!(
+    regime_tag,
+    Regime,
+    "regime",
+    [Regime::OptOut = 1, Regime::OptIn = 2]
+);
+
+/// The byte of a subscription status (the value of a subscriber index entry).
+pub(crate) fn subscription_status_byte(status: SubscriptionStatus) -> u8 {
+    subscription_tag(status)
+}
+
+/// The subscription status of a subscriber index entry's value.
+pub(crate) fn decode_subscription_status(bytes: &[u8]) -> Result<SubscriptionStatus, CodecError> {
+    match bytes {
+        [tag] => SubscriptionStatus::from_tag(*tag),
+        _ => Err(CodecError::Truncated),
+    }
+}
+
 /// The key byte of an address kind (shared with the key layout).
 pub(crate) fn address_kind_byte(kind: AddressKind) -> u8 {
     kind_tag(kind)
@@ -291,13 +335,51 @@ fn put_context(w: &mut Writer, c: &ChangeContext) {
     w.u8(source_tag(c.source));
     w.str(&c.actor);
     w.str(&c.reason);
+    w.str(&c.principal);
+    let ip = c
+        .proof
+        .ip_address
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    w.str(&ip);
+    w.str(&c.proof.user_agent);
+    w.str(&c.proof.notice_version);
+    w.opt_i64(c.proof.collected_at);
 }
 
 fn get_context(r: &mut Reader<'_>) -> Result<ChangeContext, CodecError> {
+    let source = r.tag()?;
+    let actor = r.string()?;
+    let reason = r.string()?;
+    if r.version() == FORMAT_V1 {
+        return Ok(ChangeContext {
+            source,
+            actor,
+            reason,
+            principal: String::new(),
+            proof: Proof::default(),
+        });
+    }
+    let principal = r.string()?;
+    let ip = r.string()?;
+    let ip_address = match ip.as_str() {
+        "" => None,
+        text => Some(text.parse().map_err(|_| CodecError::BadTag {
+            what: "ip address",
+            tag: 0,
+        })?),
+    };
     Ok(ChangeContext {
-        source: r.tag()?,
-        actor: r.string()?,
-        reason: r.string()?,
+        source,
+        actor,
+        reason,
+        principal,
+        proof: Proof {
+            ip_address,
+            user_agent: r.string()?,
+            notice_version: r.string()?,
+            collected_at: r.opt_i64()?,
+        },
     })
 }
 
@@ -384,14 +466,46 @@ pub(crate) fn encode_consent_entry(e: &ConsentHistoryEntry) -> Vec<u8> {
     let mut w = Writer::new();
     w.u64(e.sequence);
     w.i64(e.changed_at);
-    match e.scope {
-        Scope::AllChannels => w.u8(0),
-        Scope::Channel(c) => w.u8(channel_tag(c)),
+    match &e.change {
+        Change::Consent {
+            scope,
+            old_status,
+            new_status,
+        } => {
+            w.u8(0);
+            match scope {
+                Scope::AllChannels => w.u8(0),
+                Scope::Channel(c) => w.u8(channel_tag(*c)),
+            }
+            w.u8(consent_tag(*old_status));
+            w.u8(consent_tag(*new_status));
+        }
+        Change::Subscription {
+            service_id,
+            channel,
+            change,
+        } => {
+            w.u8(1);
+            w.str(service_id.as_str());
+            w.u8(channel_tag(*channel));
+            w.u8(change.old.map_or(0, subscription_tag));
+            w.u8(subscription_tag(change.new));
+        }
     }
-    w.u8(consent_tag(e.old_status));
-    w.u8(consent_tag(e.new_status));
     put_context(&mut w, &e.context);
     w.0
+}
+
+fn get_consent_change(r: &mut Reader<'_>) -> Result<Change, CodecError> {
+    let scope = match r.u8()? {
+        0 => Scope::AllChannels,
+        tag => Scope::Channel(Channel::from_tag(tag)?),
+    };
+    Ok(Change::Consent {
+        scope,
+        old_status: r.tag()?,
+        new_status: r.tag()?,
+    })
 }
 
 /// Decodes a consent history entry.
@@ -399,16 +513,207 @@ pub(crate) fn decode_consent_entry(bytes: &[u8]) -> Result<ConsentHistoryEntry, 
     let mut r = Reader::new(bytes)?;
     let sequence = r.u64()?;
     let changed_at = r.i64()?;
-    let scope = match r.u8()? {
-        0 => Scope::AllChannels,
-        tag => Scope::Channel(Channel::from_tag(tag)?),
+    let change = if r.version() == FORMAT_V1 {
+        get_consent_change(&mut r)?
+    } else {
+        match r.u8()? {
+            0 => get_consent_change(&mut r)?,
+            1 => {
+                let service_id = ServiceId::from_trusted(r.string()?);
+                let channel = r.tag()?;
+                let old = match r.u8()? {
+                    0 => None,
+                    tag => Some(SubscriptionStatus::from_tag(tag)?),
+                };
+                Change::Subscription {
+                    service_id,
+                    channel,
+                    change: SubscriptionChange { old, new: r.tag()? },
+                }
+            }
+            tag => {
+                return Err(CodecError::BadTag {
+                    what: "history change",
+                    tag,
+                });
+            }
+        }
     };
     Ok(ConsentHistoryEntry {
         sequence,
         changed_at,
-        scope,
-        old_status: r.tag()?,
-        new_status: r.tag()?,
+        change,
+        context: get_context(&mut r)?,
+    })
+}
+
+fn put_opt_duration(w: &mut Writer, d: Option<Duration>) {
+    w.opt_i64(d.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+}
+
+fn get_opt_duration(r: &mut Reader<'_>) -> Result<Option<Duration>, CodecError> {
+    Ok(r.opt_i64()?
+        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+}
+
+/// Encodes a tenant's settings.
+pub(crate) fn encode_tenant_settings(t: &TenantSettings) -> Vec<u8> {
+    let mut w = Writer::new();
+    for regime in t.regimes {
+        w.u8(regime_tag(regime));
+    }
+    w.opt_i64(t.rules.soft_error_threshold.map(i64::from));
+    put_opt_duration(&mut w, t.rules.significant_error_interval);
+    put_opt_duration(&mut w, t.rules.error_reset_period);
+    put_opt_duration(&mut w, t.rules.mailbox_full_reset_period);
+    w.opt_i64(t.updated_at);
+    w.0
+}
+
+/// Decodes a tenant's settings.
+pub(crate) fn decode_tenant_settings(bytes: &[u8]) -> Result<TenantSettings, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    let mut regimes = [Regime::OptOut; 5];
+    for regime in &mut regimes {
+        *regime = r.tag()?;
+    }
+    let soft_error_threshold = r
+        .opt_i64()?
+        .map(|n| {
+            u32::try_from(n).map_err(|_| CodecError::BadTag {
+                what: "threshold",
+                tag: 0xff,
+            })
+        })
+        .transpose()?;
+    Ok(TenantSettings {
+        regimes,
+        rules: RuleOverrides {
+            soft_error_threshold,
+            significant_error_interval: get_opt_duration(&mut r)?,
+            error_reset_period: get_opt_duration(&mut r)?,
+            mailbox_full_reset_period: get_opt_duration(&mut r)?,
+        },
+        updated_at: r.opt_i64()?,
+    })
+}
+
+/// Encodes a service (its id lives in the key).
+pub(crate) fn encode_service(s: &Service) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.str(&s.name);
+    w.u8(channel_tag(s.channel));
+    w.u8(u8::from(s.double_opt_in));
+    w.i64(s.created_at);
+    w.0
+}
+
+/// Decodes a service.
+pub(crate) fn decode_service(id: ServiceId, bytes: &[u8]) -> Result<Service, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    Ok(Service {
+        id,
+        name: r.string()?,
+        channel: r.tag()?,
+        double_opt_in: r.u8()? != 0,
+        created_at: r.i64()?,
+    })
+}
+
+/// Encodes a subscription (profile and service live in the key).
+pub(crate) fn encode_subscription(s: &Subscription) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(subscription_tag(s.status));
+    w.i64(s.changed_at);
+    match &s.pending {
+        None => w.u8(0),
+        Some(p) => {
+            w.u8(1);
+            w.0.extend_from_slice(&p.token_hash.0);
+            w.i64(p.expires_at);
+        }
+    }
+    w.0
+}
+
+/// Decodes a subscription.
+pub(crate) fn decode_subscription(
+    service_id: ServiceId,
+    bytes: &[u8],
+) -> Result<Subscription, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    let status = r.tag()?;
+    let changed_at = r.i64()?;
+    let pending = match r.u8()? {
+        0 => None,
+        1 => {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(r.take(32)?);
+            Some(PendingConfirmation {
+                token_hash: TokenHash(hash),
+                expires_at: r.i64()?,
+            })
+        }
+        tag => {
+            return Err(CodecError::BadTag {
+                what: "option",
+                tag,
+            });
+        }
+    };
+    Ok(Subscription {
+        service_id,
+        status,
+        changed_at,
+        pending,
+    })
+}
+
+/// What a confirmation token's record holds: whose subscription it confirms,
+/// and when it was used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenRecord {
+    pub(crate) profile_id: ProfileId,
+    pub(crate) service_id: ServiceId,
+    pub(crate) used_at: Option<UnixMillis>,
+}
+
+/// Encodes a token record.
+pub(crate) fn encode_token(t: &TokenRecord) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.str(t.profile_id.as_str());
+    w.str(t.service_id.as_str());
+    w.opt_i64(t.used_at);
+    w.0
+}
+
+/// Decodes a token record.
+pub(crate) fn decode_token(bytes: &[u8]) -> Result<TokenRecord, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    Ok(TokenRecord {
+        profile_id: ProfileId::from_trusted(r.string()?),
+        service_id: ServiceId::from_trusted(r.string()?),
+        used_at: r.opt_i64()?,
+    })
+}
+
+/// Encodes a usage opt-out (the user id lives in the key).
+pub(crate) fn encode_usage_opt_out(u: &UsageOptOut) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.i64(u.opted_out_at);
+    put_context(&mut w, &u.context);
+    w.0
+}
+
+/// Decodes a usage opt-out.
+pub(crate) fn decode_usage_opt_out(
+    user_id: UserId,
+    bytes: &[u8],
+) -> Result<UsageOptOut, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    Ok(UsageOptOut {
+        user_id,
+        opted_out_at: r.i64()?,
         context: get_context(&mut r)?,
     })
 }
@@ -518,6 +823,9 @@ mod tests {
             source: Source::LandingPage,
             actor: "ü-actor".into(),
             reason: "because".into(),
+            principal: "web-signup".into(),
+            proof: Proof::new("2001:db8::7", "Mozilla/5.0", "notice-v3", Some(-3))
+                .expect("valid proof"),
         }
     }
 
@@ -556,13 +864,34 @@ mod tests {
         let entry = ConsentHistoryEntry {
             sequence: 300,
             changed_at: 1_700_000_000_000,
-            scope: Scope::AllChannels,
-            old_status: ConsentStatus::NoPreference,
-            new_status: ConsentStatus::OptedOut,
+            change: Change::Consent {
+                scope: Scope::AllChannels,
+                old_status: ConsentStatus::NoPreference,
+                new_status: ConsentStatus::OptedOut,
+            },
             context: ctx(),
         };
         let back = decode_consent_entry(&encode_consent_entry(&entry)).expect("decodes");
         assert_eq!(back, entry);
+        let subscription_entry = ConsentHistoryEntry {
+            change: Change::Subscription {
+                service_id: ServiceId::parse("news").expect("valid"),
+                channel: Channel::Sms,
+                change: SubscriptionChange {
+                    old: None,
+                    new: SubscriptionStatus::PendingConfirmation,
+                },
+            },
+            ..entry.clone()
+        };
+        let bytes = encode_consent_entry(&subscription_entry);
+        assert_eq!(
+            decode_consent_entry(&bytes).expect("decodes"),
+            subscription_entry
+        );
+        for cut in 0..bytes.len() {
+            assert!(decode_consent_entry(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
 
         let state = AddressState {
             status: AddressStatus::WithErrors,
@@ -603,6 +932,98 @@ mod tests {
             let back = decode_address_event(&encode_address_event(&event)).expect("decodes");
             assert_eq!(back, event);
         }
+    }
+
+    #[test]
+    fn version_1_entries_still_decode() {
+        // A history entry as the first release wrote it: version, sequence 1,
+        // time 0, channel SMS, NO_PREFERENCE -> OPTED_OUT, source API, actor "a", reason "".
+        let mut v1 = vec![FORMAT_V1, 1];
+        v1.extend_from_slice(&0i64.to_be_bytes());
+        v1.extend_from_slice(&[2, 1, 3, 3, 1, b'a', 0]);
+        let entry = decode_consent_entry(&v1).expect("decodes");
+        assert_eq!(
+            entry.change,
+            Change::Consent {
+                scope: Scope::Channel(Channel::Sms),
+                old_status: ConsentStatus::NoPreference,
+                new_status: ConsentStatus::OptedOut,
+            }
+        );
+        assert_eq!(entry.context.actor, "a");
+        assert_eq!(entry.context.proof, Proof::default());
+    }
+
+    #[test]
+    fn new_records_round_trip() {
+        let settings = TenantSettings {
+            regimes: [
+                Regime::OptIn,
+                Regime::OptOut,
+                Regime::OptIn,
+                Regime::OptOut,
+                Regime::OptOut,
+            ],
+            rules: RuleOverrides {
+                soft_error_threshold: Some(3),
+                error_reset_period: Some(Duration::from_secs(60)),
+                ..RuleOverrides::default()
+            },
+            updated_at: Some(9),
+        };
+        let bytes = encode_tenant_settings(&settings);
+        assert_eq!(decode_tenant_settings(&bytes).expect("decodes"), settings);
+
+        let id = ServiceId::parse("weekly").expect("valid");
+        let service = Service {
+            id: id.clone(),
+            name: "Weekly ü".into(),
+            channel: Channel::Email,
+            double_opt_in: true,
+            created_at: 5,
+        };
+        let bytes = encode_service(&service);
+        assert_eq!(
+            decode_service(id.clone(), &bytes).expect("decodes"),
+            service
+        );
+
+        let subscription = Subscription {
+            service_id: id.clone(),
+            status: SubscriptionStatus::PendingConfirmation,
+            changed_at: 7,
+            pending: Some(PendingConfirmation {
+                token_hash: TokenHash([7; 32]),
+                expires_at: 99,
+            }),
+        };
+        let bytes = encode_subscription(&subscription);
+        assert_eq!(
+            decode_subscription(id.clone(), &bytes).expect("decodes"),
+            subscription
+        );
+        for cut in 0..bytes.len() {
+            assert!(decode_subscription(id.clone(), &bytes[..cut]).is_err());
+        }
+
+        let token = TokenRecord {
+            profile_id: ProfileId::parse("p").expect("valid"),
+            service_id: id,
+            used_at: Some(3),
+        };
+        assert_eq!(decode_token(&encode_token(&token)).expect("decodes"), token);
+
+        let user = UserId::parse("u-1").expect("valid");
+        let opt_out = UsageOptOut {
+            user_id: user.clone(),
+            opted_out_at: 11,
+            context: ctx(),
+        };
+        let bytes = encode_usage_opt_out(&opt_out);
+        assert_eq!(
+            decode_usage_opt_out(user, &bytes).expect("decodes"),
+            opt_out
+        );
     }
 
     #[test]

@@ -12,13 +12,19 @@
 //! | `l`  | address kind, len16(address), address, seq (u64 BE) | address log entry |
 //! | `e`  | event id                                 | address key (dedup of feedback) |
 //! | `s`  | status, address kind, address            | empty (status index)   |
+//! | `t`  | (nothing)                                | tenant settings        |
+//! | `v`  | service id                               | service record         |
+//! | `b`  | len16(profile id), id, service id         | subscription record    |
+//! | `c`  | len16(service id), id, profile id         | status byte (subscriber index) |
+//! | `k`  | SHA-256 of a confirmation token (32 bytes) | token record         |
+//! | `x`  | user id                                  | usage opt-out record   |
 //!
 //! Sequence numbers are big-endian so that a range scan returns them in order
 //! (and a reverse scan newest first).
 //!
 //! Invariant: only this module knows how keys are laid out.
 
-use crate::engine::{Address, AddressStatus, ProfileId, Tenant};
+use crate::engine::{Address, AddressStatus, ProfileId, ServiceId, Tenant, TokenHash, UserId};
 
 use super::codec::{address_kind_byte, address_status_byte};
 
@@ -29,6 +35,12 @@ const ADDRESS_USER: u8 = b'u';
 const ADDRESS_LOG: u8 = b'l';
 const EVENT_ID: u8 = b'e';
 const STATUS_INDEX: u8 = b's';
+const TENANT_SETTINGS: u8 = b't';
+const SERVICE: u8 = b'v';
+const SUBSCRIPTION: u8 = b'b';
+const SUBSCRIBER: u8 = b'c';
+const TOKEN: u8 = b'k';
+const USAGE_OPT_OUT: u8 = b'x';
 
 fn prefix(record_type: u8, tenant: &Tenant, extra: usize) -> Vec<u8> {
     let t = tenant.as_str().as_bytes();
@@ -243,6 +255,70 @@ pub(crate) fn parse(key: &[u8]) -> Option<KeyParts<'_>> {
     }
 }
 
+/// The key of a tenant's settings.
+pub(crate) fn tenant_settings(tenant: &Tenant) -> Vec<u8> {
+    prefix(TENANT_SETTINGS, tenant, 0)
+}
+
+/// The prefix of every service of a tenant.
+pub(crate) fn services_prefix(tenant: &Tenant) -> Vec<u8> {
+    prefix(SERVICE, tenant, 0)
+}
+
+/// The key of a service.
+pub(crate) fn service(tenant: &Tenant, id: &ServiceId) -> Vec<u8> {
+    let mut key = prefix(SERVICE, tenant, id.as_str().len());
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+/// The prefix of a profile's subscriptions.
+pub(crate) fn subscriptions_prefix(tenant: &Tenant, profile: &ProfileId) -> Vec<u8> {
+    let mut key = prefix(SUBSCRIPTION, tenant, 2 + profile.as_str().len());
+    push_len16(&mut key, profile.as_str().as_bytes());
+    key
+}
+
+/// The key of a profile's subscription to a service.
+pub(crate) fn subscription(tenant: &Tenant, profile: &ProfileId, service: &ServiceId) -> Vec<u8> {
+    let mut key = subscriptions_prefix(tenant, profile);
+    key.extend_from_slice(service.as_str().as_bytes());
+    key
+}
+
+/// The prefix of a service's subscriber index.
+pub(crate) fn subscribers_prefix(tenant: &Tenant, service: &ServiceId) -> Vec<u8> {
+    let mut key = prefix(SUBSCRIBER, tenant, 2 + service.as_str().len());
+    push_len16(&mut key, service.as_str().as_bytes());
+    key
+}
+
+/// The subscriber index entry of a profile.
+pub(crate) fn subscriber(tenant: &Tenant, service: &ServiceId, profile: &ProfileId) -> Vec<u8> {
+    let mut key = subscribers_prefix(tenant, service);
+    key.extend_from_slice(profile.as_str().as_bytes());
+    key
+}
+
+/// The key of a confirmation token's record.
+pub(crate) fn token(tenant: &Tenant, hash: &TokenHash) -> Vec<u8> {
+    let mut key = prefix(TOKEN, tenant, hash.0.len());
+    key.extend_from_slice(&hash.0);
+    key
+}
+
+/// The prefix of a tenant's usage opt-outs.
+pub(crate) fn usage_opt_outs_prefix(tenant: &Tenant) -> Vec<u8> {
+    prefix(USAGE_OPT_OUT, tenant, 0)
+}
+
+/// The key of a user's usage opt-out.
+pub(crate) fn usage_opt_out(tenant: &Tenant, user: &UserId) -> Vec<u8> {
+    let mut key = prefix(USAGE_OPT_OUT, tenant, user.as_str().len());
+    key.extend_from_slice(user.as_str().as_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +404,17 @@ mod tests {
             None
         );
         assert_eq!(parse(b"p\x09acme"), None);
+    }
+
+    #[test]
+    fn a_profile_s_subscriptions_are_not_a_prefix_of_another_s() {
+        let news = ServiceId::parse("news").expect("valid");
+        let p = ProfileId::parse("p").expect("valid");
+        let p2 = ProfileId::parse("p2").expect("valid");
+        assert!(subscription(&t("a"), &p, &news).starts_with(&subscriptions_prefix(&t("a"), &p)));
+        assert!(!subscription(&t("a"), &p2, &news).starts_with(&subscriptions_prefix(&t("a"), &p)));
+        let news2 = ServiceId::parse("news2").expect("valid");
+        assert!(!subscriber(&t("a"), &news2, &p).starts_with(&subscribers_prefix(&t("a"), &news)));
     }
 
     #[test]

@@ -22,6 +22,10 @@ mod commit;
 mod dump;
 mod keys;
 mod lock;
+mod scan;
+mod subscriptions;
+mod tenants;
+mod usage;
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -43,6 +47,9 @@ pub use codec::CodecError;
 use commit::GroupCommit;
 pub use dump::{DumpItem, ManualEvent, Snapshot};
 use lock::DirLock;
+pub use subscriptions::{
+    ConfirmRefusal, Confirmed, Created, SERVICES_PER_TENANT_MAX, SubscriberPage,
+};
 
 /// How many lock stripes guard read-modify-write; two keys share a stripe
 /// with probability 1/1024, which only serialises them.
@@ -567,11 +574,7 @@ mod tests {
     }
 
     fn ctx() -> ChangeContext {
-        ChangeContext {
-            source: Source::Api,
-            actor: "model".into(),
-            reason: String::new(),
-        }
+        ChangeContext::new(Source::Api, "model", "").expect("valid")
     }
 
     fn tenant() -> Tenant {

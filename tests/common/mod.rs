@@ -173,6 +173,7 @@ pub(crate) fn ctx(source: Source) -> Option<ChangeContext> {
         source: source as i32,
         actor: "integration-test".to_owned(),
         reason: String::new(),
+        ..Default::default()
     })
 }
 
@@ -182,6 +183,7 @@ pub(crate) fn operator(actor: &str, reason: &str) -> Option<ChangeContext> {
         source: Source::Operator as i32,
         actor: actor.to_owned(),
         reason: reason.to_owned(),
+        ..Default::default()
     })
 }
 
@@ -347,6 +349,7 @@ pub(crate) async fn check(app: &TestApp, id: &str, channel: Channel) -> Decision
             tenant: TENANT.to_owned(),
             profile_id: id.to_owned(),
             channel: channel as i32,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("CheckEligibility {id} {channel:?}: {s:?}"))
@@ -366,6 +369,7 @@ pub(crate) async fn try_batch(
             tenant: TENANT.to_owned(),
             channel: channel as i32,
             profile_ids: ids,
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
