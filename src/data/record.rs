@@ -4,7 +4,8 @@
 //! types on purpose (as the protos are for the API): a field renamed in the
 //! engine must not silently change the files operators keep. Enum values are
 //! the proto names without their prefix (`OPTED_OUT`, `QUARANTINED`,
-//! `DELIVERY_FEEDBACK`); times are milliseconds since the Unix epoch (`*_ms`).
+//! `DELIVERY_FEEDBACK`); times are milliseconds since the Unix epoch (`*_ms`),
+//! durations milliseconds too; SHA-256 hashes are 64 lower-case hex digits.
 //!
 //! Reading a record validates it with the engine's parsers ([`Record::into_item`]),
 //! so that an edited or damaged file cannot put an invalid value in the store.
@@ -12,15 +13,19 @@
 //! A new record type is one new [`Record`] variant with its struct, one arm
 //! in [`Record::from_item`] and one in [`Record::into_item`].
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::{
-        ADDRESSES_PER_KIND_MAX, Address, AddressEvent, AddressEventKind, AddressKind, AddressState,
-        AddressStatus, Change, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark,
-        ConsentState, ConsentStatus, ErrorReason, EventId, FeedbackKind, Profile, ProfileId, Scope,
-        ServiceId, Source, SubscriptionChange, SubscriptionStatus, Tenant, UnixMillis,
-        parse_postal_address,
+        ACTOR_LEN_MAX, ADDRESSES_PER_KIND_MAX, Address, AddressEvent, AddressEventKind,
+        AddressKind, AddressState, AddressStatus, Change, ChangeContext, Channel,
+        ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, ErrorReason, EventId,
+        FeedbackKind, PendingConfirmation, Profile, ProfileId, Proof, Regime, RuleOverrides,
+        SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
+        SubscriptionStatus, Tenant, TenantSettings, TokenHash, UnixMillis, UsageOptOut, UserId,
+        parse_name, parse_postal_address,
     },
     store::DumpItem,
 };
@@ -46,6 +51,16 @@ pub enum Record {
     AddressEvent(AddressEventRecord),
     /// A feedback event id already recorded (so that a redelivery is ignored).
     FeedbackEventId(FeedbackEventIdRecord),
+    /// A tenant's settings: regimes and quarantine rule overrides.
+    TenantSettings(TenantSettingsRecord),
+    /// A service (newsletter or topic).
+    Service(ServiceRecord),
+    /// A profile's subscription to a service.
+    Subscription(SubscriptionRecord),
+    /// A double opt-in confirmation token, by its hash (the token itself is never stored).
+    ConfirmationToken(ConfirmationTokenRecord),
+    /// A product user's usage opt-out.
+    UsageOptOut(UsageOptOutRecord),
 }
 
 /// The header line.
@@ -142,6 +157,10 @@ mirror!(
     SubscriptionStatusName <=> SubscriptionStatus { PendingConfirmation, Active, Unsubscribed }
 );
 mirror!(
+    /// A channel's regime.
+    RegimeName <=> Regime { OptOut, OptIn }
+);
+mirror!(
     /// A delivery feedback kind.
     FeedbackKindName <=> FeedbackKind { HardBounce, SoftBounce, Ignored, Complaint, Delivered }
 );
@@ -202,6 +221,16 @@ pub struct ContextRecord {
     pub actor: String,
     /// Why (may be empty).
     pub reason: String,
+    /// The authenticated caller (API key name); empty when access control was off.
+    pub principal: String,
+    /// Proof of consent: the person's IP address (canonical text form), or `null`.
+    pub ip_address: Option<String>,
+    /// Proof of consent: the person's User-Agent (may be empty).
+    pub user_agent: String,
+    /// Proof of consent: the notice version the person saw (may be empty).
+    pub notice_version: String,
+    /// Proof of consent: when the person acted, if given.
+    pub collected_at_ms: Option<UnixMillis>,
 }
 
 impl From<&ChangeContext> for ContextRecord {
@@ -210,14 +239,34 @@ impl From<&ChangeContext> for ContextRecord {
             source: c.source.into(),
             actor: c.actor.clone(),
             reason: c.reason.clone(),
+            principal: c.principal.clone(),
+            ip_address: c.proof.ip_address.map(|ip| ip.to_string()),
+            user_agent: c.proof.user_agent.clone(),
+            notice_version: c.proof.notice_version.clone(),
+            collected_at_ms: c.proof.collected_at,
         }
     }
 }
 
 impl ContextRecord {
     fn parse(&self) -> Result<ChangeContext, String> {
-        ChangeContext::new(self.source.into(), &self.actor, &self.reason)
-            .map_err(|(field, e)| format!("context.{field}: {e}"))
+        let mut context = ChangeContext::new(self.source.into(), &self.actor, &self.reason)
+            .map_err(|(field, e)| format!("context.{field}: {e}"))?;
+        if self.principal.len() > ACTOR_LEN_MAX {
+            return Err(format!(
+                "context.principal: {} bytes, at most {ACTOR_LEN_MAX} are allowed",
+                self.principal.len()
+            ));
+        }
+        context.principal.clone_from(&self.principal);
+        context.proof = Proof::new(
+            self.ip_address.as_deref().unwrap_or(""),
+            &self.user_agent,
+            &self.notice_version,
+            self.collected_at_ms,
+        )
+        .map_err(|(field, e)| format!("context.{field}: {e}"))?;
+        Ok(context)
     }
 }
 
@@ -496,6 +545,142 @@ pub struct FeedbackEventIdRecord {
     pub address: String,
 }
 
+/// A channel's regime per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegimesRecord {
+    /// E-mail.
+    pub email: RegimeName,
+    /// Text messages.
+    pub sms: RegimeName,
+    /// Push notifications.
+    pub push: RegimeName,
+    /// Voice calls.
+    pub voice: RegimeName,
+    /// Letters.
+    pub direct_mail: RegimeName,
+}
+
+/// A tenant's settings. A rule left `null` follows the server's flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettingsRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// OPT_OUT or OPT_IN per channel.
+    pub regimes: RegimesRecord,
+    /// Soft errors that quarantine an address, or `null`.
+    pub soft_error_threshold: Option<u32>,
+    /// Least time between two counted soft errors, or `null`.
+    pub significant_error_interval_ms: Option<u64>,
+    /// Quiet time after which errors are forgotten, or `null`.
+    pub error_reset_period_ms: Option<u64>,
+    /// Quiet time after which a full mailbox is forgotten, or `null`.
+    pub mailbox_full_reset_period_ms: Option<u64>,
+    /// When the settings last changed; `null` if never.
+    pub updated_at_ms: Option<UnixMillis>,
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its id.
+    pub service_id: String,
+    /// Its display name.
+    pub name: String,
+    /// The channel it sends on.
+    pub channel: ChannelName,
+    /// Whether subscribing needs a confirmation.
+    pub double_opt_in: bool,
+    /// When it was created.
+    pub created_at_ms: UnixMillis,
+}
+
+/// A confirmation a subscription waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingRecord {
+    /// The SHA-256 of the token sent, in hex.
+    pub token_hash: String,
+    /// When the token stops working.
+    pub expires_at_ms: UnixMillis,
+}
+
+/// A subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The profile.
+    pub profile_id: String,
+    /// The service.
+    pub service_id: String,
+    /// Where it stands.
+    pub status: SubscriptionStatusName,
+    /// When the status last changed.
+    pub changed_at_ms: UnixMillis,
+    /// The confirmation waited for (only while PENDING_CONFIRMATION), or `null`.
+    pub pending: Option<PendingRecord>,
+}
+
+/// A confirmation token's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationTokenRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The SHA-256 of the token, in hex.
+    pub token_hash: String,
+    /// The profile whose subscription it confirms.
+    pub profile_id: String,
+    /// The service.
+    pub service_id: String,
+    /// When it was used; `null` if not yet.
+    pub used_at_ms: Option<UnixMillis>,
+}
+
+/// A usage opt-out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageOptOutRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The product user.
+    pub user_id: String,
+    /// When the user was opted out.
+    pub opted_out_at_ms: UnixMillis,
+    /// Who, how and why.
+    pub context: ContextRecord,
+}
+
+fn hex(hash: &TokenHash) -> String {
+    hash.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn token_hash(raw: &str, field: &str) -> Result<TokenHash, String> {
+    let mut bytes = [0u8; 32];
+    if raw.len() != 64 || !raw.is_ascii() {
+        return Err(format!("{field}: a SHA-256 is 64 hex digits"));
+    }
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&raw[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("{field}: a SHA-256 is 64 hex digits"))?;
+    }
+    Ok(TokenHash(bytes))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn user_id(raw: &str) -> Result<UserId, String> {
+    UserId::parse(raw).map_err(|e| format!("user_id: {e}"))
+}
+
 fn strings(addresses: &[Address]) -> Vec<String> {
     addresses.iter().map(|a| a.as_str().to_owned()).collect()
 }
@@ -641,6 +826,67 @@ impl Record {
                 address_type: address.kind().into(),
                 address: address.as_str().to_owned(),
             }),
+            DumpItem::TenantSettings { tenant, settings } => {
+                let regime = |channel: Channel| settings.regime(channel).into();
+                let rules = &settings.rules;
+                Record::TenantSettings(TenantSettingsRecord {
+                    tenant: tenant.as_str().to_owned(),
+                    regimes: RegimesRecord {
+                        email: regime(Channel::Email),
+                        sms: regime(Channel::Sms),
+                        push: regime(Channel::Push),
+                        voice: regime(Channel::Voice),
+                        direct_mail: regime(Channel::DirectMail),
+                    },
+                    soft_error_threshold: rules.soft_error_threshold,
+                    significant_error_interval_ms: rules.significant_error_interval.map(millis),
+                    error_reset_period_ms: rules.error_reset_period.map(millis),
+                    mailbox_full_reset_period_ms: rules.mailbox_full_reset_period.map(millis),
+                    updated_at_ms: settings.updated_at,
+                })
+            }
+            DumpItem::Service { tenant, service } => Record::Service(ServiceRecord {
+                tenant: tenant.as_str().to_owned(),
+                service_id: service.id.as_str().to_owned(),
+                name: service.name.clone(),
+                channel: service.channel.into(),
+                double_opt_in: service.double_opt_in,
+                created_at_ms: service.created_at,
+            }),
+            DumpItem::Subscription {
+                tenant,
+                profile_id,
+                subscription: s,
+            } => Record::Subscription(SubscriptionRecord {
+                tenant: tenant.as_str().to_owned(),
+                profile_id: profile_id.as_str().to_owned(),
+                service_id: s.service_id.as_str().to_owned(),
+                status: s.status.into(),
+                changed_at_ms: s.changed_at,
+                pending: s.pending.map(|p| PendingRecord {
+                    token_hash: hex(&p.token_hash),
+                    expires_at_ms: p.expires_at,
+                }),
+            }),
+            DumpItem::ConfirmationToken {
+                tenant,
+                hash,
+                profile_id,
+                service_id,
+                used_at,
+            } => Record::ConfirmationToken(ConfirmationTokenRecord {
+                tenant: tenant.as_str().to_owned(),
+                token_hash: hex(hash),
+                profile_id: profile_id.as_str().to_owned(),
+                service_id: service_id.as_str().to_owned(),
+                used_at_ms: *used_at,
+            }),
+            DumpItem::UsageOptOut { tenant, opt_out } => Record::UsageOptOut(UsageOptOutRecord {
+                tenant: tenant.as_str().to_owned(),
+                user_id: opt_out.user_id.as_str().to_owned(),
+                opted_out_at_ms: opt_out.opted_out_at,
+                context: (&opt_out.context).into(),
+            }),
         }
     }
 
@@ -653,6 +899,11 @@ impl Record {
             Record::AddressState(_) => "address_state",
             Record::AddressEvent(_) => "address_event",
             Record::FeedbackEventId(_) => "feedback_event_id",
+            Record::TenantSettings(_) => "tenant_settings",
+            Record::Service(_) => "service",
+            Record::Subscription(_) => "subscription",
+            Record::ConfirmationToken(_) => "confirmation_token",
+            Record::UsageOptOut(_) => "usage_opt_out",
         }
     }
 
@@ -769,6 +1020,96 @@ impl Record {
                 event_id: EventId::parse(&r.event_id).map_err(|e| format!("event_id: {e}"))?,
                 address: address(r.address_type, &r.address, "address")?,
             },
+            Record::TenantSettings(r) => {
+                let mut regimes = [Regime::OptOut; 5];
+                for (channel, regime) in [
+                    (Channel::Email, r.regimes.email),
+                    (Channel::Sms, r.regimes.sms),
+                    (Channel::Push, r.regimes.push),
+                    (Channel::Voice, r.regimes.voice),
+                    (Channel::DirectMail, r.regimes.direct_mail),
+                ] {
+                    regimes[channel.index()] = regime.into();
+                }
+                let rules = RuleOverrides {
+                    soft_error_threshold: r.soft_error_threshold,
+                    significant_error_interval: r
+                        .significant_error_interval_ms
+                        .map(Duration::from_millis),
+                    error_reset_period: r.error_reset_period_ms.map(Duration::from_millis),
+                    mailbox_full_reset_period: r
+                        .mailbox_full_reset_period_ms
+                        .map(Duration::from_millis),
+                };
+                rules.validate().map_err(|(field, e)| {
+                    let unit = if field == "soft_error_threshold" {
+                        ""
+                    } else {
+                        "_ms"
+                    };
+                    format!("{field}{unit}: {e}")
+                })?;
+                DumpItem::TenantSettings {
+                    tenant: tenant(&r.tenant)?,
+                    settings: TenantSettings {
+                        regimes,
+                        rules,
+                        updated_at: r.updated_at_ms,
+                    },
+                }
+            }
+            Record::Service(r) => DumpItem::Service {
+                tenant: tenant(&r.tenant)?,
+                service: Service {
+                    id: service_id_of(&r.service_id, "service_id")?,
+                    name: parse_name(&r.name, "name", SERVICE_NAME_LEN_MAX)
+                        .map_err(|e| format!("name: {e}"))?,
+                    channel: r.channel.into(),
+                    double_opt_in: r.double_opt_in,
+                    created_at: r.created_at_ms,
+                },
+            },
+            Record::Subscription(r) => {
+                let status: SubscriptionStatus = r.status.into();
+                if r.pending.is_some() && status != SubscriptionStatus::PendingConfirmation {
+                    return Err(
+                        "pending: only a PENDING_CONFIRMATION subscription waits for a token"
+                            .to_owned(),
+                    );
+                }
+                let pending = match &r.pending {
+                    Some(p) => Some(PendingConfirmation {
+                        token_hash: token_hash(&p.token_hash, "pending.token_hash")?,
+                        expires_at: p.expires_at_ms,
+                    }),
+                    None => None,
+                };
+                DumpItem::Subscription {
+                    tenant: tenant(&r.tenant)?,
+                    profile_id: profile_id(&r.profile_id)?,
+                    subscription: Subscription {
+                        service_id: service_id_of(&r.service_id, "service_id")?,
+                        status,
+                        changed_at: r.changed_at_ms,
+                        pending,
+                    },
+                }
+            }
+            Record::ConfirmationToken(r) => DumpItem::ConfirmationToken {
+                tenant: tenant(&r.tenant)?,
+                hash: token_hash(&r.token_hash, "token_hash")?,
+                profile_id: profile_id(&r.profile_id)?,
+                service_id: service_id_of(&r.service_id, "service_id")?,
+                used_at: r.used_at_ms,
+            },
+            Record::UsageOptOut(r) => DumpItem::UsageOptOut {
+                tenant: tenant(&r.tenant)?,
+                opt_out: UsageOptOut {
+                    user_id: user_id(&r.user_id)?,
+                    opted_out_at: r.opted_out_at_ms,
+                    context: r.context.parse()?,
+                },
+            },
         };
         Ok(Some(item))
     }
@@ -804,5 +1145,46 @@ mod tests {
         .expect("parses");
         let err = bad.into_item().expect_err("bad tenant");
         assert!(err.starts_with("tenant:"), "{err}");
+    }
+
+    fn rejected(line: &str) -> String {
+        let record: Record = serde_json::from_str(line).expect("parses");
+        record.into_item().expect_err("invalid")
+    }
+
+    #[test]
+    fn new_record_types_are_validated_with_the_engine_parsers() {
+        let hash = "ab".repeat(32);
+        let token = format!(
+            r#"{{"type":"confirmation_token","tenant":"a","token_hash":"{hash}","profile_id":"p","service_id":"news","used_at_ms":null}}"#
+        );
+        let record: Record = serde_json::from_str(&token).expect("parses");
+        assert!(matches!(
+            record.into_item(),
+            Ok(Some(DumpItem::ConfirmationToken { hash, .. })) if hash.0 == [0xab; 32]
+        ));
+        let short = token.replace(&hash, "abcd");
+        assert!(rejected(&short).starts_with("token_hash:"));
+        let bad_service = token.replace("news", "has space");
+        assert!(rejected(&bad_service).starts_with("service_id:"));
+        let active_pending = format!(
+            r#"{{"type":"subscription","tenant":"a","profile_id":"p","service_id":"news","status":"ACTIVE","changed_at_ms":1,"pending":{{"token_hash":"{hash}","expires_at_ms":2}}}}"#
+        );
+        assert!(rejected(&active_pending).starts_with("pending:"));
+        let settings = r#"{"type":"tenant_settings","tenant":"a","regimes":{"email":"OPT_IN","sms":"OPT_OUT","push":"OPT_OUT","voice":"OPT_OUT","direct_mail":"OPT_OUT"},"soft_error_threshold":0,"significant_error_interval_ms":null,"error_reset_period_ms":null,"mailbox_full_reset_period_ms":null,"updated_at_ms":1}"#;
+        assert!(rejected(settings).starts_with("soft_error_threshold:"));
+        let zero_period = settings
+            .replace(r#""soft_error_threshold":0"#, r#""soft_error_threshold":3"#)
+            .replace(
+                r#""error_reset_period_ms":null"#,
+                r#""error_reset_period_ms":0"#,
+            );
+        assert!(rejected(&zero_period).starts_with("error_reset_period_ms:"));
+        let usage = r#"{"type":"usage_opt_out","tenant":"a","user_id":"","opted_out_at_ms":1,"context":{"source":"API","actor":"","reason":"","principal":"","ip_address":null,"user_agent":"","notice_version":"","collected_at_ms":null}}"#;
+        assert!(rejected(usage).starts_with("user_id:"));
+        let bad_ip = usage
+            .replace(r#""user_id":"""#, r#""user_id":"u""#)
+            .replace(r#""ip_address":null"#, r#""ip_address":"300.1.1.1""#);
+        assert!(rejected(&bad_ip).starts_with("context.ip_address:"));
     }
 }

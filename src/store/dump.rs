@@ -3,8 +3,9 @@
 //!
 //! A dump is every record of the [`keys::DUMPED_TYPES`] in key order, decoded
 //! into a [`DumpItem`]. The derived indexes (`u`: address → profile, `s`:
-//! status) are not dumped: [`Store::restore`] rebuilds them from the profile
-//! and address-state records, so they always agree with what was restored.
+//! status, `c`: service → subscribers) are not dumped: [`Store::restore`]
+//! rebuilds them from the profile, address-state and subscription records,
+//! so they always agree with what was restored.
 //!
 //! Consistency: [`Store::snapshot`] copies the raw records while it holds
 //! every lock stripe ([`Store::pause_writes`]). Every write takes its stripes
@@ -14,7 +15,8 @@
 //!
 //! A new record type is one more [`DumpItem`] variant, one arm in
 //! `decode_item`, and one arm in `restore_into` and `owner_key` (plus its key type in
-//! `keys::DUMPED_TYPES` and `keys::parse`).
+//! `keys::DUMPED_TYPES` and `keys::parse`). A new derived index is rebuilt in
+//! `restore_into`, never dumped.
 
 use std::{
     collections::HashSet,
@@ -27,7 +29,8 @@ use sled::IVec;
 use super::{CodecError, Result, Store, StoreError, codec, corrupt, keys, keys::KeyParts};
 use crate::engine::{
     Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, ChangeContext,
-    ConsentHistoryEntry, EventId, Profile, ProfileId, QuarantineRules, Tenant, UnixMillis, replay,
+    ConsentHistoryEntry, EventId, Profile, ProfileId, QuarantineRules, Service, ServiceId,
+    Subscription, Tenant, TenantSettings, TokenHash, UnixMillis, UsageOptOut, UserId, replay,
 };
 
 /// An operator-style status change of an address, as a bulk import records it.
@@ -88,6 +91,49 @@ pub enum DumpItem {
         event_id: EventId,
         /// The address the event was about.
         address: Address,
+    },
+    /// A tenant's settings (regimes, quarantine rule overrides).
+    TenantSettings {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The settings.
+        settings: TenantSettings,
+    },
+    /// A service (newsletter or topic).
+    Service {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The service (its id included).
+        service: Service,
+    },
+    /// A profile's subscription to a service.
+    Subscription {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The profile.
+        profile_id: ProfileId,
+        /// The subscription (its service id included).
+        subscription: Subscription,
+    },
+    /// A double opt-in confirmation token, known by its hash.
+    ConfirmationToken {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The SHA-256 of the token.
+        hash: TokenHash,
+        /// The profile whose subscription it confirms.
+        profile_id: ProfileId,
+        /// The service.
+        service_id: ServiceId,
+        /// When it was used, if it was.
+        used_at: Option<UnixMillis>,
+    },
+    /// A product user's usage opt-out.
+    UsageOptOut {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The opt-out (its user id included).
+        opt_out: UsageOptOut,
     },
 }
 
@@ -181,6 +227,49 @@ fn decode_item(key: &[u8], value: &[u8]) -> Result<Option<DumpItem>> {
                 address: address_of(key, kind, address)?,
             }
         }
+        KeyParts::TenantSettings { tenant } => DumpItem::TenantSettings {
+            tenant: tenant_of(key, tenant)?,
+            settings: codec::decode_tenant_settings(value).map_err(corrupt(key))?,
+        },
+        KeyParts::Service { tenant, id } => DumpItem::Service {
+            tenant: tenant_of(key, tenant)?,
+            service: codec::decode_service(
+                ServiceId::from_trusted(utf8(key, id)?.to_owned()),
+                value,
+            )
+            .map_err(corrupt(key))?,
+        },
+        KeyParts::Subscription {
+            tenant,
+            profile_id,
+            service_id,
+        } => DumpItem::Subscription {
+            tenant: tenant_of(key, tenant)?,
+            profile_id: ProfileId::from_trusted(utf8(key, profile_id)?.to_owned()),
+            subscription: codec::decode_subscription(
+                ServiceId::from_trusted(utf8(key, service_id)?.to_owned()),
+                value,
+            )
+            .map_err(corrupt(key))?,
+        },
+        KeyParts::Token { tenant, hash } => {
+            let record = codec::decode_token(value).map_err(corrupt(key))?;
+            DumpItem::ConfirmationToken {
+                tenant: tenant_of(key, tenant)?,
+                hash: TokenHash(*hash),
+                profile_id: record.profile_id,
+                service_id: record.service_id,
+                used_at: record.used_at,
+            }
+        }
+        KeyParts::UsageOptOut { tenant, user_id } => DumpItem::UsageOptOut {
+            tenant: tenant_of(key, tenant)?,
+            opt_out: codec::decode_usage_opt_out(
+                UserId::from_trusted(utf8(key, user_id)?.to_owned()),
+                value,
+            )
+            .map_err(corrupt(key))?,
+        },
     };
     Ok(Some(item))
 }
@@ -420,6 +509,45 @@ impl Store {
                 event_id: _,
                 address,
             } => batch.insert(owner, keys::address(tenant, address)),
+            DumpItem::TenantSettings { settings, .. } => {
+                batch.insert(owner, codec::encode_tenant_settings(settings));
+            }
+            DumpItem::Service { tenant, service } => batch.insert(
+                keys::service(tenant, &service.id),
+                codec::encode_service(service),
+            ),
+            DumpItem::Subscription {
+                tenant,
+                profile_id,
+                subscription,
+            } => {
+                // The subscriber index entry has the same (service, profile)
+                // whatever the old status was: inserting it replaces it.
+                batch.insert(
+                    keys::subscription(tenant, profile_id, &subscription.service_id),
+                    codec::encode_subscription(subscription),
+                );
+                batch.insert(
+                    keys::subscriber(tenant, &subscription.service_id, profile_id),
+                    vec![codec::subscription_status_byte(subscription.status)],
+                );
+            }
+            DumpItem::ConfirmationToken {
+                profile_id,
+                service_id,
+                used_at,
+                ..
+            } => batch.insert(
+                owner,
+                codec::encode_token(&codec::TokenRecord {
+                    profile_id: profile_id.clone(),
+                    service_id: service_id.clone(),
+                    used_at: *used_at,
+                }),
+            ),
+            DumpItem::UsageOptOut { opt_out, .. } => {
+                batch.insert(owner, codec::encode_usage_opt_out(opt_out));
+            }
         }
         Ok(())
     }
@@ -442,6 +570,14 @@ fn owner_key(item: &DumpItem) -> Vec<u8> {
         DumpItem::FeedbackEventId {
             tenant, event_id, ..
         } => keys::event_id(tenant, event_id.as_str()),
+        DumpItem::TenantSettings { tenant, .. } => keys::tenant_settings(tenant),
+        // Service creation takes one stripe for all of a tenant's services.
+        DumpItem::Service { tenant, .. } => keys::services_prefix(tenant),
+        DumpItem::Subscription {
+            tenant, profile_id, ..
+        } => keys::profile(tenant, profile_id),
+        DumpItem::ConfirmationToken { tenant, hash, .. } => keys::token(tenant, hash),
+        DumpItem::UsageOptOut { tenant, opt_out } => keys::usage_opt_out(tenant, &opt_out.user_id),
     }
 }
 

@@ -152,9 +152,21 @@ pub(crate) fn status_index_tail<'k>(tenant: &Tenant, key: &'k [u8]) -> Option<(u
     }
 }
 
-/// The record types a logical export holds, in export order. The `u` and `s`
-/// indexes are left out: they are derived from profiles and address states.
-pub(crate) const DUMPED_TYPES: [u8; 5] = [PROFILE, CONSENT_LOG, ADDRESS, ADDRESS_LOG, EVENT_ID];
+/// The record types a logical export holds, in export order (settings first,
+/// services before subscriptions). The `u`, `s` and `c` indexes are left
+/// out: they are derived from profiles, address states and subscriptions.
+pub(crate) const DUMPED_TYPES: [u8; 10] = [
+    TENANT_SETTINGS,
+    PROFILE,
+    CONSENT_LOG,
+    ADDRESS,
+    ADDRESS_LOG,
+    EVENT_ID,
+    SERVICE,
+    SUBSCRIPTION,
+    TOKEN,
+    USAGE_OPT_OUT,
+];
 
 /// The prefix of every record of one type: of one tenant, or of all tenants.
 pub(crate) fn type_prefix(record_type: u8, tenant: Option<&Tenant>) -> Vec<u8> {
@@ -206,6 +218,41 @@ pub(crate) enum KeyParts<'k> {
         /// The event id's bytes.
         event_id: &'k [u8],
     },
+    /// `t`: a tenant's settings.
+    TenantSettings {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+    },
+    /// `v`: a service.
+    Service {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The service id's bytes.
+        id: &'k [u8],
+    },
+    /// `b`: a profile's subscription to a service.
+    Subscription {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The profile id's bytes.
+        profile_id: &'k [u8],
+        /// The service id's bytes.
+        service_id: &'k [u8],
+    },
+    /// `k`: a confirmation token's record.
+    Token {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The token's SHA-256.
+        hash: &'k [u8; 32],
+    },
+    /// `x`: a usage opt-out.
+    UsageOptOut {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The user id's bytes.
+        user_id: &'k [u8],
+    },
 }
 
 fn take_len16(rest: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -250,6 +297,26 @@ pub(crate) fn parse(key: &[u8]) -> Option<KeyParts<'_>> {
         EVENT_ID => Some(KeyParts::EventId {
             tenant,
             event_id: rest,
+        }),
+        TENANT_SETTINGS => rest
+            .is_empty()
+            .then_some(KeyParts::TenantSettings { tenant }),
+        SERVICE => Some(KeyParts::Service { tenant, id: rest }),
+        SUBSCRIPTION => {
+            let (profile_id, service_id) = take_len16(rest)?;
+            Some(KeyParts::Subscription {
+                tenant,
+                profile_id,
+                service_id,
+            })
+        }
+        TOKEN => Some(KeyParts::Token {
+            tenant,
+            hash: rest.try_into().ok()?,
+        }),
+        USAGE_OPT_OUT => Some(KeyParts::UsageOptOut {
+            tenant,
+            user_id: rest,
         }),
         _ => None,
     }
@@ -404,6 +471,43 @@ mod tests {
             None
         );
         assert_eq!(parse(b"p\x09acme"), None);
+        assert_eq!(
+            parse(&tenant_settings(&tenant)),
+            Some(KeyParts::TenantSettings { tenant: b"acme" })
+        );
+        let news = ServiceId::parse("news").expect("valid");
+        assert_eq!(
+            parse(&service(&tenant, &news)),
+            Some(KeyParts::Service {
+                tenant: b"acme",
+                id: b"news"
+            })
+        );
+        assert_eq!(
+            parse(&subscription(&tenant, &id, &news)),
+            Some(KeyParts::Subscription {
+                tenant: b"acme",
+                profile_id: b"p1",
+                service_id: b"news"
+            })
+        );
+        assert_eq!(parse(&subscriber(&tenant, &news, &id)), None);
+        let hash = TokenHash([7; 32]);
+        assert_eq!(
+            parse(&token(&tenant, &hash)),
+            Some(KeyParts::Token {
+                tenant: b"acme",
+                hash: &[7; 32]
+            })
+        );
+        let user = UserId::parse("u1").expect("valid");
+        assert_eq!(
+            parse(&usage_opt_out(&tenant, &user)),
+            Some(KeyParts::UsageOptOut {
+                tenant: b"acme",
+                user_id: b"u1"
+            })
+        );
     }
 
     #[test]
