@@ -1,5 +1,7 @@
 //! The data tools, run as the real binary: export → import → export gives the
-//! same records; malformed lines are reported by number and nothing of them is
+//! same records (services, subscriptions, tenant settings and usage opt-outs
+//! included) and a server on the restored directory answers as the original;
+//! malformed lines are reported by number and nothing of them is
 //! applied; import is idempotent; a CSV suppression list quarantines and
 //! denylists; an online backup taken under write load holds everything
 //! acknowledged before it began and is internally consistent.
@@ -18,14 +20,24 @@ use std::{
 
 use common::*;
 use consentd::{
+    clock::ManualClock,
     engine::{Address, AddressStatus as DomainStatus, ProfileId, Tenant},
     pb::{
-        AddressStatus, AddressType, Channel, DeliveryErrorReason, FeedbackKind,
-        QuarantineAddressRequest, ReleaseAddressRequest, Source, UpsertProfileRequest,
+        AddressStatus, AddressType, ChangeContext, Channel, ChannelRegime, CheckEligibilityRequest,
+        CheckTrackingRequest, ConfirmSubscriptionRequest, ConsentRegime, CreateServiceRequest,
+        DeliveryErrorReason, ExclusionReason, FeedbackKind, GetTenantSettingsRequest,
+        ListConsentHistoryResponse, ListSubscribersRequest, OptInRequest, OptOutUserRequest,
+        QuarantineAddressRequest, QuarantineRulesUpdate, ReleaseAddressRequest, Source,
+        SubscribeRequest, Subscriber, SubscriptionStatus, TenantSettings,
+        UpdateTenantSettingsRequest, UpsertProfileRequest,
+        product_usage_service_client::ProductUsageServiceClient,
+        subscription_service_client::SubscriptionServiceClient,
+        tenant_service_client::TenantServiceClient,
     },
     store::Store,
 };
 use serde_json::Value;
+use tonic::transport::Channel as GrpcChannel;
 
 /// Runs the consentd binary with `args` and returns its output.
 fn consentd(args: &[&str]) -> Output {
@@ -106,11 +118,159 @@ async fn set_status(app: &TestApp, address: &str, status: AddressStatus) {
         .expect("QuarantineAddress");
 }
 
+fn subscriptions(app: &TestApp) -> SubscriptionServiceClient<GrpcChannel> {
+    SubscriptionServiceClient::new(app.channel.clone())
+}
+
+fn tenants(app: &TestApp) -> TenantServiceClient<GrpcChannel> {
+    TenantServiceClient::new(app.channel.clone())
+}
+
+fn usage(app: &TestApp) -> ProductUsageServiceClient<GrpcChannel> {
+    ProductUsageServiceClient::new(app.channel.clone())
+}
+
+/// A landing-page context with its proof of consent.
+fn signup() -> Option<ChangeContext> {
+    Some(ChangeContext {
+        source: Source::LandingPage as i32,
+        actor: "visitor".to_owned(),
+        ip_address: "2001:DB8::7".to_owned(),
+        user_agent: "Mozilla/5.0 (X11)".to_owned(),
+        notice_version: "newsletter-2026-01".to_owned(),
+        collected_at: Some(ts(START_MS - 1000)),
+        ..Default::default()
+    })
+}
+
+/// Subscribes `id` to the `weekly` service; returns the confirmation token.
+async fn subscribe(app: &TestApp, id: &str) -> String {
+    subscriptions(app)
+        .subscribe(SubscribeRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+            service_id: "weekly".to_owned(),
+            context: signup(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("Subscribe {id}: {s:?}"))
+        .into_inner()
+        .confirmation_token
+}
+
+async fn confirm(app: &TestApp, token: &str) -> Result<String, tonic::Status> {
+    subscriptions(app)
+        .confirm_subscription(ConfirmSubscriptionRequest {
+            tenant: TENANT.to_owned(),
+            token: token.to_owned(),
+            context: signup(),
+        })
+        .await
+        .map(|r| r.into_inner().profile_id)
+}
+
+async fn check_weekly(app: &TestApp, id: &str) -> Vec<ExclusionReason> {
+    let decision = app
+        .eligibility
+        .clone()
+        .check_eligibility(CheckEligibilityRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+            service_id: "weekly".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("CheckEligibility {id} weekly: {s:?}"))
+        .into_inner()
+        .decision
+        .expect("decision is set");
+    reasons(&decision)
+}
+
+async fn tracking_allowed(app: &TestApp, user: &str) -> bool {
+    usage(app)
+        .check_tracking(CheckTrackingRequest {
+            tenant: TENANT.to_owned(),
+            user_id: user.to_owned(),
+        })
+        .await
+        .expect("CheckTracking")
+        .into_inner()
+        .allowed
+}
+
+/// What a server answers about the sample's services, settings and usage.
+#[derive(Debug, PartialEq)]
+struct Answers {
+    weekly: Vec<(String, Vec<ExclusionReason>)>,
+    sms: Vec<(String, Vec<ExclusionReason>)>,
+    settings: Option<TenantSettings>,
+    subscribers: Vec<Subscriber>,
+    tracking: Vec<(String, bool)>,
+    erin_history: ListConsentHistoryResponse,
+}
+
+async fn answers(app: &TestApp) -> Answers {
+    let mut weekly = Vec::new();
+    for id in ["dave", "erin", "carol"] {
+        weekly.push((id.to_owned(), check_weekly(app, id).await));
+    }
+    let mut sms = Vec::new();
+    for id in ["alice", "bob"] {
+        sms.push((id.to_owned(), reasons(&check(app, id, Channel::Sms).await)));
+    }
+    let settings = tenants(app)
+        .get_tenant_settings(GetTenantSettingsRequest {
+            tenant: TENANT.to_owned(),
+        })
+        .await
+        .expect("GetTenantSettings")
+        .into_inner()
+        .settings;
+    let subscribers = subscriptions(app)
+        .list_subscribers(ListSubscribersRequest {
+            tenant: TENANT.to_owned(),
+            service_id: "weekly".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListSubscribers")
+        .into_inner()
+        .subscribers;
+    let mut tracking = Vec::new();
+    for user in ["user-42", "user-43"] {
+        tracking.push((user.to_owned(), tracking_allowed(app, user).await));
+    }
+    Answers {
+        weekly,
+        sms,
+        settings,
+        subscribers,
+        tracking,
+        erin_history: consent_history(app, "erin", 100, "").await,
+    }
+}
+
 /// A server's worth of every kind of state: profiles with every address kind,
-/// consent changes of every kind, quarantined, denylisted, released and
-/// with-errors addresses, feedback event ids, and a second tenant. Returns
-/// the stopped server's data directory.
+/// consent changes of every kind (a landing-page opt-in with proof included),
+/// quarantined, denylisted, released and with-errors addresses, feedback
+/// event ids, a double opt-in service with a pending and a confirmed
+/// subscription, tenant settings (an OPT_IN regime, a quarantine rule
+/// override), a usage opt-out, and a second tenant. Returns the stopped
+/// server's data directory.
 async fn sample_data() -> tempfile::TempDir {
+    sample().await.dir
+}
+
+/// What [`sample`] leaves: the stopped server's data directory and clock,
+/// and the confirmation token of the subscription left pending.
+struct Sample {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    pending_token: String,
+}
+
+async fn sample() -> Sample {
     let app = spawn_app().await;
     app.profiles
         .clone()
@@ -169,6 +329,61 @@ async fn sample_data() -> tempfile::TempDir {
         .await
         .expect("release");
     set_status(&app, "+33612345678", AddressStatus::Denylisted).await;
+    // Proof of consent, services and subscriptions, tenant settings, usage.
+    upsert(&app, "dave", &["dave@example.com"], &[]).await;
+    upsert(&app, "erin", &["erin@example.com"], &[]).await;
+    app.consent
+        .clone()
+        .opt_in(OptInRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "erin".to_owned(),
+            channel: Channel::Email as i32,
+            all_channels: false,
+            context: signup(),
+        })
+        .await
+        .expect("landing-page opt-in with proof");
+    subscriptions(&app)
+        .create_service(CreateServiceRequest {
+            tenant: TENANT.to_owned(),
+            service_id: "weekly".to_owned(),
+            name: "The weekly".to_owned(),
+            channel: Channel::Email as i32,
+            double_opt_in: true,
+            context: operator("marketing", "new list"),
+        })
+        .await
+        .expect("CreateService");
+    let pending_token = subscribe(&app, "dave").await;
+    let used_token = subscribe(&app, "erin").await;
+    assert_eq!(
+        confirm(&app, &used_token).await.expect("confirm erin"),
+        "erin"
+    );
+    tenants(&app)
+        .update_tenant_settings(UpdateTenantSettingsRequest {
+            tenant: TENANT.to_owned(),
+            channel_regimes: vec![ChannelRegime {
+                channel: Channel::Sms as i32,
+                regime: ConsentRegime::OptIn as i32,
+            }],
+            quarantine_rules: Some(QuarantineRulesUpdate {
+                soft_error_threshold: Some(2),
+                ..Default::default()
+            }),
+            context: operator("admin", "policy"),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateTenantSettings");
+    usage(&app)
+        .opt_out_user(OptOutUserRequest {
+            tenant: TENANT.to_owned(),
+            user_id: "user-42".to_owned(),
+            context: operator("product-admin", "asked by the customer"),
+        })
+        .await
+        .expect("OptOutUser");
     // A second tenant, with a profile id and address the first one also has.
     app.profiles
         .clone()
@@ -181,29 +396,65 @@ async fn sample_data() -> tempfile::TempDir {
         })
         .await
         .expect("upsert globex alice");
-    let (dir, _clock) = app.stop().await;
-    dir
+    let (dir, clock) = app.stop().await;
+    Sample {
+        dir,
+        clock,
+        pending_token,
+    }
 }
 
 #[tokio::test]
 async fn export_import_export_gives_the_same_records_and_rebuilds_the_indexes() {
-    let data = sample_data().await;
+    let Sample {
+        dir: data,
+        clock,
+        pending_token,
+    } = sample().await;
     let work = tempfile::tempdir().expect("tempdir");
     let first = export(data.path(), &work.path().join("first.jsonl"));
-    let counts = count_by_type(&records(&first));
+    let first_records = records(&first);
+    let counts = count_by_type(&first_records);
     for kind in [
         "profile",
         "consent_history",
         "address_state",
         "address_event",
         "feedback_event_id",
+        "tenant_settings",
+        "service",
+        "subscription",
+        "confirmation_token",
+        "usage_opt_out",
     ] {
         assert!(counts.contains_key(kind), "no {kind} record in {counts:?}");
     }
-    assert_eq!(counts["profile"], 4, "{counts:?}");
+    assert_eq!(counts["profile"], 6, "{counts:?}");
     assert_eq!(counts["feedback_event_id"], 3, "{counts:?}");
+    assert_eq!(counts["subscription"], 2, "{counts:?}");
+    assert_eq!(counts["confirmation_token"], 2, "{counts:?}");
+    // History entries of both kinds; proof of consent in the contexts.
+    let subscription_changes = first_records
+        .iter()
+        .filter(|r| r["type"] == "consent_history" && r["change"]["kind"] == "SUBSCRIPTION")
+        .count();
+    assert_eq!(
+        subscription_changes, 3,
+        "dave pending, erin pending then active"
+    );
+    let proven = first_records.iter().find(|r| {
+        r["type"] == "consent_history"
+            && r["profile_id"] == "erin"
+            && r["change"]["kind"] == "CONSENT"
+    });
+    let proven = proven.expect("erin's landing-page opt-in");
+    assert_eq!(proven["context"]["source"], "LANDING_PAGE");
+    assert_eq!(proven["context"]["ip_address"], "2001:db8::7");
+    assert_eq!(proven["context"]["notice_version"], "newsletter-2026-01");
+    assert_eq!(proven["context"]["collected_at_ms"], START_MS - 1000);
 
-    let restored = work.path().join("restored");
+    let restored_dir = tempfile::tempdir().expect("tempdir");
+    let restored = restored_dir.path().to_owned();
     let out = import(&restored, &work.path().join("first.jsonl"));
     assert!(out.status.success(), "import failed: {}", stderr(&out));
     assert!(
@@ -239,6 +490,64 @@ async fn export_import_export_gives_the_same_records_and_rebuilds_the_indexes() 
             ("shared@example.com".to_owned(), DomainStatus::Quarantined),
         ])
     );
+    drop(store);
+
+    // A server on the restored directory answers as the original does.
+    let original = TestApp::start_on(data, clock.clone()).await;
+    let expected = answers(&original).await;
+    original.stop().await;
+    let app = TestApp::start_on(restored_dir, clock).await;
+    let got = answers(&app).await;
+    assert_eq!(got, expected);
+    assert_eq!(
+        got.weekly,
+        [
+            ("dave".to_owned(), vec![ExclusionReason::NotSubscribed]),
+            ("erin".to_owned(), vec![]),
+            ("carol".to_owned(), vec![ExclusionReason::NotSubscribed]),
+        ]
+    );
+    assert!(got.sms[1].1.contains(&ExclusionReason::NoOptIn), "{got:?}");
+    let settings = got.settings.as_ref().expect("settings are set");
+    assert!(
+        settings
+            .channel_regimes
+            .iter()
+            .any(|r| r.channel == Channel::Sms as i32 && r.regime == ConsentRegime::OptIn as i32),
+        "{settings:?}"
+    );
+    assert_eq!(
+        settings
+            .quarantine_rules
+            .as_ref()
+            .map(|r| r.soft_error_threshold),
+        Some(2)
+    );
+    let statuses: Vec<(&str, i32)> = got
+        .subscribers
+        .iter()
+        .map(|s| (s.profile_id.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("dave", SubscriptionStatus::PendingConfirmation as i32),
+            ("erin", SubscriptionStatus::Active as i32),
+        ],
+        "the subscriber index was rebuilt"
+    );
+    assert_eq!(
+        got.tracking,
+        [("user-42".to_owned(), false), ("user-43".to_owned(), true)]
+    );
+    // The restored token hashes work: the pending one confirms once.
+    assert_eq!(
+        confirm(&app, &pending_token).await.as_deref().ok(),
+        Some("dave")
+    );
+    assert!(confirm(&app, &pending_token).await.is_err(), "used once");
+    assert_eq!(check_weekly(&app, "dave").await, vec![]);
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -271,9 +580,12 @@ async fn malformed_lines_are_reported_by_number_and_nothing_of_them_is_applied()
     let data = sample_data().await;
     let work = tempfile::tempdir().expect("tempdir");
     let lines = export(data.path(), &work.path().join("export.jsonl"));
+    let profile_line = lines
+        .iter()
+        .find(|l| parse(l)["type"] == "profile")
+        .expect("a profile line");
     let good_profile = |id: &str, email: &str| {
-        let mut v = parse(&lines[1]);
-        assert_eq!(v["type"], "profile");
+        let mut v = parse(profile_line);
         v["profile_id"] = Value::from(id);
         v["emails"] = Value::from(vec![email]);
         v.to_string()
