@@ -1147,6 +1147,22 @@ mod tests {
         assert!(err.starts_with("tenant:"), "{err}");
     }
 
+    #[test]
+    fn a_context_with_principal_and_proof_reads_back_as_written() {
+        let line = r#"{"source":"LANDING_PAGE","actor":"jane","reason":"","principal":"signup-key","ip_address":"2001:db8::1","user_agent":"Mozilla/5.0","notice_version":"v3","collected_at_ms":5}"#;
+        let record: ContextRecord = serde_json::from_str(line).expect("parses");
+        let context = record.parse().expect("valid");
+        assert_eq!(context.principal, "signup-key");
+        assert_eq!(context.proof.collected_at, Some(5));
+        assert_eq!(ContextRecord::from(&context), record);
+        let long = ContextRecord {
+            principal: "k".repeat(ACTOR_LEN_MAX + 1),
+            ..record
+        };
+        let err = long.parse().expect_err("too long");
+        assert!(err.starts_with("context.principal:"), "{err}");
+    }
+
     fn rejected(line: &str) -> String {
         let record: Record = serde_json::from_str(line).expect("parses");
         record.into_item().expect_err("invalid")
