@@ -268,9 +268,12 @@ mod tests {
         assert_eq!(caller, Caller::unrestricted());
     }
 
+    /// What reached the inner service: its caller, and whether the key was still there.
+    type Seen = (Option<Caller>, bool);
+
     /// An inner service that records what reached it.
     #[derive(Clone, Default)]
-    struct Recorder(Arc<std::sync::Mutex<Vec<(Option<Caller>, bool)>>>);
+    struct Recorder(Arc<std::sync::Mutex<Vec<Seen>>>);
 
     impl Service<Request<()>> for Recorder {
         type Response = Response<tonic::body::Body>;
