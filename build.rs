@@ -13,6 +13,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/consent/v1/consent.proto",
     "proto/consent/v1/quarantine.proto",
     "proto/consent/v1/eligibility.proto",
+    "proto/consent/v1/admin.proto",
     "proto/consent/v1/tenant.proto",
     "proto/consent/v1/subscription.proto",
     "proto/consent/v1/product_usage.proto",

@@ -22,7 +22,8 @@ use crate::{
     error::{Error, Result, TokenProblem},
     metrics::Metrics,
     store::{
-        ConfirmRefusal, Confirmed, Created, SERVICES_PER_TENANT_MAX, Store, StoreError, Written,
+        ConfirmRefusal, Confirmed, Created, SERVICES_PER_TENANT_MAX, Snapshot, Store, StoreError,
+        Written,
     },
 };
 
@@ -150,6 +151,14 @@ impl App {
         Ok(synced?)
     }
 
+    /// Copies the records of `tenant` (every tenant when `None`) as of one
+    /// moment, for an online backup: writes wait while the records are copied
+    /// into memory, reads go on (see `store::dump`).
+    pub async fn snapshot(&self, tenant: Option<Tenant>) -> Result<Snapshot> {
+        self.blocking(move |store| Ok(store.snapshot(tenant.as_ref())?))
+            .await
+    }
+
     /// Starts blocking store work (scans, batches) off the async workers,
     /// inside the caller's tracing span.
     fn spawn_blocking<T, F>(&self, work: F) -> tokio::task::JoinHandle<Result<T>>
@@ -215,9 +224,10 @@ impl App {
         id: &ProfileId,
         addresses: ProfileAddresses,
     ) -> Result<Written<Profile>> {
+        let (tenant, id, now) = (tenant.clone(), id.clone(), self.now());
         let written = self
-            .store
-            .upsert_profile(tenant, id, addresses, self.now())?;
+            .blocking(move |store| Ok(store.upsert_profile(&tenant, &id, addresses, now)?))
+            .await?;
         self.sync().await?;
         Ok(written)
     }
@@ -242,10 +252,14 @@ impl App {
         status: ConsentStatus,
         context: &ChangeContext,
     ) -> Result<Written<Profile>> {
+        let (tenant, id, context, now) = (tenant.clone(), id.clone(), context.clone(), self.now());
         let written = self
-            .store
-            .set_consent(tenant, id, scope, status, context, self.now())?
-            .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))?;
+            .blocking(move |store| {
+                store
+                    .set_consent(&tenant, &id, scope, status, &context, now)?
+                    .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))
+            })
+            .await?;
         self.sync().await?;
         Ok(written)
     }
@@ -529,9 +543,12 @@ impl App {
         update: &SettingsUpdate,
         context: &ChangeContext,
     ) -> Result<Written<TenantSettings>> {
+        let (owned_tenant, owned_update, now) = (tenant.clone(), update.clone(), self.now());
         let written = self
-            .store
-            .update_tenant_settings(tenant, update, self.now())?;
+            .blocking(move |store| {
+                Ok(store.update_tenant_settings(&owned_tenant, &owned_update, now)?)
+            })
+            .await?;
         if written.changed {
             tracing::info!(
                 source = ?context.source,
@@ -573,7 +590,11 @@ impl App {
             double_opt_in,
             created_at: self.now(),
         };
-        match self.store.create_service(tenant, service)? {
+        let owned_tenant = tenant.clone();
+        let created = self
+            .blocking(move |store| Ok(store.create_service(&owned_tenant, service)?))
+            .await?;
+        match created {
             Created::Created(service) => {
                 tracing::info!(
                     service_id = service.id.as_str(),
@@ -626,18 +647,17 @@ impl App {
         let mut random = [0u8; crate::engine::TOKEN_BYTES];
         getrandom::fill(&mut random)
             .map_err(|e| Error::Unavailable(format!("no randomness for a token: {e}")))?;
+        let (tenant, profile, context, now) =
+            (tenant.clone(), profile.clone(), context.clone(), self.now());
         let written = self
-            .store
-            .subscribe(
-                tenant,
-                profile,
-                &service,
-                context,
-                self.now(),
-                ttl_ms,
-                || Token::from_random(random),
-            )?
-            .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))?;
+            .blocking(move |store| {
+                store
+                    .subscribe(&tenant, &profile, &service, &context, now, ttl_ms, || {
+                        Token::from_random(random)
+                    })?
+                    .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))
+            })
+            .await?;
         self.sync().await?;
         Ok(written)
     }
@@ -650,9 +670,10 @@ impl App {
         token: &TokenHash,
         context: &ChangeContext,
     ) -> Result<Confirmed> {
+        let (tenant, token, context, now) = (tenant.clone(), *token, context.clone(), self.now());
         let confirmed = self
-            .store
-            .confirm_subscription(tenant, token, context, self.now())?;
+            .blocking(move |store| Ok(store.confirm_subscription(&tenant, &token, &context, now)?))
+            .await?;
         match confirmed {
             Ok(written) => {
                 self.sync().await?;
@@ -676,10 +697,15 @@ impl App {
         context: &ChangeContext,
     ) -> Result<Written<Option<Subscription>>> {
         let service = self.service(tenant, service)?;
+        let (tenant, profile, context, now) =
+            (tenant.clone(), profile.clone(), context.clone(), self.now());
         let written = self
-            .store
-            .unsubscribe(tenant, profile, &service, context, self.now())?
-            .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))?;
+            .blocking(move |store| {
+                store
+                    .unsubscribe(&tenant, &profile, &service, &context, now)?
+                    .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))
+            })
+            .await?;
         self.sync().await?;
         Ok(written)
     }
@@ -727,9 +753,11 @@ impl App {
         user: &UserId,
         context: &ChangeContext,
     ) -> Result<Written<UsageOptOut>> {
+        let (tenant, user, context, now) =
+            (tenant.clone(), user.clone(), context.clone(), self.now());
         let written = self
-            .store
-            .opt_out_usage(tenant, user, context, self.now())?;
+            .blocking(move |store| Ok(store.opt_out_usage(&tenant, &user, &context, now)?))
+            .await?;
         self.sync().await?;
         Ok(written)
     }
@@ -741,7 +769,10 @@ impl App {
         user: &UserId,
         context: &ChangeContext,
     ) -> Result<Written<()>> {
-        let written = self.store.opt_in_usage(tenant, user)?;
+        let (owned_tenant, owned_user) = (tenant.clone(), user.clone());
+        let written = self
+            .blocking(move |store| Ok(store.opt_in_usage(&owned_tenant, &owned_user)?))
+            .await?;
         if written.changed {
             tracing::info!(
                 user_id = user.as_str(),

@@ -13,6 +13,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod clock;
+pub mod data;
 pub mod engine;
 pub mod error;
 pub mod metrics;

@@ -1,5 +1,9 @@
 //! The `consentd` binary: parses the command line, starts tracing, opens the
-//! store, binds the listener and hands over to `consentd::server::run`.
+//! store, binds the listener and hands over to `consentd::server::run`; or
+//! runs one of the data tools (export, import, import-suppressions, backup),
+//! whose work is in `consentd::data`.
+
+mod tools;
 
 use std::{
     io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
@@ -34,6 +38,14 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API (with health and reflection) until SIGTERM or Ctrl-C.
     Serve(Box<ServeArgs>),
+    /// Write every record of a data directory (no server may hold it) as JSON lines.
+    Export(tools::ExportArgs),
+    /// Restore an export or backup into a data directory (no server may hold it).
+    Import(tools::ImportArgs),
+    /// Quarantine or denylist the addresses of a CSV suppression list (no server may hold the directory).
+    ImportSuppressions(tools::ImportSuppressionsArgs),
+    /// Fetch a consistent backup from a running server (AdminService.Backup).
+    Backup(tools::BackupArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -200,6 +212,10 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Export(args) => tools::export(&args),
+        Command::Import(args) => tools::import(&args),
+        Command::ImportSuppressions(args) => tools::import_suppressions(&args),
+        Command::Backup(args) => tools::backup(&args),
         Command::Keys(KeysCommand::Generate(args)) => generate_key(&args),
     }
 }
@@ -320,7 +336,7 @@ mod tests {
     fn command_line_defaults_are_the_library_defaults() {
         let cli = Cli::try_parse_from(["consentd", "serve"]).expect("defaults parse");
         let Command::Serve(args) = cli.command else {
-            panic!("parsed as serve")
+            panic!("parsed as serve");
         };
         let settings = args.settings().expect("defaults are valid");
         let defaults = Settings::default();
@@ -341,7 +357,7 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(bad).expect("parses");
             let Command::Serve(args) = cli.command else {
-                panic!("parsed as serve")
+                panic!("parsed as serve");
             };
             assert!(args.settings().is_err(), "{bad:?}");
         }

@@ -100,6 +100,7 @@ pub async fn run(
         "consent.v1.ConsentService",
         "consent.v1.QuarantineService",
         "consent.v1.EligibilityService",
+        "consent.v1.AdminService",
         "consent.v1.TenantService",
         "consent.v1.SubscriptionService",
         "consent.v1.ProductUsageService",
@@ -172,6 +173,7 @@ pub async fn run(
         .add_service(services.consent)
         .add_service(services.quarantine)
         .add_service(services.eligibility)
+        .add_service(services.admin)
         .add_service(services.tenant)
         .add_service(services.subscription)
         .add_service(services.usage)

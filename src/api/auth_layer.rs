@@ -4,7 +4,8 @@
 //! key's [`Caller`] and checks that its role may call the method; it answers
 //! `UNAUTHENTICATED` or `PERMISSION_DENIED` itself (a trailers-only gRPC
 //! response, with the same `ErrorInfo` as every other error), or puts the
-//! `Caller` in the request's extensions for the handler. Health and
+//! `Caller` in the request's extensions for the handler, with the
+//! `authorization` header removed. Health and
 //! reflection pass untouched. With access control off, every request gets
 //! [`Caller::unrestricted`].
 
@@ -94,6 +95,8 @@ where
             request.headers(),
         ) {
             Ok(Some(caller)) => {
+                // The key has done its job; handlers never see it.
+                request.headers_mut().remove(AUTHORIZATION);
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
             }
@@ -259,6 +262,80 @@ mod tests {
             .expect("admitted")
             .expect("a caller");
         assert_eq!(caller, Caller::unrestricted());
+    }
+
+    /// What reached the inner service: its caller, and whether the key was still there.
+    type Seen = (Option<Caller>, bool);
+
+    /// An inner service that records what reached it.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<Vec<Seen>>>);
+
+    impl Service<Request<()>> for Recorder {
+        type Response = Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<()>) -> Self::Future {
+            let seen = (
+                request.extensions().get::<Caller>().cloned(),
+                request.headers().contains_key(AUTHORIZATION),
+            );
+            self.0.lock().expect("not poisoned").push(seen);
+            std::future::ready(Ok(Response::new(tonic::body::Body::default())))
+        }
+    }
+
+    fn request(path: &str, authorization: Option<&'static str>) -> Request<()> {
+        let mut builder = Request::builder().uri(path);
+        if let Some(value) = authorization {
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        builder.body(()).expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn the_service_passes_the_caller_without_the_key_or_answers_itself() {
+        let recorder = Recorder::default();
+        let mut service = AuthLayer::new(Some(Arc::new(keys()))).layer(recorder.clone());
+
+        let response = service
+            .call(request(CHECK, Some("Bearer secret")))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            response.headers().get("grpc-status"),
+            None,
+            "passed through"
+        );
+        let refused = service
+            .call(request(CHECK, Some("Bearer wrong")))
+            .await
+            .expect("infallible");
+        let status = Status::from_header_map(refused.headers()).expect("a trailers-only status");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        service
+            .call(request(
+                "/grpc.health.v1.Health/Check",
+                Some("Bearer wrong"),
+            ))
+            .await
+            .expect("infallible");
+
+        let seen = recorder.0.lock().expect("not poisoned").clone();
+        assert_eq!(
+            seen.len(),
+            2,
+            "the refused request never reached the services"
+        );
+        let (caller, has_key) = &seen[0];
+        assert_eq!(caller.as_ref().and_then(Caller::actor), Some("mta"));
+        assert!(!has_key, "the key is removed before the handler");
+        assert_eq!(seen[1], (None, true), "open paths pass untouched");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! back; errors become statuses in one place (`status`).
 
 mod access;
+mod admin;
 pub(crate) mod auth_layer;
 mod convert;
 mod eligibility;
@@ -18,7 +19,7 @@ mod usage;
 use crate::{
     app::App,
     pb::{
-        consent_service_server::ConsentServiceServer,
+        admin_service_server::AdminServiceServer, consent_service_server::ConsentServiceServer,
         eligibility_service_server::EligibilityServiceServer,
         product_usage_service_server::ProductUsageServiceServer,
         profile_service_server::ProfileServiceServer,
@@ -28,6 +29,7 @@ use crate::{
     },
 };
 
+pub use admin::{BACKUP_CHUNK_BYTES, BackupError, fetch_backup};
 pub use eligibility::BATCH_PROFILE_IDS_MAX;
 pub use status::ERROR_DOMAIN;
 
@@ -55,6 +57,8 @@ pub(crate) struct Services {
     pub(crate) quarantine: QuarantineServiceServer<quarantine::QuarantineApi>,
     /// `consent.v1.EligibilityService`.
     pub(crate) eligibility: EligibilityServiceServer<eligibility::EligibilityApi>,
+    /// `consent.v1.AdminService`.
+    pub(crate) admin: AdminServiceServer<admin::AdminApi>,
     /// `consent.v1.TenantService`.
     pub(crate) tenant: TenantServiceServer<tenant::TenantApi>,
     /// `consent.v1.SubscriptionService`.
@@ -84,6 +88,9 @@ impl Services {
             })
             .max_decoding_message_size(DECODE_LIMIT_ELIGIBILITY_BYTES)
             .max_encoding_message_size(ENCODE_LIMIT_ELIGIBILITY_BYTES),
+            admin: AdminServiceServer::new(admin::AdminApi { app: app.clone() })
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
             tenant: TenantServiceServer::new(tenant::TenantApi { app: app.clone() })
                 .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
                 .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),

@@ -152,6 +152,176 @@ pub(crate) fn status_index_tail<'k>(tenant: &Tenant, key: &'k [u8]) -> Option<(u
     }
 }
 
+/// The record types a logical export holds, in export order (settings first,
+/// services before subscriptions). The `u`, `s` and `c` indexes are left
+/// out: they are derived from profiles, address states and subscriptions.
+pub(crate) const DUMPED_TYPES: [u8; 10] = [
+    TENANT_SETTINGS,
+    PROFILE,
+    CONSENT_LOG,
+    ADDRESS,
+    ADDRESS_LOG,
+    EVENT_ID,
+    SERVICE,
+    SUBSCRIPTION,
+    TOKEN,
+    USAGE_OPT_OUT,
+];
+
+/// The prefix of every record of one type: of one tenant, or of all tenants.
+pub(crate) fn type_prefix(record_type: u8, tenant: Option<&Tenant>) -> Vec<u8> {
+    match tenant {
+        Some(tenant) => prefix(record_type, tenant, 0),
+        None => vec![record_type],
+    }
+}
+
+/// A key of a dumped record type, taken apart (byte slices borrow the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyParts<'k> {
+    /// `p`: a profile record.
+    Profile {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The profile id's bytes.
+        id: &'k [u8],
+    },
+    /// `h`: a consent history entry.
+    ConsentLog {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The profile id's bytes.
+        id: &'k [u8],
+    },
+    /// `a`: an address state.
+    Address {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The address kind byte.
+        kind: u8,
+        /// The address's bytes.
+        address: &'k [u8],
+    },
+    /// `l`: an address log entry.
+    AddressLog {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The address kind byte.
+        kind: u8,
+        /// The address's bytes.
+        address: &'k [u8],
+    },
+    /// `e`: a recorded feedback event id.
+    EventId {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The event id's bytes.
+        event_id: &'k [u8],
+    },
+    /// `t`: a tenant's settings.
+    TenantSettings {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+    },
+    /// `v`: a service.
+    Service {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The service id's bytes.
+        id: &'k [u8],
+    },
+    /// `b`: a profile's subscription to a service.
+    Subscription {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The profile id's bytes.
+        profile_id: &'k [u8],
+        /// The service id's bytes.
+        service_id: &'k [u8],
+    },
+    /// `k`: a confirmation token's record.
+    Token {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The token's SHA-256.
+        hash: &'k [u8; 32],
+    },
+    /// `x`: a usage opt-out.
+    UsageOptOut {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The user id's bytes.
+        user_id: &'k [u8],
+    },
+}
+
+fn take_len16(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = rest.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// Takes apart a key of one of the [`DUMPED_TYPES`]; `None` for a key of
+/// another type or one that does not follow the layout.
+pub(crate) fn parse(key: &[u8]) -> Option<KeyParts<'_>> {
+    let (&record_type, rest) = key.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let (tenant, rest) = rest.split_at(len);
+    match record_type {
+        PROFILE => Some(KeyParts::Profile { tenant, id: rest }),
+        CONSENT_LOG => {
+            let (id, seq) = take_len16(rest)?;
+            (seq.len() == 8).then_some(KeyParts::ConsentLog { tenant, id })
+        }
+        ADDRESS => {
+            let (&kind, address) = rest.split_first()?;
+            Some(KeyParts::Address {
+                tenant,
+                kind,
+                address,
+            })
+        }
+        ADDRESS_LOG => {
+            let (&kind, rest) = rest.split_first()?;
+            let (address, seq) = take_len16(rest)?;
+            (seq.len() == 8).then_some(KeyParts::AddressLog {
+                tenant,
+                kind,
+                address,
+            })
+        }
+        EVENT_ID => Some(KeyParts::EventId {
+            tenant,
+            event_id: rest,
+        }),
+        TENANT_SETTINGS => rest
+            .is_empty()
+            .then_some(KeyParts::TenantSettings { tenant }),
+        SERVICE => Some(KeyParts::Service { tenant, id: rest }),
+        SUBSCRIPTION => {
+            let (profile_id, service_id) = take_len16(rest)?;
+            Some(KeyParts::Subscription {
+                tenant,
+                profile_id,
+                service_id,
+            })
+        }
+        TOKEN => Some(KeyParts::Token {
+            tenant,
+            hash: rest.try_into().ok()?,
+        }),
+        USAGE_OPT_OUT => Some(KeyParts::UsageOptOut {
+            tenant,
+            user_id: rest,
+        }),
+        _ => None,
+    }
+}
+
 /// The key of a tenant's settings.
 pub(crate) fn tenant_settings(tenant: &Tenant) -> Vec<u8> {
     prefix(TENANT_SETTINGS, tenant, 0)
@@ -250,6 +420,93 @@ mod tests {
         let pid = ProfileId::parse("p").expect("valid");
         assert!(
             !address_user(&t("a"), &long, &pid).starts_with(&address_users_prefix(&t("a"), &short))
+        );
+    }
+
+    #[test]
+    fn dumped_keys_parse_back() {
+        let a = Address::email("a@b.io").expect("valid");
+        let id = ProfileId::parse("p1").expect("valid");
+        let tenant = t("acme");
+        assert_eq!(
+            parse(&profile(&tenant, &id)),
+            Some(KeyParts::Profile {
+                tenant: b"acme",
+                id: b"p1"
+            })
+        );
+        assert_eq!(
+            parse(&consent_log(&tenant, &id, 7)),
+            Some(KeyParts::ConsentLog {
+                tenant: b"acme",
+                id: b"p1"
+            })
+        );
+        let kind = address_kind_byte(a.kind());
+        assert_eq!(
+            parse(&address(&tenant, &a)),
+            Some(KeyParts::Address {
+                tenant: b"acme",
+                kind,
+                address: b"a@b.io"
+            })
+        );
+        assert_eq!(
+            parse(&address_log(&tenant, &a, 3)),
+            Some(KeyParts::AddressLog {
+                tenant: b"acme",
+                kind,
+                address: b"a@b.io"
+            })
+        );
+        assert_eq!(
+            parse(&event_id(&tenant, "ev-1")),
+            Some(KeyParts::EventId {
+                tenant: b"acme",
+                event_id: b"ev-1"
+            })
+        );
+        assert_eq!(
+            parse(&status_index(&tenant, AddressStatus::Quarantined, &a)),
+            None
+        );
+        assert_eq!(parse(b"p\x09acme"), None);
+        assert_eq!(
+            parse(&tenant_settings(&tenant)),
+            Some(KeyParts::TenantSettings { tenant: b"acme" })
+        );
+        let news = ServiceId::parse("news").expect("valid");
+        assert_eq!(
+            parse(&service(&tenant, &news)),
+            Some(KeyParts::Service {
+                tenant: b"acme",
+                id: b"news"
+            })
+        );
+        assert_eq!(
+            parse(&subscription(&tenant, &id, &news)),
+            Some(KeyParts::Subscription {
+                tenant: b"acme",
+                profile_id: b"p1",
+                service_id: b"news"
+            })
+        );
+        assert_eq!(parse(&subscriber(&tenant, &news, &id)), None);
+        let hash = TokenHash([7; 32]);
+        assert_eq!(
+            parse(&token(&tenant, &hash)),
+            Some(KeyParts::Token {
+                tenant: b"acme",
+                hash: &[7; 32]
+            })
+        );
+        let user = UserId::parse("u1").expect("valid");
+        assert_eq!(
+            parse(&usage_opt_out(&tenant, &user)),
+            Some(KeyParts::UsageOptOut {
+                tenant: b"acme",
+                user_id: b"u1"
+            })
         );
     }
 

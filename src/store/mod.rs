@@ -19,6 +19,7 @@
 
 mod codec;
 mod commit;
+mod dump;
 mod keys;
 mod lock;
 mod scan;
@@ -45,6 +46,7 @@ use crate::engine::{
 pub use codec::CodecError;
 pub use commit::FlushObserver;
 use commit::GroupCommit;
+pub use dump::{DumpItem, ManualEvent, Snapshot};
 use lock::DirLock;
 pub use subscriptions::{
     ConfirmRefusal, Confirmed, Created, SERVICES_PER_TENANT_MAX, SubscriberPage,

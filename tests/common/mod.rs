@@ -212,6 +212,11 @@ impl TestApp {
         (data_dir, clock)
     }
 
+    /// Starts a server with default settings on an existing data directory and clock.
+    pub(crate) async fn start_on(data_dir: TempDir, clock: ManualClock) -> TestApp {
+        start(data_dir, clock, Settings::default(), None).await
+    }
+
     /// Stops the server gracefully and starts a new one on the same data directory and clock.
     pub(crate) async fn restart(self) -> TestApp {
         let (data_dir, clock) = self.stop().await;

@@ -1,0 +1,110 @@
+//! Generates inputs for measuring the data tools (see the README's "Data tools"):
+//!
+//! ```sh
+//! # A suppression list of N rows (CSV, with a header row) on stdout:
+//! cargo run --release --example gen_data -- suppressions 1000000 > list.csv
+//! # A data directory with N profiles, each with an e-mail address and a
+//! # phone number, every 10th opted out of all channels, every 20th address bounced:
+//! cargo run --release --example gen_data -- profiles 100000 DIR
+//! ```
+
+use std::{
+    io::{BufWriter, Write as _},
+    path::Path,
+    process::ExitCode,
+};
+
+use consentd::{
+    engine::{
+        Address, AddressEventKind, ChangeContext, ConsentStatus, ErrorReason, EventId,
+        FeedbackKind, ProfileAddresses, ProfileId, QuarantineRules, Scope, Source, Tenant,
+    },
+    store::Store,
+};
+
+const REASONS: [&str; 6] = [
+    "hard_bounce",
+    "soft_bounce",
+    "complaint",
+    "unsubscribed",
+    "spam",
+    "manual",
+];
+
+fn suppressions(rows: u64) -> std::io::Result<()> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    writeln!(out, "email,reason,created")?;
+    for i in 0..rows {
+        let reason = REASONS[usize::try_from(i % 6).unwrap_or(0)];
+        let day = 1 + i % 28;
+        writeln!(
+            out,
+            "user{i}@example{}.com,{reason},2025-01-{day:02}",
+            i % 97
+        )?;
+    }
+    out.flush()
+}
+
+fn profiles(count: u64, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::open(dir)?;
+    let tenant = Tenant::parse("acme").map_err(|e| e.0)?;
+    let rules = QuarantineRules::default();
+    let context = ChangeContext::new(Source::Import, "gen_data", "").map_err(|(_, e)| e.0)?;
+    for i in 0..count {
+        let id = ProfileId::parse(&format!("profile-{i}")).map_err(|e| e.0)?;
+        let email = Address::email(&format!("user{i}@example.com")).map_err(|e| e.0)?;
+        let phone = Address::phone(&format!("+3361{i:07}")).map_err(|e| e.0)?;
+        let addresses = ProfileAddresses {
+            emails: vec![email.clone()],
+            phones: vec![phone],
+            ..ProfileAddresses::default()
+        };
+        store.upsert_profile(&tenant, &id, addresses, 0)?;
+        if i % 10 == 0 {
+            store.set_consent(
+                &tenant,
+                &id,
+                Scope::AllChannels,
+                ConsentStatus::OptedOut,
+                &context,
+                1,
+            )?;
+        }
+        if i % 20 == 0 {
+            let kind = AddressEventKind::Feedback {
+                kind: FeedbackKind::HardBounce,
+                reason: ErrorReason::UserUnknown,
+                event_id: EventId::parse(&format!("ev-{i}")).map_err(|e| e.0)?,
+            };
+            store.record_address_event(&tenant, &email, kind, 2, &context, 2, &rules)?;
+        }
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(store.sync())?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let count = |s: &str| s.parse::<u64>().ok();
+    let result: Result<(), Box<dyn std::error::Error>> =
+        match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
+            ["suppressions", n] if count(n).is_some() => {
+                suppressions(count(n).unwrap_or(0)).map_err(Into::into)
+            }
+            ["profiles", n, dir] if count(n).is_some() => {
+                profiles(count(n).unwrap_or(0), Path::new(dir))
+            }
+            _ => Err("usage: gen_data suppressions N | gen_data profiles N DIR".into()),
+        };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

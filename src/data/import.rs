@@ -1,0 +1,164 @@
+//! Import: JSON lines back into a store, each line validated before anything
+//! of it is written.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, Read as _},
+};
+
+use super::{
+    DataError,
+    record::{Header, Record},
+};
+use crate::store::{DumpItem, Store};
+
+/// Records restored per bulk write (lines are never split between writes).
+pub const BATCH_RECORDS: usize = 1000;
+
+/// Longest line accepted; a longer one is rejected (the largest real record,
+/// a profile with every address at its limit, is about 20 KiB).
+pub const LINE_LEN_MAX_BYTES: usize = 1024 * 1024;
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// The file's header.
+    pub header: Option<Header>,
+    /// Records restored, per `type`.
+    pub restored: BTreeMap<&'static str, u64>,
+    /// Lines rejected (each reported through `on_reject`).
+    pub rejected: u64,
+}
+
+impl ImportSummary {
+    /// Records restored, all types together.
+    pub fn total(&self) -> u64 {
+        self.restored.values().sum()
+    }
+}
+
+/// Restores every line of `input` into `store`. The first line must be a
+/// header of a format version this build reads, or nothing is imported.
+/// Every other line is parsed and validated in full, then restored with
+/// others in atomic batches that never split a line; a line that fails is
+/// reported to `on_reject` with its line number (from 1) and reason, and
+/// nothing of it is written. `on_progress`
+/// gets the bytes read so far. Restoring replaces records with the same key,
+/// so importing a file twice gives the same state as importing it once.
+/// Writes are not durable until the caller runs [`Store::sync`].
+pub fn import(
+    store: &Store,
+    mut input: impl BufRead,
+    mut on_reject: impl FnMut(u64, &str),
+    mut on_progress: impl FnMut(u64),
+) -> Result<ImportSummary, DataError> {
+    let mut summary = ImportSummary::default();
+    let mut buf = Vec::with_capacity(4096);
+    let mut line_no = 0u64;
+    let mut pending: Vec<(&'static str, DumpItem)> = Vec::with_capacity(BATCH_RECORDS);
+    let mut bytes = 0u64;
+    loop {
+        buf.clear();
+        let read = input
+            .by_ref()
+            .take(u64::try_from(LINE_LEN_MAX_BYTES + 2).unwrap_or(u64::MAX))
+            .read_until(b'\n', &mut buf)
+            .map_err(DataError::io("reading the import file"))?;
+        if read == 0 {
+            break;
+        }
+        line_no += 1;
+        bytes += u64::try_from(read).unwrap_or(u64::MAX);
+        if buf.last() != Some(&b'\n') && buf.len() > LINE_LEN_MAX_BYTES {
+            // Skip the rest of the over-long line.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let more = input
+                    .by_ref()
+                    .take(64 * 1024)
+                    .read_until(b'\n', &mut rest)
+                    .map_err(DataError::io("reading the import file"))?;
+                bytes += u64::try_from(more).unwrap_or(u64::MAX);
+                if more == 0 || rest.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            let reason = format!("longer than {LINE_LEN_MAX_BYTES} bytes");
+            if line_no == 1 {
+                return Err(DataError::Input(format!("line 1: {reason}")));
+            }
+            summary.rejected += 1;
+            on_reject(line_no, &reason);
+            continue;
+        }
+        let text = buf.trim_ascii();
+        if line_no == 1 {
+            summary.header = Some(header(text)?);
+            continue;
+        }
+        if text.is_empty() {
+            continue;
+        }
+        match parse_line(text) {
+            Ok(Some(parsed)) => pending.push(parsed),
+            Ok(None) => {}
+            Err(reason) => {
+                summary.rejected += 1;
+                on_reject(line_no, &reason);
+            }
+        }
+        if pending.len() == BATCH_RECORDS {
+            restore(store, &mut pending, &mut summary)?;
+            on_progress(bytes);
+        }
+    }
+    restore(store, &mut pending, &mut summary)?;
+    on_progress(bytes);
+    if summary.header.is_none() {
+        return Err(DataError::Input(
+            "the file is empty: an export starts with a header line".to_owned(),
+        ));
+    }
+    Ok(summary)
+}
+
+fn header(text: &[u8]) -> Result<Header, DataError> {
+    let bad =
+        |why: String| DataError::Input(format!("line 1: not a consentd export header: {why}"));
+    match serde_json::from_slice::<Record>(text) {
+        Ok(Record::Header(header)) => {
+            header.check().map_err(bad)?;
+            Ok(header)
+        }
+        Ok(other) => Err(bad(format!("found a '{}' record", other.type_name()))),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Restores the pending records (whole lines only) and counts them.
+fn restore(
+    store: &Store,
+    pending: &mut Vec<(&'static str, DumpItem)>,
+    summary: &mut ImportSummary,
+) -> Result<(), DataError> {
+    let (types, items): (Vec<&'static str>, Vec<DumpItem>) = pending.drain(..).unzip();
+    store.restore_all(&items)?;
+    for type_name in types {
+        *summary.restored.entry(type_name).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Parses and validates one line in full; `Err` is the reason it is rejected.
+fn parse_line(text: &[u8]) -> Result<Option<(&'static str, DumpItem)>, String> {
+    let record: Record = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let type_name = record.type_name();
+    if type_name == "header" {
+        return Err("a header is allowed only on line 1".to_owned());
+    }
+    let item = record
+        .into_item()
+        .map_err(|e| format!("{type_name}: {e}"))?;
+    Ok(item.map(|item| (type_name, item)))
+}
