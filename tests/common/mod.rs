@@ -4,6 +4,8 @@
 //! Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub(crate) mod process;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use consentd::{
