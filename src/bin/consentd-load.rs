@@ -108,6 +108,18 @@ struct SoakArgs {
     /// Profile ids per batch eligibility check (one checker runs alongside).
     #[arg(long, default_value_t = 1_000)]
     batch_size: usize,
+    /// `growing`: consent toggles and new delivery feedback, so every write
+    /// adds history and the data grows (and sled's cache with it, up to its
+    /// capacity). `steady`: profile rewrites and repeated writes that change
+    /// nothing, so the data stays the same size and RSS must level off.
+    #[arg(long, value_enum, default_value = "growing")]
+    workload: Workload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    Growing,
+    Steady,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +157,8 @@ struct Server {
     child: Option<Child>,
     /// A data directory this process created, removed on drop.
     temp_dir: Option<PathBuf>,
+    /// The data directory, when known (to report its size).
+    data_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -155,6 +169,7 @@ impl Server {
                 pid: target.server_pid,
                 child: None,
                 temp_dir: None,
+                data_dir: target.data_dir.clone(),
             });
         }
         let bin = match &target.server_bin {
@@ -199,6 +214,7 @@ impl Server {
             pid: Some(child.id()),
             child: Some(child),
             temp_dir,
+            data_dir: Some(data_dir.clone()),
         };
         let text = listening
             .recv_timeout(SERVER_START_TIMEOUT)
@@ -212,6 +228,24 @@ impl Server {
             data_dir.display()
         );
         Ok(server)
+    }
+
+    /// Bytes of the files in the data directory.
+    fn data_bytes(&self) -> Option<u64> {
+        fn walk(dir: &std::path::Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        Some(walk(self.data_dir.as_ref()?))
     }
 
     /// The server's resident set size in KiB, from /proc/<pid>/status.
@@ -439,8 +473,9 @@ async fn soak(args: SoakArgs) -> Result<(), Error> {
         let channel = connect(server.addr).await?;
         let population = args.profiles;
         let clients = args.clients;
+        let workload = args.workload;
         tasks.push(tokio::spawn(async move {
-            soak_writer(channel, client, clients, population, end).await
+            soak_writer(channel, client, clients, population, workload, end).await
         }));
     }
     let checker = {
@@ -449,8 +484,8 @@ async fn soak(args: SoakArgs) -> Result<(), Error> {
         tokio::spawn(async move { soak_checker(channel, population, batch, end).await })
     };
 
-    println!("| elapsed | RSS | writes (total) | batch checks (total) |");
-    println!("|---:|---:|---:|---:|");
+    println!("| elapsed | RSS | data on disk | writes (total) | batch checks (total) |");
+    println!("|---:|---:|---:|---:|---:|");
     let mut interval = tokio::time::interval(args.report_every);
     loop {
         interval.tick().await;
@@ -459,8 +494,12 @@ async fn soak(args: SoakArgs) -> Result<(), Error> {
             || "?".to_owned(),
             |kib| format!("{:.1} MiB", kib as f64 / 1024.0),
         );
+        let data = server.data_bytes().map_or_else(
+            || "?".to_owned(),
+            |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+        );
         println!(
-            "| {:.0} s | {rss} | {} | {} |",
+            "| {:.0} s | {rss} | {data} | {} | {} |",
             now.duration_since(start).as_secs_f64(),
             WRITES.load(std::sync::atomic::Ordering::Relaxed),
             CHECKS.load(std::sync::atomic::Ordering::Relaxed),
@@ -482,16 +521,20 @@ static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// Batch checks answered during the soak.
 static CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Toggles consent on its share of the profiles and reports delivery
-/// feedback (new event ids, so every one is recorded) until `end`.
+/// Until `end`, on its share of the profiles: `growing` toggles consent and
+/// reports delivery feedback (new event ids, so every one is recorded);
+/// `steady` rewrites profiles with the same address and repeats an opt-out
+/// (durable writes that add nothing).
 async fn soak_writer(
     channel: Channel,
     client: usize,
     clients: usize,
     population: usize,
+    workload: Workload,
     end: Instant,
 ) -> Result<(), Error> {
     let mut consent = ConsentServiceClient::new(channel.clone());
+    let mut profiles = ProfileServiceClient::new(channel.clone());
     let mut quarantine = QuarantineServiceClient::new(channel);
     let mut rng = fastrand::Rng::with_seed(client as u64);
     // This writer's profiles: client, client + clients, ... so no two writers share one.
@@ -504,7 +547,21 @@ async fn soak_writer(
     while Instant::now() < end {
         let pick = rng.usize(..mine.len());
         let id = format!("soak-{}", mine[pick]);
-        if rng.u32(0..4) == 0 {
+        if workload == Workload::Steady {
+            if rng.bool() {
+                upsert(&mut profiles, &id, &format!("{id}@example.com")).await?;
+            } else {
+                consent
+                    .opt_out(pb::OptOutRequest {
+                        tenant: TENANT.into(),
+                        profile_id: id,
+                        channel: pb::Channel::Sms.into(),
+                        all_channels: false,
+                        context: context(),
+                    })
+                    .await?;
+            }
+        } else if rng.u32(0..4) == 0 {
             event += 1;
             let kind = if rng.bool() {
                 pb::FeedbackKind::SoftBounce
