@@ -248,6 +248,17 @@ impl Server {
         Some(walk(self.data_dir.as_ref()?))
     }
 
+    /// CPU time the server has used (user + system), from /proc/<pid>/stat.
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports these in clock ticks of 1/100 s (USER_HZ) on every common platform.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     /// The server's resident set size in KiB, from /proc/<pid>/status.
     fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
@@ -358,6 +369,8 @@ async fn toggle(
 /// The result of one client count.
 struct Measured {
     clients: usize,
+    /// Server CPU time (user + system) during the measured part, if known.
+    server_cpu: Option<Duration>,
     writes: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
@@ -367,7 +380,7 @@ async fn bench(args: BenchArgs) -> Result<(), Error> {
     let server = Server::start(&args.target)?;
     let mut results = Vec::new();
     for (round, &clients) in args.clients.iter().enumerate() {
-        let measured = bench_round(server.addr, round, clients, args.warmup, args.duration).await?;
+        let measured = bench_round(&server, round, clients, args.warmup, args.duration).await?;
         eprintln!(
             "{clients} clients: {} writes in {:.1} s",
             measured.writes,
@@ -375,13 +388,17 @@ async fn bench(args: BenchArgs) -> Result<(), Error> {
         );
         results.push(measured);
     }
-    println!("| clients | durable writes/s | p50 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| clients | durable writes/s | p50 | p99 | max | server CPU per write |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for m in &results {
         let per_s = m.writes as f64 / m.elapsed.as_secs_f64();
         let ms = |us: u64| us as f64 / 1000.0;
+        let cpu = m.server_cpu.map_or_else(
+            || "?".to_owned(),
+            |cpu| format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / m.writes.max(1) as f64),
+        );
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms |",
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {cpu} |",
             m.clients,
             per_s,
             ms(m.latency.value_at_quantile(0.5)),
@@ -396,7 +413,7 @@ async fn bench(args: BenchArgs) -> Result<(), Error> {
 /// `clients` writers, each toggling its own profile's e-mail consent with
 /// one request in flight, measured after the warm-up.
 async fn bench_round(
-    addr: SocketAddr,
+    server: &Server,
     round: usize,
     clients: usize,
     warmup: Duration,
@@ -404,7 +421,7 @@ async fn bench_round(
 ) -> Result<Measured, Error> {
     let mut writers = Vec::with_capacity(clients);
     for client in 0..clients {
-        let channel = connect(addr).await?;
+        let channel = connect(server.addr).await?;
         let id = format!("bench-r{round}-c{client}");
         upsert(
             &mut ProfileServiceClient::new(channel.clone()),
@@ -437,12 +454,19 @@ async fn bench_round(
             })
         })
         .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_from = server.cpu_time();
+    tokio::time::sleep_until(end.into()).await;
+    let cpu_to = server.cpu_time();
     let mut latency = new_histogram()?;
     for task in tasks {
         latency.add(task.await??)?;
     }
     Ok(Measured {
         clients,
+        server_cpu: cpu_from
+            .zip(cpu_to)
+            .map(|(from, to)| to.saturating_sub(from)),
         writes: latency.len(),
         elapsed: end.saturating_duration_since(measure_from),
         latency,
