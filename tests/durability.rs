@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
-use common::{process::ServerProcess, *};
+use common::{process::*, *};
 use consentd::{
     clock::{Clock, ManualClock},
     pb::{
@@ -20,15 +20,6 @@ use consentd::{
     server::{App, Settings},
 };
 use tokio::sync::mpsc;
-use tonic::transport::Channel as GrpcChannel;
-
-async fn connect(addr: SocketAddr) -> GrpcChannel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint URI")
-        .connect()
-        .await
-        .expect("connect to consentd")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_opt_out_survives_sigkill() {

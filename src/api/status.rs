@@ -140,8 +140,10 @@ fn storage_status(error: &StoreError) -> Status {
     if error.is_transient() {
         status(
             Code::Unavailable,
-            "the store could not make the change durable (disk full or I/O error); it was not \
-             acknowledged: retry later (writes are idempotent)"
+            // sled keeps its first I/O error: later writes, and reads that
+            // would rewrite a page, fail the same way until a restart.
+            "the store hit an I/O error (disk full?): no write is acknowledged until the server \
+             is restarted with space free; retry then (writes are idempotent)"
                 .to_owned(),
             "STORAGE_UNAVAILABLE",
             HashMap::new(),

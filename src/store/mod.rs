@@ -29,7 +29,7 @@ mod usage;
 
 use std::{
     collections::hash_map::DefaultHasher,
-    fs::OpenOptions,
+    fs::{File, OpenOptions},
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -152,6 +152,16 @@ impl Store {
         })?;
         let dir_lock = DirLock::acquire(dir)?;
         let db = sled::Config::new().path(dir).open()?;
+        // sled never fsyncs the directory. fdatasync of `db` makes its
+        // contents durable but, by POSIX, not its name in the directory when
+        // the file is new: sync the directory once, before any write is
+        // acknowledged (see ARCHITECTURE.md, "What makes a write durable").
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         // sled's log lives in `<dir>/db`: fdatasync of this file makes a flush reach the disk.
         let data_path = dir.join("db");
         let data_file = OpenOptions::new()

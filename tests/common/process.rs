@@ -1,8 +1,11 @@
-//! The `consentd` binary as a child process, for tests that need the real
-//! executable (crashes, signals, command-line flags).
+//! The real `consentd` binary as a child process: start it on a data
+//! directory, wait until it listens, stop it with SIGTERM or SIGKILL.
+//!
+//! Shared by the tests that need a process of their own (crash, SIGTERM,
+//! strace, faults); the in-process harness is in `common/mod.rs`.
 
 use std::{
-    ffi::{OsStr, OsString},
+    ffi::OsStr,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::Path,
@@ -11,9 +14,13 @@ use std::{
 };
 
 use tokio::sync::mpsc;
+use tonic::transport::Channel as GrpcChannel;
 
 /// How long the binary may take to start listening or to exit.
 pub(crate) const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The path of the `consentd` binary cargo built for the tests.
+pub(crate) const CONSENTD_BIN: &str = env!("CARGO_BIN_EXE_consentd");
 
 /// A `consentd serve` child process, killed when dropped (also when a test panics).
 pub(crate) struct ServerProcess {
@@ -24,26 +31,43 @@ pub(crate) struct ServerProcess {
     seen: Vec<String>,
 }
 
+/// The arguments of `consentd serve` on `data_dir`, listening on an ephemeral port.
+pub(crate) fn serve_args(data_dir: &Path) -> Vec<&OsStr> {
+    vec![
+        OsStr::new("serve"),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--data-dir"),
+        data_dir.as_os_str(),
+    ]
+}
+
 impl ServerProcess {
     /// Starts `consentd serve --listen 127.0.0.1:0 --data-dir <data_dir>`.
     pub(crate) fn start(data_dir: &Path) -> ServerProcess {
-        let mut args: Vec<OsString> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
-        args.push("--data-dir".into());
-        args.push(data_dir.into());
-        Self::start_with(&args)
+        let mut command = Command::new(CONSENTD_BIN);
+        command.args(serve_args(data_dir));
+        Self::spawn(command)
     }
 
     /// Starts `consentd` with exactly these arguments.
     pub(crate) fn start_with<S: AsRef<OsStr>>(args: &[S]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
-            .args(args)
+        let mut command = Command::new(CONSENTD_BIN);
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (consentd itself, or a wrapper such as strace that
+    /// runs it), with info logs on a piped stderr.
+    pub(crate) fn spawn(mut command: Command) -> ServerProcess {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn the consentd binary");
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, stderr_lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -58,6 +82,11 @@ impl ServerProcess {
             stderr_lines,
             seen: Vec::new(),
         }
+    }
+
+    /// The pid of the child (of the wrapper, when one was used).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn stderr_text(&self) -> String {
@@ -96,13 +125,23 @@ impl ServerProcess {
     /// Reads stderr to its end (the process exited) and returns the exit
     /// status and the whole of stderr. Fails if the process starts listening.
     pub(crate) async fn wait_exit(&mut self) -> (ExitStatus, String) {
+        self.read_to_exit(true).await
+    }
+
+    /// Reads stderr to its end (the process exited, after serving) and
+    /// returns the exit status and the whole of stderr.
+    pub(crate) async fn wait_stopped(&mut self) -> (ExitStatus, String) {
+        self.read_to_exit(false).await
+    }
+
+    async fn read_to_exit(&mut self, refuse_listening: bool) -> (ExitStatus, String) {
         let read = async {
             while let Some(line) = self.stderr_lines.recv().await {
                 let line = strip_ansi(&line);
                 let listening = line.contains("listening on ");
                 self.seen.push(line);
                 assert!(
-                    !listening,
+                    !(refuse_listening && listening),
                     "the process started serving instead of exiting; stderr:\n{}",
                     self.seen.join("\n")
                 );
@@ -142,12 +181,7 @@ impl ServerProcess {
 
     /// Sends SIGTERM (the polite stop) with the system's `kill`.
     pub(crate) fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM failed");
+        signal(self.child.id(), "TERM");
     }
 
     /// Kills the process with SIGKILL (no chance to flush) and reaps it.
@@ -163,6 +197,16 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `SIG<name>` to `pid` with the system's `kill`.
+pub(crate) fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// Removes ANSI escape sequences (`ESC [ ... letter`) from a log line.
@@ -181,4 +225,13 @@ pub(crate) fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// A connection to the server at `addr`.
+pub(crate) async fn connect(addr: SocketAddr) -> GrpcChannel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint URI")
+        .connect()
+        .await
+        .expect("connect to consentd")
 }
