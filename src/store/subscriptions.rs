@@ -7,8 +7,8 @@
 
 use super::{Result, Store, Written, codec, corrupt, keys};
 use crate::engine::{
-    Change, ChangeContext, ProfileId, Service, ServiceId, Subscribed, Subscription,
-    SubscriptionStatus, Tenant, Token, TokenHash, TokenRefusal, UnixMillis,
+    Change, ChangeContext, Profile, ProfileId, Service, ServiceId, Subscribed, Subscription,
+    SubscriptionChange, SubscriptionStatus, Tenant, Token, TokenHash, TokenRefusal, UnixMillis,
 };
 use codec::{CodecError, TokenRecord};
 
@@ -168,20 +168,14 @@ impl Store {
         let mut batch = sled::Batch::default();
         let changed = subscribed.change.is_some() || subscribed.token.is_some();
         if let Some(change) = &subscribed.change {
-            let entry = profile.record(
-                Change::Subscription {
-                    service_id: service.id.clone(),
-                    channel: service.channel,
-                    change: change.clone(),
-                },
+            let change = SubscriptionChange::clone(change);
+            let history = History {
+                tenant,
+                profile_id,
                 context,
                 now,
-            );
-            batch.insert(profile_key, codec::encode_profile(&profile));
-            batch.insert(
-                keys::consent_log(tenant, profile_id, entry.sequence),
-                codec::encode_consent_entry(&entry),
-            );
+            };
+            history.record(&mut batch, &mut profile, service, change);
         }
         if let Some(sent) = &subscribed.token {
             let record = TokenRecord {
@@ -238,21 +232,14 @@ impl Store {
             // missing one is damage, not a user error.
             return Err(corrupt(&token_key)(CodecError::Truncated));
         };
-        let entry = profile.record(
-            Change::Subscription {
-                service_id: service_id.clone(),
-                channel: service.channel,
-                change,
-            },
+        let mut batch = sled::Batch::default();
+        let history = History {
+            tenant,
+            profile_id,
             context,
             now,
-        );
-        let mut batch = sled::Batch::default();
-        batch.insert(profile_key, codec::encode_profile(&profile));
-        batch.insert(
-            keys::consent_log(tenant, profile_id, entry.sequence),
-            codec::encode_consent_entry(&entry),
-        );
+        };
+        history.record(&mut batch, &mut profile, &service, change);
         put_subscription(&mut batch, tenant, profile_id, &subscription);
         let used = TokenRecord {
             used_at: Some(now),
@@ -291,21 +278,14 @@ impl Store {
                 changed: false,
             }));
         };
-        let entry = profile.record(
-            Change::Subscription {
-                service_id: service.id.clone(),
-                channel: service.channel,
-                change,
-            },
+        let mut batch = sled::Batch::default();
+        let history = History {
+            tenant,
+            profile_id,
             context,
             now,
-        );
-        let mut batch = sled::Batch::default();
-        batch.insert(profile_key, codec::encode_profile(&profile));
-        batch.insert(
-            keys::consent_log(tenant, profile_id, entry.sequence),
-            codec::encode_consent_entry(&entry),
-        );
+        };
+        history.record(&mut batch, &mut profile, service, change);
         put_subscription(&mut batch, tenant, profile_id, &subscription);
         self.apply(batch)?;
         Ok(Some(Written {
@@ -319,6 +299,44 @@ impl Store {
             .get(key)?
             .map(|bytes| codec::decode_token(&bytes).map_err(corrupt(key)))
             .transpose()
+    }
+}
+
+/// Where a subscription change goes in a profile's history.
+struct History<'a> {
+    tenant: &'a Tenant,
+    profile_id: &'a ProfileId,
+    context: &'a ChangeContext,
+    now: UnixMillis,
+}
+
+impl History<'_> {
+    /// Numbers the change as the profile's next history entry and adds the
+    /// entry and the profile record (its new sequence) to `batch`.
+    fn record(
+        &self,
+        batch: &mut sled::Batch,
+        profile: &mut Profile,
+        service: &Service,
+        change: SubscriptionChange,
+    ) {
+        let entry = profile.record(
+            Change::Subscription {
+                service_id: service.id.clone(),
+                channel: service.channel,
+                change,
+            },
+            self.context,
+            self.now,
+        );
+        batch.insert(
+            keys::profile(self.tenant, self.profile_id),
+            codec::encode_profile(profile),
+        );
+        batch.insert(
+            keys::consent_log(self.tenant, self.profile_id, entry.sequence),
+            codec::encode_consent_entry(&entry),
+        );
     }
 }
 
