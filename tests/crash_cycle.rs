@@ -459,11 +459,14 @@ struct ClientModel {
     next_event: u64,
     /// Writes acknowledged, over all cycles.
     acknowledged: u64,
-    /// Of which subscription writes.
-    acknowledged_subscriptions: u64,
+    /// Of which subscription writes: subscribe, confirm, unsubscribe.
+    acknowledged_subscriptions: [u64; 3],
     /// In-flight writes found applied / not applied after a restart.
     pending_applied: u64,
     pending_lost: u64,
+    /// Of which subscription writes.
+    pending_subscriptions_applied: u64,
+    pending_subscriptions_lost: u64,
     rng: fastrand::Rng,
 }
 
@@ -492,9 +495,11 @@ impl ClientModel {
             pending: None,
             next_event: 0,
             acknowledged: 0,
-            acknowledged_subscriptions: 0,
+            acknowledged_subscriptions: [0; 3],
             pending_applied: 0,
             pending_lost: 0,
+            pending_subscriptions_applied: 0,
+            pending_subscriptions_lost: 0,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -644,7 +649,12 @@ impl ClientModel {
                     token,
                 },
             ) => {
-                self.acknowledged_subscriptions += 1;
+                let kind = match write {
+                    Write::Subscribe { .. } => 0,
+                    Write::Confirm { .. } => 1,
+                    _ => 2,
+                };
+                self.acknowledged_subscriptions[kind] += 1;
                 let profile = write
                     .profile()
                     .expect("a subscription write names a profile");
@@ -1433,8 +1443,14 @@ async fn check_client(addr: SocketAddr, mut model: ClientModel) -> ClientModel {
         check_subscribers(&mut clients, &model, service).await;
     }
     match (model.pending.take(), outcome) {
-        (Some(_), Some(true)) => model.pending_applied += 1,
-        (Some(_), Some(false) | None) => model.pending_lost += 1,
+        (Some(write), Some(true)) => {
+            model.pending_applied += 1;
+            model.pending_subscriptions_applied += u64::from(write.service().is_some());
+        }
+        (Some(write), Some(false) | None) => {
+            model.pending_lost += 1;
+            model.pending_subscriptions_lost += u64::from(write.service().is_some());
+        }
         (None, _) => {}
     }
     model
@@ -1528,13 +1544,32 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         acknowledged >= u64::from(cycles),
         "the clients got only {acknowledged} writes acknowledged in {cycles} cycles"
     );
-    let subscription_writes: u64 = models.iter().map(|m| m.acknowledged_subscriptions).sum();
-    assert!(
-        subscription_writes > 0,
-        "no subscription write was acknowledged in {cycles} cycles"
-    );
+    let [subscribed, confirmed, unsubscribed] = models.iter().fold([0u64; 3], |mut sum, m| {
+        for (total, n) in sum.iter_mut().zip(m.acknowledged_subscriptions) {
+            *total += n;
+        }
+        sum
+    });
+    if cycles >= 10 {
+        // Hundreds of subscription writes are expected: none of a kind means
+        // the client never picks it (e.g. never holds a token).
+        assert!(
+            subscribed > 0 && confirmed > 0 && unsubscribed > 0,
+            "subscription writes acknowledged: subscribe {subscribed}, confirm {confirmed}, unsubscribe {unsubscribed}"
+        );
+    }
     eprintln!(
-        "crash-cycle: {cycles} cycles, {acknowledged} acknowledged writes ({subscription_writes} to subscriptions) checked in {:?}",
-        started.elapsed()
+        "crash-cycle: {cycles} cycles, {acknowledged} acknowledged writes checked in {:?}; \
+         subscription writes acknowledged: subscribe {subscribed}, confirm {confirmed}, \
+         unsubscribe {unsubscribed}; in flight at a kill: applied {} / not applied or changing nothing {}",
+        started.elapsed(),
+        models
+            .iter()
+            .map(|m| m.pending_subscriptions_applied)
+            .sum::<u64>(),
+        models
+            .iter()
+            .map(|m| m.pending_subscriptions_lost)
+            .sum::<u64>(),
     );
 }
