@@ -9,8 +9,13 @@
 //!   of each address matches the current state, the history chains
 //!   (`old_status` of an entry is `new_status` of the one before), and no
 //!   count went backwards;
+//! - subscriptions (to one single- and one double-opt-in service, shared by
+//!   all clients) agree with the profile's history (per service, the
+//!   subscription entries chain and the newest is the current status) and
+//!   with each service's subscriber list (the service → profile index);
 //! - the write each client had in flight at the kill is wholly applied (state
-//!   and history entry) or not at all.
+//!   and history entry) or not at all; a confirmation token is used up
+//!   exactly when its confirmation was applied.
 //!
 //! Each client owns its own profiles and addresses, so it knows exactly the
 //! state it last had acknowledged. `CONSENTD_CRASH_SEED` replays a run's
@@ -34,12 +39,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::process::{ServerProcess, connect};
+use common::{
+    error_info,
+    process::{ServerProcess, connect},
+};
 use consentd::pb::{
     self, AddressEventType, AddressHistoryEntry, AddressState, AddressStatus, ChangeContext,
-    Channel, ConsentHistoryEntry, ConsentState, FeedbackKind, Source,
-    consent_service_client::ConsentServiceClient, profile_service_client::ProfileServiceClient,
+    Channel, ConsentHistoryEntry, ConsentState, FeedbackKind, Source, Subscription,
+    SubscriptionStatus, consent_service_client::ConsentServiceClient,
+    profile_service_client::ProfileServiceClient,
     quarantine_service_client::QuarantineServiceClient,
+    subscription_service_client::SubscriptionServiceClient,
 };
 use tonic::{Code, Status, transport::Channel as GrpcChannel};
 
@@ -62,6 +72,27 @@ const KILL_AFTER_MS_MAX: u64 = 300;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Page size of the history listings.
 const PAGE_SIZE: i32 = 1000;
+/// The services every client subscribes its profiles to: id, channel,
+/// double opt-in. Created once, before the first kill.
+const SERVICES: [(&str, Channel, bool); 2] = [
+    ("crash-single", Channel::Email, false),
+    ("crash-double", Channel::Sms, true),
+];
+
+/// Whether a service of [`SERVICES`] needs double opt-in.
+fn double_opt_in(service: &str) -> bool {
+    SERVICES
+        .iter()
+        .any(|(id, _, double)| *id == service && *double)
+}
+
+/// The channel of a service of [`SERVICES`].
+fn service_channel(service: &str) -> Channel {
+    SERVICES
+        .iter()
+        .find(|(id, _, _)| *id == service)
+        .map_or(Channel::Unspecified, |(_, channel, _)| *channel)
+}
 
 // ---------------------------------------------------------------------------
 // Writes
@@ -103,12 +134,36 @@ enum Write {
     },
     /// `ReleaseAddress`.
     Release { address: String },
+    /// `Subscribe` (with double opt-in, a new token when pending).
+    Subscribe { profile: String, service: String },
+    /// `ConfirmSubscription` with the newest token the client got for this
+    /// profile and service.
+    Confirm {
+        profile: String,
+        service: String,
+        token: String,
+    },
+    /// `Unsubscribe`.
+    Unsubscribe { profile: String, service: String },
 }
 
 impl Write {
     fn profile(&self) -> Option<&str> {
         match self {
-            Write::Upsert { profile, .. } | Write::Consent { profile, .. } => Some(profile),
+            Write::Upsert { profile, .. }
+            | Write::Consent { profile, .. }
+            | Write::Subscribe { profile, .. }
+            | Write::Confirm { profile, .. }
+            | Write::Unsubscribe { profile, .. } => Some(profile),
+            _ => None,
+        }
+    }
+
+    fn service(&self) -> Option<&str> {
+        match self {
+            Write::Subscribe { service, .. }
+            | Write::Confirm { service, .. }
+            | Write::Unsubscribe { service, .. } => Some(service),
             _ => None,
         }
     }
@@ -135,6 +190,12 @@ enum Ack {
         changed: bool,
         state: AddressState,
     },
+    /// A subscription write: the subscription after it (unset when
+    /// unsubscribing a profile that never subscribed), and the token sent.
+    Subscription {
+        subscription: Option<Subscription>,
+        token: String,
+    },
 }
 
 /// The gRPC clients of one connection.
@@ -142,6 +203,7 @@ struct Clients {
     profiles: ProfileServiceClient<GrpcChannel>,
     consent: ConsentServiceClient<GrpcChannel>,
     quarantine: QuarantineServiceClient<GrpcChannel>,
+    subscriptions: SubscriptionServiceClient<GrpcChannel>,
 }
 
 impl Clients {
@@ -149,7 +211,8 @@ impl Clients {
         Self {
             profiles: ProfileServiceClient::new(channel.clone()),
             consent: ConsentServiceClient::new(channel.clone()),
-            quarantine: QuarantineServiceClient::new(channel),
+            quarantine: QuarantineServiceClient::new(channel.clone()),
+            subscriptions: SubscriptionServiceClient::new(channel),
         }
     }
 }
@@ -294,6 +357,57 @@ async fn send(clients: &mut Clients, write: &Write) -> Result<Ack, Status> {
                     state: out.state.expect("release answers the state"),
                 })
             }
+            Write::Subscribe { profile, service } => {
+                let out = clients
+                    .subscriptions
+                    .subscribe(pb::SubscribeRequest {
+                        tenant: TENANT.into(),
+                        profile_id: profile,
+                        service_id: service,
+                        context: context(Source::Api),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(Ack::Subscription {
+                    subscription: Some(
+                        out.subscription
+                            .expect("subscribe answers the subscription"),
+                    ),
+                    token: out.confirmation_token,
+                })
+            }
+            Write::Confirm { profile, token, .. } => {
+                let out = clients
+                    .subscriptions
+                    .confirm_subscription(pb::ConfirmSubscriptionRequest {
+                        tenant: TENANT.into(),
+                        token,
+                        context: context(Source::Api),
+                    })
+                    .await?
+                    .into_inner();
+                assert_eq!(out.profile_id, profile, "a token confirms its own profile");
+                Ok(Ack::Subscription {
+                    subscription: Some(out.subscription.expect("confirm answers the subscription")),
+                    token: String::new(),
+                })
+            }
+            Write::Unsubscribe { profile, service } => {
+                let out = clients
+                    .subscriptions
+                    .unsubscribe(pb::UnsubscribeRequest {
+                        tenant: TENANT.into(),
+                        profile_id: profile,
+                        service_id: service,
+                        context: context(Source::Api),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(Ack::Subscription {
+                    subscription: out.subscription,
+                    token: String::new(),
+                })
+            }
         }
     };
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
@@ -307,12 +421,17 @@ async fn send(clients: &mut Clients, write: &Write) -> Result<Ack, Status> {
 // ---------------------------------------------------------------------------
 
 /// A profile as last acknowledged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct ProfileModel {
     emails: Vec<String>,
     phones: Vec<String>,
     consent: Option<ConsentState>,
-    /// Entries in its consent history.
+    /// Its subscriptions, by service id.
+    subscriptions: BTreeMap<String, Subscription>,
+    /// Per service, the confirmation token that still confirms its pending
+    /// subscription, as far as the client knows.
+    tokens: BTreeMap<String, String>,
+    /// Entries in its consent history (consent and subscription changes).
     history_len: u64,
 }
 
@@ -340,9 +459,14 @@ struct ClientModel {
     next_event: u64,
     /// Writes acknowledged, over all cycles.
     acknowledged: u64,
+    /// Of which subscription writes: subscribe, confirm, unsubscribe.
+    acknowledged_subscriptions: [u64; 3],
     /// In-flight writes found applied / not applied after a restart.
     pending_applied: u64,
     pending_lost: u64,
+    /// Of which subscription writes.
+    pending_subscriptions_applied: u64,
+    pending_subscriptions_lost: u64,
     rng: fastrand::Rng,
 }
 
@@ -371,8 +495,11 @@ impl ClientModel {
             pending: None,
             next_event: 0,
             acknowledged: 0,
+            acknowledged_subscriptions: [0; 3],
             pending_applied: 0,
             pending_lost: 0,
+            pending_subscriptions_applied: 0,
+            pending_subscriptions_lost: 0,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -401,7 +528,7 @@ impl ClientModel {
                 phones,
             };
         }
-        if roll < 55 {
+        if roll < 45 {
             let channels = [
                 Channel::Email,
                 Channel::Sms,
@@ -425,9 +552,13 @@ impl ClientModel {
                 status,
             };
         }
+        if roll < 65 {
+            let profile = existing[self.rng.usize(..existing.len())].clone();
+            return self.pick_subscription(profile);
+        }
         let addresses: Vec<&String> = self.addresses.keys().collect();
         let address = addresses[self.rng.usize(..addresses.len())].clone();
-        if roll < 80 {
+        if roll < 83 {
             let kind = match self.rng.u32(0..10) {
                 0..3 => FeedbackKind::HardBounce,
                 3..8 => FeedbackKind::SoftBounce,
@@ -439,7 +570,7 @@ impl ClientModel {
                 kind,
                 event_id: format!("c{}-e{}", self.client, self.next_event),
             }
-        } else if roll < 90 {
+        } else if roll < 93 {
             let status = if self.rng.bool() {
                 AddressStatus::Quarantined
             } else {
@@ -451,18 +582,54 @@ impl ClientModel {
         }
     }
 
+    /// Chooses a subscription write on an existing profile: mostly
+    /// confirming when the client holds a token, unsubscribing when subscribed,
+    /// subscribing otherwise.
+    fn pick_subscription(&mut self, profile: String) -> Write {
+        let service = SERVICES[self.rng.usize(..SERVICES.len())].0.to_owned();
+        let model = &self.profiles[&profile];
+        let roll = self.rng.u32(0..100);
+        if let Some(token) = model.tokens.get(&service) {
+            return match roll {
+                0..60 => Write::Confirm {
+                    profile,
+                    service,
+                    token: token.clone(),
+                },
+                60..80 => Write::Subscribe { profile, service },
+                _ => Write::Unsubscribe { profile, service },
+            };
+        }
+        let status = model
+            .subscriptions
+            .get(&service)
+            .map_or(SubscriptionStatus::Unspecified, Subscription::status);
+        let unsubscribe_below = match status {
+            SubscriptionStatus::Active | SubscriptionStatus::PendingConfirmation => 70,
+            _ => 20,
+        };
+        if roll < unsubscribe_below {
+            Write::Unsubscribe { profile, service }
+        } else {
+            Write::Subscribe { profile, service }
+        }
+    }
+
     /// Records what the server acknowledged.
     fn acknowledged(&mut self, write: &Write, ack: Ack) {
         self.acknowledged += 1;
         match (write, ack) {
             (Write::Upsert { profile, .. }, Ack::Profile(p)) => {
-                let history_len = self.profiles.get(profile).map_or(0, |m| m.history_len);
+                let known = self.profiles.remove(profile).unwrap_or_default();
+                let history_len = known.history_len;
                 self.profiles.insert(
                     profile.clone(),
                     ProfileModel {
                         emails: p.emails,
                         phones: p.phones,
                         consent: p.consent,
+                        subscriptions: known.subscriptions,
+                        tokens: known.tokens,
                         history_len,
                     },
                 );
@@ -474,6 +641,55 @@ impl ClientModel {
                     .expect("consent writes go to existing profiles");
                 model.consent = Some(consent);
                 model.history_len += u64::from(changed);
+            }
+            (
+                write,
+                Ack::Subscription {
+                    subscription,
+                    token,
+                },
+            ) => {
+                let kind = match write {
+                    Write::Subscribe { .. } => 0,
+                    Write::Confirm { .. } => 1,
+                    _ => 2,
+                };
+                self.acknowledged_subscriptions[kind] += 1;
+                let profile = write
+                    .profile()
+                    .expect("a subscription write names a profile");
+                let service = write
+                    .service()
+                    .expect("a subscription write names a service");
+                let model = self
+                    .profiles
+                    .get_mut(profile)
+                    .expect("subscription writes go to existing profiles");
+                let old = model
+                    .subscriptions
+                    .get(service)
+                    .map_or(SubscriptionStatus::Unspecified, Subscription::status);
+                if let Some(subscription) = subscription {
+                    // A change of status is one history entry; a new token
+                    // for a pending subscription is none.
+                    model.history_len += u64::from(subscription.status() != old);
+                    if subscription.status() == SubscriptionStatus::PendingConfirmation {
+                        assert!(
+                            !token.is_empty() || matches!(write, Write::Unsubscribe { .. }),
+                            "{write:?}: pending without a token"
+                        );
+                    }
+                    model.subscriptions.insert(service.to_owned(), subscription);
+                }
+                // The newest token replaces the older ones; confirming or
+                // unsubscribing uses it up.
+                if token.is_empty() {
+                    if !matches!(write, Write::Subscribe { .. }) {
+                        model.tokens.remove(service);
+                    }
+                } else {
+                    model.tokens.insert(service.to_owned(), token);
+                }
             }
             (write, Ack::Address { changed, state }) => {
                 let address = write.address().expect("an address write");
@@ -593,6 +809,7 @@ fn entry_scope(entry: &ConsentHistoryEntry) -> Scope {
 
 /// History and state of a profile agree: per scope, the entries chain and
 /// the newest is the current mark; a scope never changed has no preference.
+/// Subscription entries are checked by [`check_subscriptions_consistent`].
 fn check_consent_consistent(
     profile: &str,
     consent: &ConsentState,
@@ -612,7 +829,7 @@ fn check_consent_consistent(
         let entries: Vec<&ConsentHistoryEntry> = history
             .iter()
             .rev()
-            .filter(|e| entry_scope(e) == scope)
+            .filter(|e| e.service_id.is_empty() && entry_scope(e) == scope)
             .collect();
         for pair in entries.windows(2) {
             assert_eq!(
@@ -643,6 +860,105 @@ fn check_consent_consistent(
     }
 }
 
+/// A profile's subscriptions and the subscription entries of its history
+/// agree: per service, the entries chain from "never subscribed" and the
+/// newest is the current status, at the same time; a pending subscription
+/// (only) has a token expiry.
+fn check_subscriptions_consistent(
+    profile: &str,
+    subscriptions: &BTreeMap<String, Subscription>,
+    history: &[ConsentHistoryEntry],
+) {
+    let mut per_service: BTreeMap<&str, Vec<&ConsentHistoryEntry>> = BTreeMap::new();
+    // Oldest first.
+    for entry in history.iter().rev().filter(|e| !e.service_id.is_empty()) {
+        assert!(
+            entry.old_status() == pb::ConsentStatus::Unspecified
+                && entry.new_status() == pb::ConsentStatus::Unspecified
+                && !entry.all_channels
+                && entry.channel() == service_channel(&entry.service_id)
+                && entry.old_subscription_status != entry.new_subscription_status,
+            "{profile}: malformed subscription entry {entry:?}"
+        );
+        per_service
+            .entry(&entry.service_id)
+            .or_default()
+            .push(entry);
+    }
+    assert_eq!(
+        per_service.keys().copied().collect::<Vec<_>>(),
+        subscriptions.keys().map(String::as_str).collect::<Vec<_>>(),
+        "{profile}: services in the history and in ListSubscriptions differ: {subscriptions:?}"
+    );
+    for (service, entries) in per_service {
+        assert_eq!(
+            entries[0].old_subscription_status(),
+            SubscriptionStatus::Unspecified,
+            "{profile} {service}: the first entry does not start from never subscribed"
+        );
+        for pair in entries.windows(2) {
+            assert_eq!(
+                pair[1].old_subscription_status, pair[0].new_subscription_status,
+                "{profile} {service}: history does not chain: {pair:?}"
+            );
+        }
+        let newest = entries[entries.len() - 1];
+        let subscription = &subscriptions[service];
+        assert_eq!(
+            newest.new_subscription_status, subscription.status,
+            "{profile} {service}: newest entry {newest:?} is not the state {subscription:?}"
+        );
+        assert_eq!(
+            newest.changed_at, subscription.changed_at,
+            "{profile} {service}: the subscription and its history entry differ in time"
+        );
+        assert_eq!(
+            subscription.confirmation_expires_at.is_some(),
+            subscription.status() == SubscriptionStatus::PendingConfirmation,
+            "{profile} {service}: token expiry and status disagree: {subscription:?}"
+        );
+    }
+}
+
+async fn list_subscriptions(
+    clients: &mut Clients,
+    profile: &str,
+) -> BTreeMap<String, Subscription> {
+    clients
+        .subscriptions
+        .list_subscriptions(pb::ListSubscriptionsRequest {
+            tenant: TENANT.into(),
+            profile_id: profile.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ListSubscriptions {profile}: {e:?}"))
+        .into_inner()
+        .subscriptions
+        .into_iter()
+        .map(|s| (s.service_id.clone(), s))
+        .collect()
+}
+
+/// Confirms with a token that must be refused, changing nothing, for
+/// `reason`.
+async fn assert_token_refused(clients: &mut Clients, what: &str, token: &str, reason: &str) {
+    let refused = clients
+        .subscriptions
+        .confirm_subscription(pb::ConfirmSubscriptionRequest {
+            tenant: TENANT.into(),
+            token: token.into(),
+            context: context(Source::Api),
+        })
+        .await
+        .expect_err(what);
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "{what}: {refused:?}"
+    );
+    assert_eq!(error_info(&refused).reason, reason, "{what}: {refused:?}");
+}
+
 /// Reads one profile back and checks it against the model, resolving the
 /// in-flight write if it targeted this profile. Returns whether the
 /// in-flight write was found applied, when it targeted this profile.
@@ -671,17 +987,22 @@ async fn check_profile(clients: &mut Clients, model: &mut ClientModel, id: &str)
     let history = consent_history(clients, id).await;
     let consent = profile.consent.clone().expect("a profile has consent");
     check_consent_consistent(id, &consent, &history);
+    let subscriptions = list_subscriptions(clients, id).await;
+    check_subscriptions_consistent(id, &subscriptions, &history);
     let len = history.len() as u64;
-    let observed = ProfileModel {
+    let mut observed = ProfileModel {
         emails: profile.emails.clone(),
         phones: profile.phones.clone(),
         consent: Some(consent.clone()),
+        subscriptions,
+        tokens: known.as_ref().map(|k| k.tokens.clone()).unwrap_or_default(),
         history_len: len,
     };
     let unchanged = |known: &ProfileModel| {
         known.emails == observed.emails
             && known.phones == observed.phones
             && known.consent == observed.consent
+            && known.subscriptions == observed.subscriptions
             && known.history_len == len
     };
     let applied = match (&known, &pending) {
@@ -700,11 +1021,17 @@ async fn check_profile(clients: &mut Clients, model: &mut ClientModel, id: &str)
                 None => {
                     assert!(new_addresses, "{id}: half an upsert: {observed:?}");
                     assert!(history.is_empty(), "{id}: a new profile with history");
+                    assert!(
+                        observed.subscriptions.is_empty(),
+                        "{id}: a new profile with subscriptions"
+                    );
                     Some(true)
                 }
                 Some(known) => {
                     assert!(
-                        known.consent == observed.consent && known.history_len == len,
+                        known.consent == observed.consent
+                            && known.subscriptions == observed.subscriptions
+                            && known.history_len == len,
                         "{id}: an upsert changed consent: {known:?} → {observed:?}"
                     );
                     let old_addresses =
@@ -719,8 +1046,10 @@ async fn check_profile(clients: &mut Clients, model: &mut ClientModel, id: &str)
         }
         (Some(known), Some(Write::Consent { scope, status, .. })) => {
             assert!(
-                known.emails == observed.emails && known.phones == observed.phones,
-                "{id}: addresses changed by a consent write: {known:?} → {observed:?}"
+                known.emails == observed.emails
+                    && known.phones == observed.phones
+                    && known.subscriptions == observed.subscriptions,
+                "{id}: addresses or subscriptions changed by a consent write: {known:?} → {observed:?}"
             );
             if known.consent == observed.consent && known.history_len == len {
                 Some(false)
@@ -740,6 +1069,26 @@ async fn check_profile(clients: &mut Clients, model: &mut ClientModel, id: &str)
                 Some(true)
             }
         }
+        (
+            Some(known),
+            Some(
+                write @ (Write::Subscribe { service, .. }
+                | Write::Confirm { service, .. }
+                | Write::Unsubscribe { service, .. }),
+            ),
+        ) => {
+            let applied = check_pending_subscription(
+                clients,
+                id,
+                write,
+                service,
+                known,
+                &mut observed,
+                &history,
+            )
+            .await;
+            Some(applied)
+        }
         (None, Some(write)) => panic!("{id}: in-flight {write:?} on a profile never created"),
         (_, Some(write)) => panic!("{id}: {write:?} is not a profile write"),
     };
@@ -748,6 +1097,111 @@ async fn check_profile(clients: &mut Clients, model: &mut ClientModel, id: &str)
     }
     model.profiles.insert(id.to_owned(), observed);
     applied
+}
+
+/// Resolves an in-flight subscription write to `service`: wholly applied
+/// (the status it sets, exactly one history entry if the status changed, a
+/// token used up) or not at all. Forgets the tokens that no longer confirm.
+async fn check_pending_subscription(
+    clients: &mut Clients,
+    id: &str,
+    write: &Write,
+    service: &str,
+    known: &ProfileModel,
+    observed: &mut ProfileModel,
+    history: &[ConsentHistoryEntry],
+) -> bool {
+    assert!(
+        known.emails == observed.emails
+            && known.phones == observed.phones
+            && known.consent == observed.consent,
+        "{id}: in-flight {write:?} changed more than a subscription: {known:?} → {observed:?}"
+    );
+    let others = |m: &BTreeMap<String, Subscription>| {
+        m.iter()
+            .filter(|(s, _)| s.as_str() != service)
+            .map(|(_, sub)| sub.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        others(&known.subscriptions),
+        others(&observed.subscriptions),
+        "{id}: in-flight {write:?} changed another service's subscription"
+    );
+    let len = observed.history_len;
+    let before = known.subscriptions.get(service);
+    let after = observed.subscriptions.get(service);
+    if before == after && len == known.history_len {
+        // Not applied, or changing nothing. A new token for a pending
+        // subscription sent in the same millisecond as the old one would
+        // look the same: the old token may no longer work.
+        if matches!(write, Write::Subscribe { .. }) {
+            observed.tokens.remove(service);
+        }
+        return false;
+    }
+    let after = after
+        .unwrap_or_else(|| panic!("{id}: in-flight {write:?} removed the subscription"))
+        .clone();
+    let expected = match write {
+        Write::Subscribe { .. } if double_opt_in(service) => {
+            SubscriptionStatus::PendingConfirmation
+        }
+        Write::Subscribe { .. } | Write::Confirm { .. } => SubscriptionStatus::Active,
+        _ => SubscriptionStatus::Unsubscribed,
+    };
+    assert_eq!(
+        after.status(),
+        expected,
+        "{id}: in-flight {write:?} left {after:?}"
+    );
+    let old = before.map_or(SubscriptionStatus::Unspecified, Subscription::status);
+    if old == expected {
+        // Only a new token for a pending subscription keeps the status; it
+        // writes no history entry and keeps the time of the change.
+        assert!(
+            matches!(write, Write::Subscribe { .. })
+                && old == SubscriptionStatus::PendingConfirmation,
+            "{id}: in-flight {write:?} changed {before:?} → {after:?} without a change of status"
+        );
+        assert_eq!(
+            len, known.history_len,
+            "{id}: a new token wrote a history entry"
+        );
+        assert_eq!(
+            before.and_then(|b| b.changed_at),
+            after.changed_at,
+            "{id}: a new token changed the time of the subscription"
+        );
+    } else {
+        assert_eq!(
+            len,
+            known.history_len + 1,
+            "{id}: in-flight {write:?}: subscription changed without exactly one history entry: {before:?} → {after:?}"
+        );
+        let newest = &history[0];
+        assert!(
+            newest.service_id == service
+                && newest.old_subscription_status() == old
+                && newest.new_subscription_status() == expected,
+            "{id}: in-flight {write:?}, newest entry {newest:?}"
+        );
+    }
+    // The token held before is used up by the confirmation, superseded by a
+    // new token or by the unsubscription.
+    let held = observed.tokens.remove(service);
+    match (write, held) {
+        (Write::Confirm { token, .. }, _) => {
+            let what = format!("{id}: the token of an applied confirmation");
+            assert_token_refused(clients, &what, token, "TOKEN_ALREADY_USED").await;
+        }
+        (_, Some(token)) => {
+            let what = format!("{id}: a token replaced by an applied {write:?}");
+            assert_token_refused(clients, &what, &token, "TOKEN_SUPERSEDED").await;
+        }
+        (_, None) => {}
+    }
+    true
 }
 
 /// Reads one address back, checks it against the model and the profiles
@@ -864,6 +1318,115 @@ async fn check_address(
     applied
 }
 
+/// The subscribers of a service, by profile id, optionally only those with
+/// one status.
+async fn list_subscribers(
+    clients: &mut Clients,
+    service: &str,
+    status: SubscriptionStatus,
+) -> Vec<(String, SubscriptionStatus)> {
+    let mut subscribers = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = clients
+            .subscriptions
+            .list_subscribers(pb::ListSubscribersRequest {
+                tenant: TENANT.into(),
+                service_id: service.into(),
+                status: status.into(),
+                page_size: PAGE_SIZE,
+                page_token,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ListSubscribers {service} {status:?}: {e:?}"))
+            .into_inner();
+        subscribers.extend(
+            page.subscribers
+                .into_iter()
+                .map(|s| (s.profile_id.clone(), s.status())),
+        );
+        if page.next_page_token.is_empty() {
+            return subscribers;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The service → subscriber index agrees with the client's profiles'
+/// subscriptions (as just read back), unfiltered and filtered by status.
+async fn check_subscribers(clients: &mut Clients, model: &ClientModel, service: &str) {
+    let statuses = [
+        SubscriptionStatus::Unspecified,
+        SubscriptionStatus::PendingConfirmation,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::Unsubscribed,
+    ];
+    for filter in statuses {
+        let listed: Vec<(String, SubscriptionStatus)> = list_subscribers(clients, service, filter)
+            .await
+            .into_iter()
+            .filter(|(id, _)| model.profile_ids.contains(id))
+            .collect();
+        let expected: Vec<(String, SubscriptionStatus)> = model
+            .profiles
+            .iter()
+            .filter_map(|(id, p)| Some((id.clone(), p.subscriptions.get(service)?.status())))
+            .filter(|(_, status)| filter == SubscriptionStatus::Unspecified || *status == filter)
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "client {}: ListSubscribers {service} {filter:?} does not match the profiles' subscriptions",
+            model.client
+        );
+    }
+}
+
+/// Creates the [`SERVICES`] (already existing is fine) and checks that they
+/// are all there, as created.
+async fn ensure_services(addr: SocketAddr) {
+    let mut clients = Clients::new(connect(addr).await);
+    for (service, channel, double_opt_in) in SERVICES {
+        match clients
+            .subscriptions
+            .create_service(pb::CreateServiceRequest {
+                tenant: TENANT.into(),
+                service_id: service.into(),
+                name: format!("Crash cycle {service}"),
+                channel: channel.into(),
+                double_opt_in,
+                context: context(Source::Operator),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::AlreadyExists => {}
+            Err(status) => panic!("CreateService {service}: {status:?}"),
+        }
+    }
+    let listed = clients
+        .subscriptions
+        .list_services(pb::ListServicesRequest {
+            tenant: TENANT.into(),
+            page_size: PAGE_SIZE,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ListServices: {e:?}"))
+        .into_inner();
+    let mut found: Vec<(String, Channel, bool)> = listed
+        .services
+        .iter()
+        .map(|s| (s.service_id.clone(), s.channel(), s.double_opt_in))
+        .collect();
+    found.sort();
+    let mut expected: Vec<(String, Channel, bool)> = SERVICES
+        .iter()
+        .map(|(id, channel, double)| ((*id).to_owned(), *channel, *double))
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected, "the services");
+}
+
 /// Checks everything a client owns; profiles first, since the address index
 /// is checked against them.
 async fn check_client(addr: SocketAddr, mut model: ClientModel) -> ClientModel {
@@ -876,9 +1439,18 @@ async fn check_client(addr: SocketAddr, mut model: ClientModel) -> ClientModel {
     for address in addresses {
         outcome = outcome.or(check_address(&mut clients, &mut model, &address).await);
     }
+    for (service, _, _) in SERVICES {
+        check_subscribers(&mut clients, &model, service).await;
+    }
     match (model.pending.take(), outcome) {
-        (Some(_), Some(true)) => model.pending_applied += 1,
-        (Some(_), Some(false) | None) => model.pending_lost += 1,
+        (Some(write), Some(true)) => {
+            model.pending_applied += 1;
+            model.pending_subscriptions_applied += u64::from(write.service().is_some());
+        }
+        (Some(write), Some(false) | None) => {
+            model.pending_lost += 1;
+            model.pending_subscriptions_lost += u64::from(write.service().is_some());
+        }
         (None, _) => {}
     }
     model
@@ -928,6 +1500,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         .collect();
     let mut server = ServerProcess::start(data_dir.path());
     let mut addr = server.wait_listening().await;
+    ensure_services(addr).await;
 
     for cycle in 1..=cycles {
         // Write from every client until the kill.
@@ -951,6 +1524,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         // Restart and read everything back.
         server = ServerProcess::start(data_dir.path());
         addr = server.wait_listening().await;
+        ensure_services(addr).await;
         let mut checks = Vec::new();
         for model in models.drain(..) {
             checks.push(tokio::spawn(check_client(addr, model)));
@@ -970,8 +1544,32 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         acknowledged >= u64::from(cycles),
         "the clients got only {acknowledged} writes acknowledged in {cycles} cycles"
     );
+    let [subscribed, confirmed, unsubscribed] = models.iter().fold([0u64; 3], |mut sum, m| {
+        for (total, n) in sum.iter_mut().zip(m.acknowledged_subscriptions) {
+            *total += n;
+        }
+        sum
+    });
+    if cycles >= 10 {
+        // Hundreds of subscription writes are expected: none of a kind means
+        // the client never picks it (e.g. never holds a token).
+        assert!(
+            subscribed > 0 && confirmed > 0 && unsubscribed > 0,
+            "subscription writes acknowledged: subscribe {subscribed}, confirm {confirmed}, unsubscribe {unsubscribed}"
+        );
+    }
     eprintln!(
-        "crash-cycle: {cycles} cycles, {acknowledged} acknowledged writes checked in {:?}",
-        started.elapsed()
+        "crash-cycle: {cycles} cycles, {acknowledged} acknowledged writes checked in {:?}; \
+         subscription writes acknowledged: subscribe {subscribed}, confirm {confirmed}, \
+         unsubscribe {unsubscribed}; in flight at a kill: applied {} / not applied or changing nothing {}",
+        started.elapsed(),
+        models
+            .iter()
+            .map(|m| m.pending_subscriptions_applied)
+            .sum::<u64>(),
+        models
+            .iter()
+            .map(|m| m.pending_subscriptions_lost)
+            .sum::<u64>(),
     );
 }
