@@ -68,8 +68,11 @@ fn parse_trace(text: &str) -> Vec<Call> {
     let mut calls = Vec::new();
     let mut unfinished: HashMap<String, (String, String, f64)> = HashMap::new();
     for line in text.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(time), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // strace pads the pid to five columns: `2990  1795609018.197346 ...`.
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((time, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(time) = time.parse::<f64>() else {
