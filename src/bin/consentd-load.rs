@@ -78,9 +78,14 @@ struct Target {
 struct BenchArgs {
     #[command(flatten)]
     target: Target,
-    /// Concurrent clients, each with its own connection and one request in flight.
+    /// Concurrent clients, each with one request in flight.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
+    /// HTTP/2 connections the clients share, each carrying the requests of
+    /// clients/connections of them as concurrent streams (0: one connection
+    /// per client).
+    #[arg(long, default_value_t = 0)]
+    connections: usize,
     /// How long each client count is measured.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -250,13 +255,7 @@ impl Server {
 
     /// CPU time the server has used (user + system), from /proc/<pid>/stat.
     fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // Linux reports these in clock ticks of 1/100 s (USER_HZ) on every common platform.
-        Some(Duration::from_millis(ticks * 10))
+        cpu_time(&self.pid?.to_string())
     }
 
     /// The server's resident set size in KiB, from /proc/<pid>/status.
@@ -281,6 +280,16 @@ impl Drop for Server {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// CPU time (user + system) of process `pid` (or `self`), from /proc/<pid>/stat.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in clock ticks of 1/100 s (USER_HZ) on every common platform.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 async fn connect(addr: SocketAddr) -> Result<Channel, Error> {
@@ -370,8 +379,12 @@ async fn toggle(
 /// The result of one client count.
 struct Measured {
     clients: usize,
+    /// HTTP/2 connections the clients shared.
+    connections: usize,
     /// Server CPU time (user + system) during the measured part, if known.
     server_cpu: Option<Duration>,
+    /// This load generator's CPU time during the measured part, if known.
+    client_cpu: Option<Duration>,
     writes: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
@@ -381,7 +394,15 @@ async fn bench(args: BenchArgs) -> Result<(), Error> {
     let server = Server::start(&args.target)?;
     let mut results = Vec::new();
     for (round, &clients) in args.clients.iter().enumerate() {
-        let measured = bench_round(&server, round, clients, args.warmup, args.duration).await?;
+        let measured = bench_round(
+            &server,
+            round,
+            clients,
+            args.connections,
+            args.warmup,
+            args.duration,
+        )
+        .await?;
         eprintln!(
             "{clients} clients: {} writes in {:.1} s",
             measured.writes,
@@ -389,18 +410,24 @@ async fn bench(args: BenchArgs) -> Result<(), Error> {
         );
         results.push(measured);
     }
-    println!("| clients | durable writes/s | p50 | p99 | max | server CPU per write |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| clients | connections | durable writes/s | p50 | p99 | max | server CPU per write | client CPU per write |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in &results {
         let per_s = m.writes as f64 / m.elapsed.as_secs_f64();
         let ms = |us: u64| us as f64 / 1000.0;
-        let cpu = m.server_cpu.map_or_else(
-            || "?".to_owned(),
-            |cpu| format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / m.writes.max(1) as f64),
-        );
+        let per_write = |cpu: Option<Duration>| {
+            cpu.map_or_else(
+                || "?".to_owned(),
+                |cpu| format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / m.writes.max(1) as f64),
+            )
+        };
+        let (cpu, client_cpu) = (per_write(m.server_cpu), per_write(m.client_cpu));
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {cpu} |",
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {cpu} | {client_cpu} |",
             m.clients,
+            m.connections,
             per_s,
             ms(m.latency.value_at_quantile(0.5)),
             ms(m.latency.value_at_quantile(0.99)),
@@ -412,17 +439,28 @@ async fn bench(args: BenchArgs) -> Result<(), Error> {
 }
 
 /// `clients` writers, each toggling its own profile's e-mail consent with
-/// one request in flight, measured after the warm-up.
+/// one request in flight, over `connections` shared connections (0: one
+/// each), measured after the warm-up.
 async fn bench_round(
     server: &Server,
     round: usize,
     clients: usize,
+    connections: usize,
     warmup: Duration,
     duration: Duration,
 ) -> Result<Measured, Error> {
+    let connections = if connections == 0 {
+        clients
+    } else {
+        connections.min(clients)
+    };
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(connect(server.addr).await?);
+    }
     let mut writers = Vec::with_capacity(clients);
     for client in 0..clients {
-        let channel = connect(server.addr).await?;
+        let channel = channels[client % connections].clone();
         let id = format!("bench-r{round}-c{client}");
         upsert(
             &mut ProfileServiceClient::new(channel.clone()),
@@ -457,16 +495,22 @@ async fn bench_round(
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_from = server.cpu_time();
+    let client_from = cpu_time("self");
     tokio::time::sleep_until(end.into()).await;
     let cpu_to = server.cpu_time();
+    let client_to = cpu_time("self");
     let mut latency = new_histogram()?;
     for task in tasks {
         latency.add(task.await??)?;
     }
     Ok(Measured {
         clients,
+        connections,
         server_cpu: cpu_from
             .zip(cpu_to)
+            .map(|(from, to)| to.saturating_sub(from)),
+        client_cpu: client_from
+            .zip(client_to)
             .map(|(from, to)| to.saturating_sub(from)),
         writes: latency.len(),
         elapsed: end.saturating_duration_since(measure_from),
