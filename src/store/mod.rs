@@ -142,6 +142,31 @@ pub struct Store {
     _dir_lock: DirLock,
 }
 
+/// How long [`open_sled`] waits for sled's own file lock.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens sled in `dir`, whose [`DirLock`] this process holds. If sled's own
+/// lock on `db` is still taken, it can only be by this process: a store
+/// dropped a moment ago whose sled threads are still winding down (an
+/// in-process restart, as in tests). Wait for them, briefly.
+fn open_sled(dir: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            // sled wraps the OS error in a message ("could not acquire lock on ...").
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                // A blocking wait is right here: opening runs before serving, off the async workers.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`. Fails with [`StoreError::InUse`]
     /// when another process has it open.
@@ -151,7 +176,7 @@ impl Store {
             source,
         })?;
         let dir_lock = DirLock::acquire(dir)?;
-        let db = sled::Config::new().path(dir).open()?;
+        let db = open_sled(dir)?;
         // sled never fsyncs the directory. fdatasync of `db` makes its
         // contents durable but, by POSIX, not its name in the directory when
         // the file is new: sync the directory once, before any write is
