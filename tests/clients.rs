@@ -14,8 +14,9 @@
 //! languages"). When one is missing, its test is skipped with a message, unless
 //! `CI` is set: then it fails.
 
-#[path = "support/binary.rs"]
-mod binary;
+mod common;
+
+use common::process::ServerProcess;
 
 use std::{
     path::{Path, PathBuf},
@@ -171,8 +172,8 @@ fn shortened_output_matching() {
     assert!(matches_shortened("[ … one: eligible … ]", "[{\"id\": \"one\"}]").is_ok());
 }
 
-#[test]
-fn the_readme_grpcurl_walk_through_runs_as_written() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grpcurl_walk_through_runs_as_written() {
     let tools = root().join(".venv-tools/bin");
     let install = "python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/grpcurl-requirements.txt";
     if !tool_present(&tools.join("grpcurl"), install) {
@@ -181,7 +182,7 @@ fn the_readme_grpcurl_walk_through_runs_as_written() {
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
     let blocks = fenced_blocks(&readme, "## A walk-through with grpcurl");
     let data_dir = tempfile::tempdir().expect("temporary directory");
-    let (_server, addr) = binary::Consentd::start(data_dir.path(), "info", &[]);
+    let (_server, addr) = ServerProcess::serve(data_dir.path(), "info", &[]).await;
     let path = format!(
         "{}:{}",
         tools.display(),

@@ -1,13 +1,11 @@
 //! Metrics and request ids: a real server is scraped over HTTP after known
 //! calls, and every answer carries the request's `x-request-id`.
 
-#[path = "support/binary.rs"]
-mod binary;
 mod common;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-use common::*;
+use common::{process, *};
 use consentd::{
     clock::{Clock, ManualClock},
     metrics,
@@ -412,13 +410,14 @@ async fn every_answer_carries_the_request_id_sent_or_a_generated_one() {
 #[tokio::test]
 async fn the_binary_serves_metrics_and_logs_the_request_id_in_the_span() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
-    let (mut server, addr) = binary::Consentd::start(
+    let (mut server, addr) = process::ServerProcess::serve(
         data_dir.path(),
         "info,consentd=debug",
         &["--metrics-listen", "127.0.0.1:0"],
-    );
-    let metrics_line = server.wait_for_line("metrics on http://");
-    let metrics_addr: SocketAddr = binary::after(&metrics_line, "metrics on http://")
+    )
+    .await;
+    let metrics_line = server.wait_for_line("metrics on http://").await;
+    let metrics_addr: SocketAddr = process::after(&metrics_line, "metrics on http://")
         .trim_end_matches("/metrics")
         .parse()
         .expect("the metrics address");
@@ -438,7 +437,7 @@ async fn the_binary_serves_metrics_and_logs_the_request_id_in_the_span() {
     assert_eq!(request_id(refused.metadata()), "trace-me-42");
 
     // The refusal is logged at debug inside the request's span, which names the id.
-    let line = server.wait_for_line("request refused");
+    let line = server.wait_for_line("request refused").await;
     assert!(line.contains(r#"request_id="trace-me-42""#), "{line}");
     assert!(line.contains("UpsertProfile"), "{line}");
 
@@ -467,13 +466,14 @@ async fn a_request_refused_by_access_control_is_counted_and_carries_its_id() {
     .expect("write the key file");
     let store_dir = data_dir.path().join("store");
     let key_path = key_file.to_str().expect("UTF-8 path");
-    let (mut server, addr) = binary::Consentd::start(
+    let (mut server, addr) = process::ServerProcess::serve(
         &store_dir,
         "info",
         &["--auth-keys", key_path, "--metrics-listen", "127.0.0.1:0"],
-    );
-    let metrics_line = server.wait_for_line("metrics on http://");
-    let metrics_addr: SocketAddr = binary::after(&metrics_line, "metrics on http://")
+    )
+    .await;
+    let metrics_line = server.wait_for_line("metrics on http://").await;
+    let metrics_addr: SocketAddr = process::after(&metrics_line, "metrics on http://")
         .trim_end_matches("/metrics")
         .parse()
         .expect("the metrics address");

@@ -50,6 +50,23 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
+    /// Starts `consentd serve --listen 127.0.0.1:0 --data-dir <dir> <extra...>`
+    /// with `RUST_LOG=<log>`, and waits until it listens.
+    pub(crate) async fn serve(
+        data_dir: &Path,
+        log: &str,
+        extra: &[&str],
+    ) -> (ServerProcess, SocketAddr) {
+        let mut command = Command::new(CONSENTD_BIN);
+        command
+            .args(serve_args(data_dir))
+            .args(extra)
+            .env("RUST_LOG", log);
+        let mut server = Self::spawn(command);
+        let addr = server.wait_listening().await;
+        (server, addr)
+    }
+
     /// Starts `consentd` with exactly these arguments.
     pub(crate) fn start_with<S: AsRef<OsStr>>(args: &[S]) -> ServerProcess {
         let mut command = Command::new(CONSENTD_BIN);
@@ -60,8 +77,10 @@ impl ServerProcess {
     /// Starts `command` (consentd itself, or a wrapper such as strace that
     /// runs it), with info logs on a piped stderr.
     pub(crate) fn spawn(mut command: Command) -> ServerProcess {
+        if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -158,25 +177,30 @@ impl ServerProcess {
         (status, self.stderr_text())
     }
 
-    /// Reads stderr until a line containing `needle`.
-    pub(crate) async fn wait_for_line(&mut self, needle: &str) {
+    /// The first stderr line containing `needle`: one already read, or the
+    /// next one to come.
+    pub(crate) async fn wait_for_line(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|line| line.contains(needle)) {
+            return line.clone();
+        }
         let read = async {
             while let Some(line) = self.stderr_lines.recv().await {
                 let line = strip_ansi(&line);
                 let found = line.contains(needle);
-                self.seen.push(line);
+                self.seen.push(line.clone());
                 if found {
-                    return true;
+                    return Some(line);
                 }
             }
-            false
+            None
         };
-        let found = tokio::time::timeout(PROCESS_TIMEOUT, read).await;
-        assert!(
-            matches!(found, Ok(true)),
-            "consentd never logged {needle:?}; stderr:\n{}",
-            self.stderr_text()
-        );
+        match tokio::time::timeout(PROCESS_TIMEOUT, read).await {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "consentd never logged {needle:?}; stderr:\n{}",
+                self.stderr_text()
+            ),
+        }
     }
 
     /// Sends SIGTERM (the polite stop) with the system's `kill`.
@@ -234,4 +258,12 @@ pub(crate) async fn connect(addr: SocketAddr) -> GrpcChannel {
         .connect()
         .await
         .expect("connect to consentd")
+}
+
+/// The first whitespace-separated word after `marker` in `line`.
+pub(crate) fn after<'a>(line: &'a str, marker: &str) -> &'a str {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
 }
