@@ -5,6 +5,11 @@
 
 mod tools;
 
+/// mimalloc instead of the system allocator: allocation was 11% of the
+/// server's CPU samples on the write path (README, "Durable writes, measured").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
     time::Duration,

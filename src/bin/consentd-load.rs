@@ -11,6 +11,11 @@
 //! this one) on a fresh data directory, and stops it with SIGTERM at the end.
 //! This is a tool, not a test: the numbers depend on the machine.
 
+/// mimalloc, like the server: the load generator shares the machine's cores
+/// with the server it measures, so its own allocations should cost little.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
