@@ -249,13 +249,18 @@ pub(crate) fn import(args: &ImportArgs) -> ExitCode {
             by_type(&summary.restored),
             summary.rejected
         );
-        Ok(if summary.rejected > 0 {
-            ExitCode::from(EXIT_REJECTED)
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(exit_for_rejected(summary.rejected))
     };
     run().unwrap_or_else(|code| code)
+}
+
+/// 65 when some lines or rows were rejected (the rest was imported), else 0.
+fn exit_for_rejected(rejected: u64) -> ExitCode {
+    if rejected > 0 {
+        ExitCode::from(EXIT_REJECTED)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
@@ -302,11 +307,7 @@ pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
             summary.unchanged,
             summary.rejected
         );
-        Ok(if summary.rejected > 0 {
-            ExitCode::from(EXIT_REJECTED)
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(exit_for_rejected(summary.rejected))
     };
     run().unwrap_or_else(|code| code)
 }

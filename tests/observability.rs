@@ -23,7 +23,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::oneshot,
 };
-use tonic::{Code, Request, metadata::MetadataMap, transport::Endpoint};
+use tonic::{Code, Request, metadata::MetadataMap};
 
 /// Scrapes before giving up on seeing an abandoned stream counted (the
 /// server learns of it asynchronously, from the client's RST_STREAM).
@@ -138,11 +138,7 @@ async fn counters_move_by_exactly_the_calls_made() {
     let server = tokio::spawn(run(app, listener, async move {
         let _ = stopped.await;
     }));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("URI")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = process::connect(addr).await;
     let mut profiles = ProfileServiceClient::new(channel.clone());
     let mut consent = ConsentServiceClient::new(channel.clone());
     let mut eligibility = EligibilityServiceClient::new(channel.clone());
@@ -407,6 +403,15 @@ async fn every_answer_carries_the_request_id_sent_or_a_generated_one() {
     assert_generated(&request_id(answer.metadata()));
 }
 
+/// The address of `/metrics`, from the line the server logs when it starts serving it.
+async fn metrics_address(server: &mut process::ServerProcess) -> SocketAddr {
+    let line = server.wait_for_line("metrics on http://").await;
+    process::after(&line, "metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("the metrics address")
+}
+
 #[tokio::test]
 async fn the_binary_serves_metrics_and_logs_the_request_id_in_the_span() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
@@ -416,17 +421,9 @@ async fn the_binary_serves_metrics_and_logs_the_request_id_in_the_span() {
         &["--metrics-listen", "127.0.0.1:0"],
     )
     .await;
-    let metrics_line = server.wait_for_line("metrics on http://").await;
-    let metrics_addr: SocketAddr = process::after(&metrics_line, "metrics on http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .expect("the metrics address");
+    let metrics_addr = metrics_address(&mut server).await;
 
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("URI")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = process::connect(addr).await;
     let refused = ProfileServiceClient::new(channel)
         .upsert_profile(with_id(
             upsert_request("dave", &["not-an-email"]),
@@ -472,16 +469,8 @@ async fn a_request_refused_by_access_control_is_counted_and_carries_its_id() {
         &["--auth-keys", key_path, "--metrics-listen", "127.0.0.1:0"],
     )
     .await;
-    let metrics_line = server.wait_for_line("metrics on http://").await;
-    let metrics_addr: SocketAddr = process::after(&metrics_line, "metrics on http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .expect("the metrics address");
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("URI")
-        .connect()
-        .await
-        .expect("connect");
+    let metrics_addr = metrics_address(&mut server).await;
+    let channel = process::connect(addr).await;
     let refused = ProfileServiceClient::new(channel)
         .get_profile(with_id(
             GetProfileRequest {
