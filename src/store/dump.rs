@@ -278,7 +278,7 @@ impl Store {
     /// Takes every lock stripe, in order: while the guards live, no write is
     /// between its read and its `apply_batch`, and no new write starts.
     /// Reads are not affected.
-    fn pause_writes(&self) -> Vec<MutexGuard<'_, ()>> {
+    pub(crate) fn pause_writes(&self) -> Vec<MutexGuard<'_, ()>> {
         self.locks
             .iter()
             .map(|stripe| stripe.lock().unwrap_or_else(|p| p.into_inner()))
@@ -345,7 +345,7 @@ impl Store {
             .map(|e| keys::address(tenant, &e.address))
             .collect();
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let _guards = self.lock(&key_refs);
+        let _guards = self.lock(&key_refs)?;
         let mut recorded = Vec::with_capacity(events.len());
         let mut batch = sled::Batch::default();
         let mut in_batch: HashSet<&[u8]> = HashSet::with_capacity(events.len());
@@ -435,7 +435,7 @@ impl Store {
     pub fn restore_all(&self, items: &[DumpItem]) -> Result<()> {
         let owners: Vec<Vec<u8>> = items.iter().map(owner_key).collect();
         let owner_refs: Vec<&[u8]> = owners.iter().map(Vec::as_slice).collect();
-        let _guards = self.lock(&owner_refs);
+        let _guards = self.lock(&owner_refs)?;
         let mut batch = sled::Batch::default();
         let mut read_in_batch: HashSet<&[u8]> = HashSet::new();
         for (item, owner) in items.iter().zip(&owners) {

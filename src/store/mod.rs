@@ -28,11 +28,12 @@ mod tenants;
 mod usage;
 
 use std::{
+    cell::Cell,
     collections::hash_map::DefaultHasher,
     fs::{File, OpenOptions},
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, TryLockError},
 };
 
 use sled::IVec;
@@ -55,6 +56,13 @@ pub use subscriptions::{
 /// How many lock stripes guard read-modify-write; two keys share a stripe
 /// with probability 1/1024, which only serialises them.
 const LOCK_STRIPES: usize = 1024;
+
+thread_local! {
+    /// True while [`Store::without_waiting`] runs on this thread: a lock
+    /// stripe held by another write is refused ([`StoreError::WouldWait`])
+    /// instead of waited for.
+    static NO_WAIT: Cell<bool> = const { Cell::new(false) };
+}
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +102,10 @@ pub enum StoreError {
     /// Making writes durable failed; they were not acknowledged.
     #[error("flush to disk failed: {0}")]
     Durability(Arc<std::io::Error>),
+    /// Under [`Store::without_waiting`], a write found its lock stripe held by
+    /// another write and changed nothing; run it again where it may wait.
+    #[error("the write would wait for a lock held by another write")]
+    WouldWait,
 }
 
 impl StoreError {
@@ -225,7 +237,28 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn lock<'a>(&'a self, keys: &[&[u8]]) -> Vec<MutexGuard<'a, ()>> {
+    /// Runs `work` on this thread with lock waits refused: a write whose
+    /// lock stripe another write holds (a write of the same key, or a backup
+    /// pausing every write) fails with [`StoreError::WouldWait`] at once,
+    /// before it changes anything. For callers that must not block, such as
+    /// an async worker: a write is a few point reads and inserts, but a
+    /// stripe can be held for a long time (a backup holds them all).
+    pub fn without_waiting<T>(&self, work: impl FnOnce(&Store) -> T) -> T {
+        /// Restores the flag even if `work` panics.
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                NO_WAIT.set(self.0);
+            }
+        }
+        let _restore = Restore(NO_WAIT.replace(true));
+        work(self)
+    }
+
+    /// Takes the lock stripes of `keys`, waiting for them, or refusing to
+    /// wait under [`Store::without_waiting`]. Every write takes its stripes
+    /// before it reads or writes anything, so a refusal changes nothing.
+    fn lock<'a>(&'a self, keys: &[&[u8]]) -> Result<Vec<MutexGuard<'a, ()>>> {
         let mut stripes: Vec<usize> = keys
             .iter()
             .map(|key| {
@@ -238,12 +271,19 @@ impl Store {
         // A fixed order prevents deadlock between writers that take two stripes.
         stripes.sort_unstable();
         stripes.dedup();
+        let no_wait = NO_WAIT.get();
         stripes
             .into_iter()
             .map(|i| {
-                self.locks[i]
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                let stripe = &self.locks[i];
+                if !no_wait {
+                    return Ok(stripe.lock().unwrap_or_else(|p| p.into_inner()));
+                }
+                match stripe.try_lock() {
+                    Ok(guard) => Ok(guard),
+                    Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+                    Err(TryLockError::WouldBlock) => Err(StoreError::WouldWait),
+                }
             })
             .collect()
     }
@@ -273,7 +313,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<Written<Profile>> {
         let key = keys::profile(tenant, id);
-        let _guard = self.lock(&[&key]);
+        let _guard = self.lock(&[&key])?;
         let old = self.profile(tenant, id)?;
         let mut batch = sled::Batch::default();
         let (profile, created) = match old {
@@ -321,7 +361,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<Option<Written<Profile>>> {
         let key = keys::profile(tenant, id);
-        let _guard = self.lock(&[&key]);
+        let _guard = self.lock(&[&key])?;
         let Some(mut profile) = self.profile(tenant, id)? else {
             return Ok(None);
         };
@@ -442,8 +482,8 @@ impl Store {
             _ => None,
         };
         let _guard = match &event_key {
-            Some(event_key) => self.lock(&[&key, event_key]),
-            None => self.lock(&[&key]),
+            Some(event_key) => self.lock(&[&key, event_key])?,
+            None => self.lock(&[&key])?,
         };
         let old = self.read_address_state(&key)?;
         let duplicate = match &event_key {
@@ -886,6 +926,50 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(2, 4), (1, 2)]
         );
+    }
+
+    #[test]
+    fn a_write_that_would_wait_is_refused_before_it_changes_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let t = tenant();
+        store
+            .upsert_profile(&t, &pid(0), ProfileAddresses::default(), 1)
+            .expect("upsert");
+        let out = Scope::Channel(Channel::Email);
+        let opt_out =
+            |store: &Store| store.set_consent(&t, &pid(0), out, ConsentStatus::OptedOut, &ctx(), 2);
+        {
+            // As a backup does: every stripe held by someone else.
+            let _paused = store.pause_writes();
+            let refused = std::thread::scope(|s| {
+                s.spawn(|| store.without_waiting(opt_out))
+                    .join()
+                    .expect("no panic")
+            });
+            assert!(matches!(refused, Err(StoreError::WouldWait)), "{refused:?}");
+            let profile = store.profile(&t, &pid(0)).expect("read").expect("exists");
+            assert_eq!(profile.history_seq, 0, "nothing was written");
+        }
+        // The flag is this thread's and only for the call: it is off again.
+        assert!(!NO_WAIT.get());
+        // With the stripe free, the same call goes through.
+        let written = store
+            .without_waiting(opt_out)
+            .expect("written")
+            .expect("profile exists");
+        assert!(written.changed);
+        assert_eq!(written.value.history_seq, 1);
+        // Waiting is the default: a write queued behind a held stripe goes
+        // through once it is released.
+        let paused = store.pause_writes();
+        std::thread::scope(|s| {
+            let waiting =
+                s.spawn(|| store.set_consent(&t, &pid(0), out, ConsentStatus::OptedIn, &ctx(), 3));
+            drop(paused);
+            let written = waiting.join().expect("no panic").expect("written");
+            assert!(written.expect("profile exists").changed);
+        });
     }
 
     #[tokio::test]

@@ -63,7 +63,7 @@ impl Store {
         // One stripe for every service of the tenant: the count check and the
         // insert must not interleave with another creation.
         let prefix = keys::services_prefix(tenant);
-        let _guard = self.lock(&[&prefix]);
+        let _guard = self.lock(&[&prefix])?;
         if let Some(existing) = self.service(tenant, &service.id)? {
             return Ok(Created::Exists(existing));
         }
@@ -158,7 +158,7 @@ impl Store {
         token: impl FnOnce() -> Token,
     ) -> Result<Option<Written<Subscribed>>> {
         let profile_key = keys::profile(tenant, profile_id);
-        let _guard = self.lock(&[&profile_key]);
+        let _guard = self.lock(&[&profile_key])?;
         let Some(mut profile) = self.profile(tenant, profile_id)? else {
             return Ok(None);
         };
@@ -212,7 +212,7 @@ impl Store {
             return Ok(Err(ConfirmRefusal::Unknown));
         };
         let profile_key = keys::profile(tenant, &record.profile_id);
-        let _guard = self.lock(&[&profile_key, &token_key]);
+        let _guard = self.lock(&[&profile_key, &token_key])?;
         // Read again under the lock: a concurrent confirmation may have used it.
         let Some(record) = self.token_record(&token_key)? else {
             return Ok(Err(ConfirmRefusal::Unknown));
@@ -267,7 +267,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<Option<Written<Option<Subscription>>>> {
         let profile_key = keys::profile(tenant, profile_id);
-        let _guard = self.lock(&[&profile_key]);
+        let _guard = self.lock(&[&profile_key])?;
         let Some(mut profile) = self.profile(tenant, profile_id)? else {
             return Ok(None);
         };

@@ -21,7 +21,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<Written<TenantSettings>> {
         let key = keys::tenant_settings(tenant);
-        let _guard = self.lock(&[&key]);
+        let _guard = self.lock(&[&key])?;
         let mut settings = self.tenant_settings(tenant)?;
         let changed = settings.apply(update, now);
         if changed {

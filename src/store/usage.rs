@@ -27,7 +27,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<Written<UsageOptOut>> {
         let key = keys::usage_opt_out(tenant, user);
-        let _guard = self.lock(&[&key]);
+        let _guard = self.lock(&[&key])?;
         if let Some(existing) = self.usage_opt_out(tenant, user)? {
             return Ok(Written {
                 value: existing,
@@ -51,7 +51,7 @@ impl Store {
     /// Opts a user back in. `changed` is false when the user was not opted out.
     pub fn opt_in_usage(&self, tenant: &Tenant, user: &UserId) -> Result<Written<()>> {
         let key = keys::usage_opt_out(tenant, user);
-        let _guard = self.lock(&[&key]);
+        let _guard = self.lock(&[&key])?;
         let changed = self.db.contains_key(&key)?;
         if changed {
             let mut batch = sled::Batch::default();
