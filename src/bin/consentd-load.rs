@@ -134,7 +134,14 @@ enum Workload {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: the load generator shares the cores with the server it
+    // measures, so it takes at most one of them, and its tasks wake each
+    // other without crossing threads (28 -> 20 µs of its own CPU per write
+    // at 64 clients, against the default two-worker runtime).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the runtime: {error}");
@@ -271,7 +278,26 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stops a server this process started (SIGTERM: it drains, flushes and
+    /// exits 0) and waits for it off the runtime's one thread, which must go
+    /// on running the client connections' tasks so that they close when the
+    /// server asks them to; a blocking wait there would hold the server up
+    /// for its whole grace period.
+    async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+    }
+}
+
 impl Drop for Server {
+    /// The fallback of [`Server::stop`] (on an error): SIGTERM and a
+    /// blocking wait.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: the server drains, flushes and exits 0.
@@ -439,7 +465,7 @@ async fn bench(args: BenchArgs) -> Result<(), Error> {
             ms(m.latency.max()),
         );
     }
-    drop(server);
+    server.stop().await;
     Ok(())
 }
 
@@ -586,7 +612,7 @@ async fn soak(args: SoakArgs) -> Result<(), Error> {
         task.await??;
     }
     checker.await??;
-    drop(server);
+    server.stop().await;
     Ok(())
 }
 
