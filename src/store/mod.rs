@@ -878,14 +878,21 @@ mod tests {
         assert_eq!(holder, format!("pid {}", std::process::id()));
     }
 
-    #[test]
-    fn a_history_entry_whose_profile_write_is_missing_is_not_listed_and_is_overwritten() {
+    /// A new store holding profile `pid(0)` of `tenant()`, with no consent
+    /// yet; the directory lives as long as the returned guard.
+    fn store_with_one_profile() -> (tempfile::TempDir, Store, Tenant) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let t = tenant();
         store
             .upsert_profile(&t, &pid(0), ProfileAddresses::default(), 1)
             .expect("upsert");
+        (dir, store, t)
+    }
+
+    #[test]
+    fn a_history_entry_whose_profile_write_is_missing_is_not_listed_and_is_overwritten() {
+        let (_dir, store, t) = store_with_one_profile();
         let out = Scope::Channel(Channel::Email);
         store
             .set_consent(&t, &pid(0), out, ConsentStatus::OptedOut, &ctx(), 2)
@@ -930,12 +937,7 @@ mod tests {
 
     #[test]
     fn a_write_that_would_wait_is_refused_before_it_changes_anything() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        let t = tenant();
-        store
-            .upsert_profile(&t, &pid(0), ProfileAddresses::default(), 1)
-            .expect("upsert");
+        let (_dir, store, t) = store_with_one_profile();
         let out = Scope::Channel(Channel::Email);
         let opt_out =
             |store: &Store| store.set_consent(&t, &pid(0), out, ConsentStatus::OptedOut, &ctx(), 2);
