@@ -47,22 +47,22 @@ fn regime(settings: &TenantSettings, channel: Channel) -> i32 {
         .map_or(-1, |r| r.regime)
 }
 
+/// Settings that put SMS under the OPT_IN regime.
+fn sms_opt_in_regime() -> UpdateTenantSettingsRequest {
+    UpdateTenantSettingsRequest {
+        channel_regimes: vec![ChannelRegime {
+            channel: Channel::Sms as i32,
+            regime: ConsentRegime::OptIn as i32,
+        }],
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn opt_in_regime_needs_an_explicit_channel_opt_in() {
     let app = spawn_app().await;
     upsert(&app, "p1", &["p1@example.com"], &["+33612345678"]).await;
-    let (changed, settings) = update(
-        &app,
-        UpdateTenantSettingsRequest {
-            channel_regimes: vec![ChannelRegime {
-                channel: Channel::Sms as i32,
-                regime: ConsentRegime::OptIn as i32,
-            }],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
+    let (changed, settings) = update(&app, sms_opt_in_regime()).await.expect("update");
     assert!(changed);
     assert_eq!(regime(&settings, Channel::Sms), ConsentRegime::OptIn as i32);
     assert_eq!(
@@ -107,18 +107,7 @@ async fn opt_in_regime_needs_an_explicit_channel_opt_in() {
 
     // Settings survive a restart.
     let app = app.restart().await;
-    let (changed, _) = update(
-        &app,
-        UpdateTenantSettingsRequest {
-            channel_regimes: vec![ChannelRegime {
-                channel: Channel::Sms as i32,
-                regime: ConsentRegime::OptIn as i32,
-            }],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
+    let (changed, _) = update(&app, sms_opt_in_regime()).await.expect("update");
     assert!(!changed, "the regime was kept across the restart");
 }
 

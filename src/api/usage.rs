@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     app::App,
-    engine::{USAGE_EVENTS_MAX, USAGE_PAYLOAD_LEN_MAX, UserId},
+    engine::{ChangeContext, Tenant, USAGE_EVENTS_MAX, USAGE_PAYLOAD_LEN_MAX, UserId},
     error::Error,
     pb::{self, product_usage_service_server::ProductUsageService},
 };
@@ -29,11 +29,8 @@ impl ProductUsageService for UsageApi {
     ) -> Result<Response<pb::OptOutUserResponse>, Status> {
         let access = Access::of(&request, &self.app);
         let req = request.into_inner();
-        let mut check = Check::default();
-        let tenant = access.tenant(&mut check, &req.tenant)?;
-        let user = check.user_id("user_id", &req.user_id);
-        let context = access.context(&mut check, req.context.as_ref());
-        let (tenant, user, context) = check.finish((tenant, user, context))?;
+        let (tenant, user, context) =
+            user_change(&access, &req.tenant, &req.user_id, req.context.as_ref())?;
         let written = self.app.opt_out_usage(&tenant, &user, &context).await?;
         Ok(Response::new(pb::OptOutUserResponse {
             changed: written.changed,
@@ -47,11 +44,8 @@ impl ProductUsageService for UsageApi {
     ) -> Result<Response<pb::OptInUserResponse>, Status> {
         let access = Access::of(&request, &self.app);
         let req = request.into_inner();
-        let mut check = Check::default();
-        let tenant = access.tenant(&mut check, &req.tenant)?;
-        let user = check.user_id("user_id", &req.user_id);
-        let context = access.context(&mut check, req.context.as_ref());
-        let (tenant, user, context) = check.finish((tenant, user, context))?;
+        let (tenant, user, context) =
+            user_change(&access, &req.tenant, &req.user_id, req.context.as_ref())?;
         let written = self.app.opt_in_usage(&tenant, &user, &context).await?;
         Ok(Response::new(pb::OptInUserResponse {
             changed: written.changed,
@@ -152,4 +146,19 @@ impl ProductUsageService for UsageApi {
             dropped_count,
         }))
     }
+}
+
+/// The tenant, user and context of an opt-out or opt-in, each checked; every
+/// invalid field is reported at once.
+fn user_change(
+    access: &Access,
+    tenant: &str,
+    user_id: &str,
+    context: Option<&pb::ChangeContext>,
+) -> Result<(Tenant, UserId, ChangeContext), Error> {
+    let mut check = Check::default();
+    let tenant = access.tenant(&mut check, tenant)?;
+    let user = check.user_id("user_id", user_id);
+    let context = access.context(&mut check, context);
+    check.finish((tenant, user, context))
 }
