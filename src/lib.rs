@@ -4,7 +4,8 @@
 //! - [`api`]: the gRPC edge (tonic, prost), converting to and from domain types;
 //! - [`app`]: the operations, joining rules and store, owning durability;
 //! - [`engine`]: the rules (consent, quarantine, eligibility), pure;
-//! - [`store`]: the sled store behind a narrow interface;
+//! - [`store`]: the store interface and its implementations (sled, memory);
+//! - [`index`]: the in-memory decision index, fed by durable changes;
 //! - [`auth`]: API keys, roles and the permission table (no tonic), used by the edge.
 //!
 //! [`server::run`] serves it all; see ARCHITECTURE.md for the map.
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod index;
 pub mod metrics;
 pub mod request_id;
 pub mod server;

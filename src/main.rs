@@ -20,7 +20,7 @@ use consentd::{
     app::CONCURRENT_STREAMS_MAX_DEFAULT,
     auth::{KeySet, Role, Security, TenantScope, TlsPem},
     clock::SystemClock,
-    engine::QuarantineRules,
+    engine::{ADDRESS_LOG_EVENTS_MAX_DEFAULT, CHECKPOINT_EVERY, LogLimits, QuarantineRules},
     server::{self, App, Settings},
 };
 use tracing_subscriber::EnvFilter;
@@ -95,6 +95,18 @@ struct ServeArgs {
     /// The reset period when the last counted error was MAILBOX_FULL.
     #[arg(long, env = "CONSENTD_MAILBOX_FULL_RESET_PERIOD", default_value = "30d", value_parser = humantime::parse_duration)]
     mailbox_full_reset_period: Duration,
+    /// Late-event horizon: an address keeps the events of this long (by
+    /// event time) to place late feedback in order; older events are folded
+    /// into a checkpoint and dropped, as are feedback event-id markers.
+    #[arg(long, env = "CONSENTD_LATE_EVENT_HORIZON", default_value = "14d", value_parser = humantime::parse_duration)]
+    late_event_horizon: Duration,
+    /// Most events an address's log keeps, whatever their age.
+    #[arg(long, env = "CONSENTD_ADDRESS_LOG_EVENTS_MAX", default_value_t = ADDRESS_LOG_EVENTS_MAX_DEFAULT)]
+    address_log_events_max: u32,
+    /// Size of the store's page cache (sled), e.g. 64MiB. Decisions do not
+    /// read it: they read the in-memory decision index.
+    #[arg(long, env = "CONSENTD_CACHE_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    cache_size: u64,
     /// How long a double opt-in confirmation token works after Subscribe.
     #[arg(long, env = "CONSENTD_CONFIRMATION_TOKEN_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     confirmation_token_ttl: Duration,
@@ -138,6 +150,12 @@ impl ServeArgs {
         if self.max_concurrent_streams == 0 {
             return Err("--max-concurrent-streams must be at least 1".into());
         }
+        if self.address_log_events_max < 2 * CHECKPOINT_EVERY {
+            return Err(format!(
+                "--address-log-events-max must be at least {}",
+                2 * CHECKPOINT_EVERY
+            ));
+        }
         for (flag, value) in [
             (
                 "--significant-error-interval",
@@ -150,6 +168,7 @@ impl ServeArgs {
             ),
             ("--request-timeout", self.request_timeout),
             ("--confirmation-token-ttl", self.confirmation_token_ttl),
+            ("--late-event-horizon", self.late_event_horizon),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be longer than zero"));
@@ -164,10 +183,15 @@ impl ServeArgs {
                 error_reset_period: self.error_reset_period,
                 mailbox_full_reset_period: self.mailbox_full_reset_period,
             },
+            log_limits: LogLimits {
+                horizon: self.late_event_horizon,
+                events_max: self.address_log_events_max,
+            },
             confirmation_token_ttl: self.confirmation_token_ttl,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             max_concurrent_streams: self.max_concurrent_streams,
+            cache_bytes: Some(self.cache_size),
         })
     }
 }
@@ -303,6 +327,33 @@ fn serve(args: &ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// A byte size: a number with an optional unit (KiB, MiB, GiB; KB, MB, GB).
+fn parse_bytes(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size such as 64MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{raw:?} is too large"))?;
+    if bytes < 1 << 20 {
+        return Err(format!("{raw:?} is too small: at least 1MiB"));
+    }
+    Ok(bytes)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -20,6 +20,7 @@ use crate::{
 };
 
 pub use crate::app::{App, Settings};
+use crate::{app::RETENTION_SWEEP_EVERY, index::Readiness};
 pub use crate::store::StoreError as StartupError;
 
 /// HTTP/2 flow-control window per stream: a 10,000-decision batch answer
@@ -84,6 +85,74 @@ fn log_security(security: &Security) {
     }
 }
 
+/// The consent.v1 services, by their health-check names.
+const SERVICE_NAMES: [&str; 8] = [
+    "consent.v1.ProfileService",
+    "consent.v1.ConsentService",
+    "consent.v1.QuarantineService",
+    "consent.v1.EligibilityService",
+    "consent.v1.AdminService",
+    "consent.v1.TenantService",
+    "consent.v1.SubscriptionService",
+    "consent.v1.ProductUsageService",
+];
+/// The services that still answer once the store refuses writes: decisions
+/// (from the index) and reads.
+const READ_SERVICES: [&str; 1] = ["consent.v1.EligibilityService"];
+/// How often health looks whether the store has failed.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Builds the decision index (the server answers health meanwhile).
+async fn start(app: App) {
+    if let Err(error) = app.start().await {
+        tracing::error!(%error, "the decision index could not be built; decisions and writes are refused");
+    }
+}
+
+/// Keeps health in step with the server: NOT_SERVING while the decision
+/// index is built or if it failed; once the store refuses writes (a failed
+/// flush), NOT_SERVING overall and for every service that writes, while
+/// eligibility, which reads the index, stays SERVING.
+async fn follow_health(app: App, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let mut readiness = app.watch_readiness();
+    let mut shown = None;
+    loop {
+        let ready = *readiness.borrow_and_update() == Readiness::Ready;
+        let failed = app.store_failure().is_some();
+        let state = (ready, failed);
+        if shown != Some(state) {
+            let overall = if ready && !failed { Serving } else { NotServing };
+            health.set_service_status("", overall).await;
+            for name in SERVICE_NAMES {
+                let serving = ready && (!failed || READ_SERVICES.contains(&name));
+                let status = if serving { Serving } else { NotServing };
+                health.set_service_status(name, status).await;
+            }
+            if failed {
+                tracing::error!("the store refuses writes after a failed flush: health NOT_SERVING; restart the server");
+            }
+            shown = Some(state);
+        }
+        tokio::select! {
+            changed = readiness.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(HEALTH_POLL) => {}
+        }
+    }
+}
+
+/// Runs the retention sweep every [`RETENTION_SWEEP_EVERY`].
+async fn sweep(app: App) {
+    let mut every = tokio::time::interval(RETENTION_SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(error) = app.sweep().await {
+            tracing::warn!(%error, "retention sweep failed; it runs again later");
+        }
+    }
+}
+
 /// Serves every service on `listener` until `shutdown` resolves, then drains
 /// and makes the store durable.
 pub async fn run(
@@ -95,21 +164,20 @@ pub async fn run(
     let services = Services::new(&app);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let names = [
-        "consent.v1.ProfileService",
-        "consent.v1.ConsentService",
-        "consent.v1.QuarantineService",
-        "consent.v1.EligibilityService",
-        "consent.v1.AdminService",
-        "consent.v1.TenantService",
-        "consent.v1.SubscriptionService",
-        "consent.v1.ProductUsageService",
-    ];
-    for name in names {
+    // NOT_SERVING until the decision index is built (see `follow_health`).
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    for name in SERVICE_NAMES {
         health
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
             .await;
     }
+    let background = [
+        tokio::spawn(start(app.clone())),
+        tokio::spawn(follow_health(app.clone(), health.clone())),
+        tokio::spawn(sweep(app.clone())),
+    ];
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -124,10 +192,13 @@ pub async fn run(
     let drain = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
+        for task in background {
+            task.abort();
+        }
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        for name in names {
+        for name in SERVICE_NAMES {
             health
                 .set_service_status(name, tonic_health::ServingStatus::NotServing)
                 .await;

@@ -17,8 +17,8 @@ use consentd::{
         DataError, export::ExportSummary, export::write_records, import::import as import_lines,
         now_ms, record::Header, suppressions,
     },
-    engine::{QuarantineRules, Tenant},
-    store::{Store, StoreError},
+    engine::{LogLimits, QuarantineRules, Tenant},
+    store::{Store, StoreError, sled::SledStore},
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -124,8 +124,8 @@ fn tenant(raw: Option<&str>) -> Result<Option<Tenant>, ExitCode> {
     .transpose()
 }
 
-fn open(dir: &Path) -> Result<Store, ExitCode> {
-    Store::open(dir).map_err(|error| {
+fn open(dir: &Path) -> Result<SledStore, ExitCode> {
+    SledStore::open(dir).map_err(|error| {
         match error {
             StoreError::InUse { .. } => eprintln!(
                 "error: {error}\nA running server keeps its data directory: to copy its data \
@@ -148,8 +148,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 /// Waits until everything written is on disk.
-fn make_durable(store: &Store) -> Result<(), ExitCode> {
-    runtime()?.block_on(store.sync()).map_err(|e| {
+fn make_durable(store: &dyn Store, runtime: &tokio::runtime::Runtime) -> Result<(), ExitCode> {
+    runtime.block_on(store.sync()).map_err(|e| {
         eprintln!("error: writes could not be made durable: {e}");
         ExitCode::FAILURE
     })
@@ -231,17 +231,19 @@ pub(crate) fn import(args: &ImportArgs) -> ExitCode {
         })?;
         let len = file.metadata().map(|m| m.len()).ok();
         let store = open(&args.data_dir)?;
+        let runtime = runtime()?;
         let started = Instant::now();
         let progress = bar(len, "importing");
         let summary = import_lines(
             &store,
+            runtime.handle(),
             BufReader::with_capacity(1 << 20, file),
             |line, reason| progress.suspend(|| eprintln!("line {line}: rejected: {reason}")),
             |bytes| progress.set_position(bytes),
         )
         .map_err(|e| failed(&e))?;
         progress.finish_and_clear();
-        make_durable(&store)?;
+        make_durable(&store, &runtime)?;
         eprintln!(
             "done: restored {} records in {:.1} s ({}); {} lines rejected",
             summary.total(),
@@ -285,11 +287,14 @@ pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
             default_reason: args.reason.clone(),
             now: now_ms(),
             rules: QuarantineRules::default(),
+            limits: LogLimits::default(),
         };
+        let runtime = runtime()?;
         let started = Instant::now();
         let progress = bar(len, "importing suppressions");
         let summary = suppressions::import_csv(
             &store,
+            runtime.handle(),
             BufReader::with_capacity(1 << 20, file),
             &options,
             |line, reason| progress.suspend(|| eprintln!("line {line}: rejected: {reason}")),
@@ -297,7 +302,7 @@ pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
         )
         .map_err(|e| failed(&e))?;
         progress.finish_and_clear();
-        make_durable(&store)?;
+        make_durable(&store, &runtime)?;
         eprintln!(
             "done: {} rows in {:.1} s: {} quarantined, {} denylisted, {} unchanged, {} rejected",
             summary.rows,

@@ -59,7 +59,7 @@ impl AdminService for AdminApi {
         let records_total = u64::try_from(snapshot.len()).unwrap_or(u64::MAX);
         tracing::info!(
             records = records_total,
-            writes_paused_ms = snapshot.paused.as_secs_f64() * 1000.0,
+            writes_paused_ms = snapshot.paused().as_secs_f64() * 1000.0,
             "backup: records copied"
         );
         let header = Header::new(tenant.as_ref(), self.app.now());

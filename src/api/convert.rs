@@ -89,20 +89,6 @@ impl Check {
         self.field(field, ProfileId::parse(raw))
     }
 
-    /// A list of profile ids (`profile_ids[i]`), each checked.
-    pub(crate) fn profile_ids(&mut self, field: &str, raw: &[String]) -> Option<Vec<ProfileId>> {
-        let before = self.violations.len();
-        // The hot path: the field path is only formatted for an id that fails.
-        let mut ids = Vec::with_capacity(raw.len());
-        for (i, id) in raw.iter().enumerate() {
-            match ProfileId::parse(id) {
-                Ok(id) => ids.push(id),
-                Err(invalid) => self.violation(format!("{field}[{i}]"), invalid.0),
-            }
-        }
-        (self.violations.len() == before).then_some(ids)
-    }
-
     /// A required channel.
     pub(crate) fn channel(&mut self, field: &str, raw: i32) -> Option<Channel> {
         match pb::Channel::try_from(raw) {

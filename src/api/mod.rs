@@ -20,7 +20,6 @@ use crate::{
     app::App,
     pb::{
         admin_service_server::AdminServiceServer, consent_service_server::ConsentServiceServer,
-        eligibility_service_server::EligibilityServiceServer,
         product_usage_service_server::ProductUsageServiceServer,
         profile_service_server::ProfileServiceServer,
         quarantine_service_server::QuarantineServiceServer,
@@ -56,7 +55,7 @@ pub(crate) struct Services {
     /// `consent.v1.QuarantineService`.
     pub(crate) quarantine: QuarantineServiceServer<quarantine::QuarantineApi>,
     /// `consent.v1.EligibilityService`.
-    pub(crate) eligibility: EligibilityServiceServer<eligibility::EligibilityApi>,
+    pub(crate) eligibility: eligibility::EligibilityServer,
     /// `consent.v1.AdminService`.
     pub(crate) admin: AdminServiceServer<admin::AdminApi>,
     /// `consent.v1.TenantService`.
@@ -83,11 +82,11 @@ impl Services {
             })
             .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
             .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
-            eligibility: EligibilityServiceServer::new(eligibility::EligibilityApi {
-                app: app.clone(),
-            })
-            .max_decoding_message_size(DECODE_LIMIT_ELIGIBILITY_BYTES)
-            .max_encoding_message_size(ENCODE_LIMIT_ELIGIBILITY_BYTES),
+            eligibility: eligibility::EligibilityServer::new(
+                eligibility::EligibilityApi { app: app.clone() },
+                DECODE_LIMIT_ELIGIBILITY_BYTES,
+                ENCODE_LIMIT_ELIGIBILITY_BYTES,
+            ),
             admin: AdminServiceServer::new(admin::AdminApi { app: app.clone() })
                 .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
                 .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),

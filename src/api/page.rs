@@ -4,7 +4,7 @@
 //! stable across builds) makes a token from another query (another tenant,
 //! profile or filter) an `INVALID_ARGUMENT` instead of a wrong page.
 
-use crate::engine::Invalid;
+use crate::engine::{EventKey, Invalid};
 
 /// Default page size of every listing.
 pub(crate) const PAGE_SIZE_DEFAULT: usize = 100;
@@ -94,6 +94,34 @@ pub(crate) fn decode_seq(
         Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
             .map(|b| Some(u64::from_be_bytes(b)))
             .map_err(|_| Invalid("is not a valid page token".into())),
+    }
+}
+
+/// A token for an address-history cursor (event time, then sequence).
+pub(crate) fn encode_event_key(kind: TokenKind, query: &[&[u8]], key: EventKey) -> String {
+    let mut cursor = key.at.to_be_bytes().to_vec();
+    cursor.extend_from_slice(&key.sequence.to_be_bytes());
+    encode(kind, query, &cursor)
+}
+
+/// Reads an address-history cursor.
+pub(crate) fn decode_event_key(
+    kind: TokenKind,
+    query: &[&[u8]],
+    token: &str,
+) -> Result<Option<EventKey>, Invalid> {
+    match decode(kind, query, token)? {
+        None => Ok(None),
+        Some(bytes) => match <[u8; 16]>::try_from(bytes.as_slice()) {
+            Ok(b) => {
+                let (at, sequence) = b.split_at(8);
+                Ok(Some(EventKey {
+                    at: i64::from_be_bytes(at.try_into().unwrap_or_default()),
+                    sequence: u64::from_be_bytes(sequence.try_into().unwrap_or_default()),
+                }))
+            }
+            Err(_) => Err(Invalid("is not a valid page token".into())),
+        },
     }
 }
 

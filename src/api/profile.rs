@@ -58,7 +58,7 @@ impl ProfileService for ProfileApi {
         let tenant = access.tenant(&mut check, &req.tenant)?;
         let id = check.profile_id("profile_id", &req.profile_id);
         let (tenant, id) = check.finish((tenant, id))?;
-        let profile = self.app.profile(&tenant, &id)?;
+        let profile = self.app.profile(&tenant, &id).await?;
         Ok(Response::new(pb::GetProfileResponse {
             profile: Some(convert::profile_to_pb(&profile)),
         }))
@@ -172,7 +172,7 @@ impl ConsentService for ProfileApi {
         let tenant = access.tenant(&mut check, &req.tenant)?;
         let id = check.profile_id("profile_id", &req.profile_id);
         let (tenant, id) = check.finish((tenant, id))?;
-        let profile = self.app.profile(&tenant, &id)?;
+        let profile = self.app.profile(&tenant, &id).await?;
         Ok(Response::new(pb::GetConsentResponse {
             consent: Some(convert::consent_to_pb(&profile.consent)),
         }))

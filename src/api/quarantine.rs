@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     app::App,
-    engine::{AddressStatus, EventId},
+    engine::{AddressStatus, EventId, Placement},
     pb::{self, quarantine_service_server::QuarantineService},
 };
 
@@ -62,7 +62,8 @@ impl QuarantineService for QuarantineApi {
             .await?;
         Ok(Response::new(pb::RecordDeliveryFeedbackResponse {
             recorded: written.changed,
-            state: Some(convert::address_state_to_pb(&address, &written.value)),
+            state: Some(convert::address_state_to_pb(&address, &written.state)),
+            applied_in_arrival_order: written.placement == Some(Placement::ArrivalOrder),
         }))
     }
 
@@ -126,7 +127,7 @@ impl QuarantineService for QuarantineApi {
         let tenant = access.tenant(&mut check, &req.tenant)?;
         let address = check.address(&req.address, req.address_type);
         let (tenant, address) = check.finish((tenant, address))?;
-        let state = self.app.address_state(&tenant, &address)?;
+        let state = self.app.address_state(&tenant, &address).await?;
         let (users, truncated) = self.app.address_users(&tenant, &address).await?;
         Ok(Response::new(pb::GetAddressStatusResponse {
             state: Some(convert::address_state_to_pb(&address, &state)),
@@ -195,7 +196,7 @@ impl QuarantineService for QuarantineApi {
         let query: [&[u8]; 2] = [req.tenant.as_bytes(), normalised.as_bytes()];
         let before = check.field(
             "page_token",
-            page::decode_seq(TokenKind::AddressHistory, &query, &req.page_token),
+            page::decode_event_key(TokenKind::AddressHistory, &query, &req.page_token),
         );
         let (tenant, address, limit, before) = check.finish((tenant, address, limit, before))?;
         let page = self
@@ -210,7 +211,7 @@ impl QuarantineService for QuarantineApi {
                 .collect(),
             next_page_token: page
                 .next
-                .map(|seq| page::encode_seq(TokenKind::AddressHistory, &query, seq))
+                .map(|key| page::encode_event_key(TokenKind::AddressHistory, &query, key))
                 .unwrap_or_default(),
         }))
     }

@@ -29,7 +29,7 @@ impl TenantService for TenantApi {
         let mut check = Check::default();
         let tenant = access.tenant(&mut check, &req.tenant)?;
         let (tenant,) = check.finish((tenant,))?;
-        let settings = self.app.tenant_settings(&tenant)?;
+        let settings = self.app.tenant_settings(&tenant).await?;
         Ok(Response::new(pb::GetTenantSettingsResponse {
             settings: Some(convert::tenant_settings_to_pb(
                 &settings,

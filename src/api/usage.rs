@@ -92,7 +92,7 @@ impl ProductUsageService for UsageApi {
         let user = check.user_id("user_id", &req.user_id);
         let (tenant, user) = check.finish((tenant, user))?;
         Ok(Response::new(pb::CheckTrackingResponse {
-            allowed: self.app.tracking_allowed(&tenant, &user)?,
+            allowed: self.app.tracking_allowed(&tenant, &user).await?,
         }))
     }
 

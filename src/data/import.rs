@@ -11,6 +11,7 @@ use super::{
     record::{Header, Record},
 };
 use crate::store::{DumpItem, Store};
+use tokio::runtime::Handle;
 
 /// Records restored per bulk write (lines are never split between writes).
 pub const BATCH_RECORDS: usize = 1000;
@@ -45,9 +46,11 @@ impl ImportSummary {
 /// nothing of it is written. `on_progress`
 /// gets the bytes read so far. Restoring replaces records with the same key,
 /// so importing a file twice gives the same state as importing it once.
-/// Writes are not durable until the caller runs [`Store::sync`].
+/// Writes are not durable until the caller runs [`Store::sync`]. Store
+/// calls run on `runtime` (the caller is not async).
 pub fn import(
-    store: &Store,
+    store: &dyn Store,
+    runtime: &Handle,
     mut input: impl BufRead,
     mut on_reject: impl FnMut(u64, &str),
     mut on_progress: impl FnMut(u64),
@@ -109,11 +112,11 @@ pub fn import(
             }
         }
         if pending.len() == BATCH_RECORDS {
-            restore(store, &mut pending, &mut summary)?;
+            restore(store, runtime, &mut pending, &mut summary)?;
             on_progress(bytes);
         }
     }
-    restore(store, &mut pending, &mut summary)?;
+    restore(store, runtime, &mut pending, &mut summary)?;
     on_progress(bytes);
     if summary.header.is_none() {
         return Err(DataError::Input(
@@ -138,12 +141,13 @@ fn header(text: &[u8]) -> Result<Header, DataError> {
 
 /// Restores the pending records (whole lines only) and counts them.
 fn restore(
-    store: &Store,
+    store: &dyn Store,
+    runtime: &Handle,
     pending: &mut Vec<(&'static str, DumpItem)>,
     summary: &mut ImportSummary,
 ) -> Result<(), DataError> {
     let (types, items): (Vec<&'static str>, Vec<DumpItem>) = pending.drain(..).unzip();
-    store.restore_all(&items)?;
+    runtime.block_on(store.restore(&items))?;
     for type_name in types {
         *summary.restored.entry(type_name).or_default() += 1;
     }

@@ -36,6 +36,15 @@ pub enum DataError {
     Input(String),
 }
 
+impl From<crate::error::Error> for DataError {
+    fn from(error: crate::error::Error) -> Self {
+        match error {
+            crate::error::Error::Storage(e) => DataError::Store(e),
+            other => DataError::Input(other.to_string()),
+        }
+    }
+}
+
 impl DataError {
     /// An I/O error while doing `what`.
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DataError {

@@ -22,7 +22,7 @@ use crate::{
         ACTOR_LEN_MAX, ADDRESSES_PER_KIND_MAX, Address, AddressEvent, AddressEventKind,
         AddressKind, AddressState, AddressStatus, Change, ChangeContext, Channel,
         ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, ErrorReason, EventId,
-        FeedbackKind, PendingConfirmation, Profile, ProfileId, Proof, Regime, RuleOverrides,
+        EventKey, FeedbackKind, LogMeta, PendingConfirmation, REASON_LEN_MAX, TokenRecord, Profile, ProfileId, Proof, Regime, RuleOverrides,
         SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
         SubscriptionStatus, Tenant, TenantSettings, TokenHash, UnixMillis, UsageOptOut, UserId,
         parse_name, parse_postal_address,
@@ -481,6 +481,85 @@ pub struct AddressStateRecord {
     pub last_event_at_ms: Option<UnixMillis>,
     /// Sequence of the last log entry.
     pub log_seq: u64,
+    /// How the address's log is kept; absent in files from before format 3
+    /// (the log was then never pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogRecord>,
+}
+
+/// How an address's log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRecord {
+    /// Entries kept.
+    pub len: u32,
+    /// Entries after the newest checkpoint.
+    pub since_checkpoint: u32,
+    /// The oldest entry kept once older ones were dropped: its event time
+    /// and sequence, or `null`.
+    pub start_at_ms: Option<UnixMillis>,
+    /// See `start_at_ms`.
+    pub start_sequence: Option<u64>,
+}
+
+/// The state of an address right after one log entry (a checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRecord {
+    /// The status.
+    pub status: AddressStatusName,
+    /// Soft errors counted.
+    pub error_count: u32,
+    /// Event time of the first counted error.
+    pub first_error_at_ms: Option<UnixMillis>,
+    /// Event time of the last counted error.
+    pub last_error_at_ms: Option<UnixMillis>,
+    /// Reason of the last counted error or hard bounce.
+    pub last_error_reason: ErrorReasonName,
+    /// Reason text of the last status change.
+    pub last_reason: String,
+    /// Event time of the last status change.
+    pub updated_at_ms: Option<UnixMillis>,
+    /// Latest event time folded in.
+    pub last_event_at_ms: Option<UnixMillis>,
+    /// Sequence of the last event folded in.
+    pub log_seq: u64,
+}
+
+impl From<&AddressState> for CheckpointRecord {
+    fn from(s: &AddressState) -> Self {
+        Self {
+            status: s.status.into(),
+            error_count: s.error_count,
+            first_error_at_ms: s.first_error_at,
+            last_error_at_ms: s.last_error_at,
+            last_error_reason: s.last_error_reason.into(),
+            last_reason: s.last_reason.clone(),
+            updated_at_ms: s.updated_at,
+            last_event_at_ms: s.last_event_at,
+            log_seq: s.log_seq,
+        }
+    }
+}
+
+impl CheckpointRecord {
+    fn parse(self, log: LogMeta) -> Result<AddressState, String> {
+        if self.last_reason.len() > REASON_LEN_MAX {
+            return Err(format!("last_reason: longer than {REASON_LEN_MAX} bytes"));
+        }
+        Ok(AddressState {
+            status: self.status.into(),
+            error_count: self.error_count,
+            first_error_at: self.first_error_at_ms,
+            last_error_at: self.last_error_at_ms,
+            last_error_reason: self.last_error_reason.into(),
+            last_reason: self.last_reason,
+            updated_at: self.updated_at_ms,
+            last_event_at: self.last_event_at_ms,
+            log_seq: self.log_seq,
+            log,
+        })
+    }
 }
 
 /// What happened to an address.
@@ -529,6 +608,13 @@ pub struct AddressEventRecord {
     pub new_status: AddressStatusName,
     /// Who, how and why.
     pub context: ContextRecord,
+    /// The event time it was folded at, when not `occurred_at_ms` (an event
+    /// beyond the late-event horizon); absent before format 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded_at_ms: Option<UnixMillis>,
+    /// The address's state right after this entry, on checkpoint entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointRecord>,
 }
 
 /// A recorded feedback event id.
@@ -543,6 +629,10 @@ pub struct FeedbackEventIdRecord {
     pub address_type: AddressTypeName,
     /// The address.
     pub address: String,
+    /// When it was recorded (it expires with the late-event horizon);
+    /// absent before format 3, when it is taken as expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at_ms: Option<UnixMillis>,
 }
 
 /// A channel's regime per channel.
@@ -641,6 +731,10 @@ pub struct ConfirmationTokenRecord {
     pub service_id: String,
     /// When it was used; `null` if not yet.
     pub used_at_ms: Option<UnixMillis>,
+    /// When the token expires (and its record is deleted); absent before
+    /// format 3, when the record is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<UnixMillis>,
 }
 
 /// A usage opt-out.
@@ -785,6 +879,12 @@ impl Record {
                 updated_at_ms: s.updated_at,
                 last_event_at_ms: s.last_event_at,
                 log_seq: s.log_seq,
+                log: Some(LogRecord {
+                    len: s.log.len,
+                    since_checkpoint: s.log.since_checkpoint,
+                    start_at_ms: s.log.start.map(|k| k.at),
+                    start_sequence: s.log.start.map(|k| k.sequence),
+                }),
             }),
             DumpItem::AddressEvent {
                 tenant,
@@ -815,16 +915,20 @@ impl Record {
                 old_status: e.old_status.into(),
                 new_status: e.new_status.into(),
                 context: (&e.context).into(),
+                folded_at_ms: (e.folded_at != e.occurred_at).then_some(e.folded_at),
+                checkpoint: e.checkpoint.as_deref().map(CheckpointRecord::from),
             }),
             DumpItem::FeedbackEventId {
                 tenant,
                 event_id,
                 address,
+                recorded_at,
             } => Record::FeedbackEventId(FeedbackEventIdRecord {
                 tenant: tenant.as_str().to_owned(),
                 event_id: event_id.as_str().to_owned(),
                 address_type: address.kind().into(),
                 address: address.as_str().to_owned(),
+                recorded_at_ms: Some(*recorded_at),
             }),
             DumpItem::TenantSettings { tenant, settings } => {
                 let regime = |channel: Channel| settings.regime(channel).into();
@@ -871,15 +975,14 @@ impl Record {
             DumpItem::ConfirmationToken {
                 tenant,
                 hash,
-                profile_id,
-                service_id,
-                used_at,
+                record,
             } => Record::ConfirmationToken(ConfirmationTokenRecord {
                 tenant: tenant.as_str().to_owned(),
                 token_hash: hex(hash),
-                profile_id: profile_id.as_str().to_owned(),
-                service_id: service_id.as_str().to_owned(),
-                used_at_ms: *used_at,
+                profile_id: record.profile_id.as_str().to_owned(),
+                service_id: record.service_id.as_str().to_owned(),
+                used_at_ms: record.used_at,
+                expires_at_ms: Some(record.expires_at),
             }),
             DumpItem::UsageOptOut { tenant, opt_out } => Record::UsageOptOut(UsageOptOutRecord {
                 tenant: tenant.as_str().to_owned(),
@@ -966,21 +1069,39 @@ impl Record {
                     },
                 }
             }
-            Record::AddressState(r) => DumpItem::AddressState {
-                tenant: tenant(&r.tenant)?,
-                address: address(r.address_type, &r.address, "address")?,
-                state: AddressState {
-                    status: r.status.into(),
+            Record::AddressState(r) => {
+                let log = match r.log {
+                    None => LogMeta::default(),
+                    Some(log) => LogMeta {
+                        len: log.len,
+                        since_checkpoint: log.since_checkpoint,
+                        start: match (log.start_at_ms, log.start_sequence) {
+                            (Some(at), Some(sequence)) => Some(EventKey { at, sequence }),
+                            (None, None) => None,
+                            _ => {
+                                return Err("log: start_at_ms and start_sequence go together"
+                                    .to_owned());
+                            }
+                        },
+                    },
+                };
+                let fold = CheckpointRecord {
+                    status: r.status,
                     error_count: r.error_count,
-                    first_error_at: r.first_error_at_ms,
-                    last_error_at: r.last_error_at_ms,
-                    last_error_reason: r.last_error_reason.into(),
+                    first_error_at_ms: r.first_error_at_ms,
+                    last_error_at_ms: r.last_error_at_ms,
+                    last_error_reason: r.last_error_reason,
                     last_reason: r.last_reason,
-                    updated_at: r.updated_at_ms,
-                    last_event_at: r.last_event_at_ms,
+                    updated_at_ms: r.updated_at_ms,
+                    last_event_at_ms: r.last_event_at_ms,
                     log_seq: r.log_seq,
-                },
-            },
+                };
+                DumpItem::AddressState {
+                    tenant: tenant(&r.tenant)?,
+                    address: address(r.address_type, &r.address, "address")?,
+                    state: fold.parse(log)?,
+                }
+            }
             Record::AddressEvent(r) => {
                 if r.sequence == 0 {
                     return Err("sequence: starts at 1".to_owned());
@@ -1012,6 +1133,12 @@ impl Record {
                         old_status: r.old_status.into(),
                         new_status: r.new_status.into(),
                         context: r.context.parse()?,
+                        folded_at: r.folded_at_ms.unwrap_or(r.occurred_at_ms),
+                        checkpoint: r
+                            .checkpoint
+                            .map(|c| c.parse(LogMeta::default()).map(Box::new))
+                            .transpose()
+                            .map_err(|e| format!("checkpoint.{e}"))?,
                     },
                 }
             }
@@ -1019,6 +1146,7 @@ impl Record {
                 tenant: tenant(&r.tenant)?,
                 event_id: EventId::parse(&r.event_id).map_err(|e| format!("event_id: {e}"))?,
                 address: address(r.address_type, &r.address, "address")?,
+                recorded_at: r.recorded_at_ms.unwrap_or(UnixMillis::MIN),
             },
             Record::TenantSettings(r) => {
                 let mut regimes = [Regime::OptOut; 5];
@@ -1098,9 +1226,12 @@ impl Record {
             Record::ConfirmationToken(r) => DumpItem::ConfirmationToken {
                 tenant: tenant(&r.tenant)?,
                 hash: token_hash(&r.token_hash, "token_hash")?,
-                profile_id: profile_id(&r.profile_id)?,
-                service_id: service_id_of(&r.service_id, "service_id")?,
-                used_at: r.used_at_ms,
+                record: TokenRecord {
+                    profile_id: profile_id(&r.profile_id)?,
+                    service_id: service_id_of(&r.service_id, "service_id")?,
+                    used_at: r.used_at_ms,
+                    expires_at: r.expires_at_ms.unwrap_or(UnixMillis::MAX),
+                },
             },
             Record::UsageOptOut(r) => DumpItem::UsageOptOut {
                 tenant: tenant(&r.tenant)?,

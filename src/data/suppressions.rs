@@ -13,10 +13,16 @@ use std::{io::Read, time::Duration};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
+use tokio::runtime::Handle;
+
 use super::DataError;
 use crate::{
-    engine::{Address, AddressStatus, ChangeContext, QuarantineRules, Source, Tenant, UnixMillis},
-    store::{ManualEvent, Store},
+    app::{ManualEvent, Recording, record_manual},
+    engine::{
+        Address, AddressStatus, ChangeContext, LogLimits, QuarantineRules, Source, Tenant,
+        UnixMillis,
+    },
+    store::Store,
 };
 
 /// Header names (compared case-insensitively, with spaces, `-` and `_`
@@ -114,6 +120,8 @@ pub struct SuppressionImport {
     pub now: UnixMillis,
     /// Quarantine rules, to read an address's status as of `now`.
     pub rules: QuarantineRules,
+    /// How each address's log is kept.
+    pub limits: LogLimits,
 }
 
 /// What an import did.
@@ -150,9 +158,10 @@ fn column(headers: &csv::StringRecord, names: &[&str]) -> Option<usize> {
 /// (bad address, unknown reason, bad date) is reported to `on_reject` with its
 /// line number and skipped; the rest is imported. `on_progress` gets the
 /// bytes read so far. Writes are not durable until the caller runs
-/// [`Store::sync`].
+/// [`Store::sync`]. Store calls run on `runtime` (the caller is not async).
 pub fn import_csv(
-    store: &Store,
+    store: &dyn Store,
+    runtime: &Handle,
     input: impl Read,
     options: &SuppressionImport,
     mut on_reject: impl FnMut(u64, &str),
@@ -218,24 +227,32 @@ pub fn import_csv(
             }
         }
         if pending.len() == BULK_ROWS {
-            record(store, options, &mut pending, &mut summary)?;
+            record(store, runtime, options, &mut pending, &mut summary)?;
             on_progress(reader.position().byte());
         }
     }
-    record(store, options, &mut pending, &mut summary)?;
+    record(store, runtime, options, &mut pending, &mut summary)?;
     on_progress(reader.position().byte());
     Ok(summary)
 }
 
 /// Records the pending events in one bulk write and counts the outcome.
 fn record(
-    store: &Store,
+    store: &dyn Store,
+    runtime: &Handle,
     options: &SuppressionImport,
     pending: &mut Vec<ManualEvent>,
     summary: &mut SuppressionSummary,
 ) -> Result<(), DataError> {
-    let recorded =
-        store.record_manual_events(&options.tenant, pending, options.now, &options.rules)?;
+    let how = Recording {
+        rules: options.rules,
+        limits: options.limits,
+        now: options.now,
+        keep_stronger: true,
+    };
+    let recorded = runtime
+        .block_on(record_manual(store, &options.tenant, pending, how))
+        .map_err(DataError::from)?;
     for (event, recorded) in pending.iter().zip(recorded) {
         match (recorded, event.status) {
             (false, _) => summary.unchanged += 1,

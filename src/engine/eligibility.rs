@@ -47,6 +47,122 @@ impl ExclusionReason {
     }
 }
 
+/// A set of exclusion reasons, listed in [`ExclusionReason::ALL`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Reasons(u8);
+
+impl Reasons {
+    /// Adds a reason.
+    fn add(&mut self, reason: ExclusionReason) {
+        self.0 |= 1 << reason.index();
+    }
+
+    /// Whether no reason applies: the profile may be contacted.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The primary reason, if any.
+    pub fn primary(self) -> Option<ExclusionReason> {
+        self.iter().next()
+    }
+
+    /// How many reasons.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The reasons, primary first.
+    pub fn iter(self) -> impl Iterator<Item = ExclusionReason> + Clone {
+        ExclusionReason::ALL
+            .into_iter()
+            .filter(move |r| self.0 & (1 << r.index()) != 0)
+    }
+}
+
+/// What a delivery can reach of a profile on one channel: its addresses of
+/// the channel's kind by status (or, for direct mail, its postal address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reach {
+    /// Addresses the channel could use.
+    pub addresses: u32,
+    /// Of those, usable now (VALID or WITH_ERRORS).
+    pub usable: u32,
+    /// Whether one of them is quarantined.
+    pub quarantined: bool,
+    /// Whether one of them is denylisted.
+    pub denylisted: bool,
+}
+
+impl Reach {
+    /// Counts one address with its status.
+    pub fn add(&mut self, status: AddressStatus) {
+        self.addresses += 1;
+        if status.is_usable() {
+            self.usable += 1;
+        }
+        self.quarantined |= status == AddressStatus::Quarantined;
+        self.denylisted |= status == AddressStatus::Denylisted;
+    }
+
+    /// A postal address (never quarantined), when there is one.
+    pub fn postal(present: bool) -> Self {
+        let n = u32::from(present);
+        Self {
+            addresses: n,
+            usable: n,
+            ..Self::default()
+        }
+    }
+}
+
+/// Everything a decision about an existing profile depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// The profile's all-channels setting.
+    pub all_channels: ConsentStatus,
+    /// The profile's own setting for the channel.
+    pub channel: ConsentStatus,
+    /// What the delivery can reach.
+    pub reach: Reach,
+}
+
+/// The rule: which reasons exclude a profile (`None`: it does not exist).
+/// Every decision is made here, whether from a [`Profile`] ([`decide`]) or
+/// from the decision index's compact form of one.
+pub fn judge(facts: Option<Facts>, policy: Policy) -> Reasons {
+    let mut reasons = Reasons::default();
+    let Some(facts) = facts else {
+        reasons.add(ExclusionReason::ProfileNotFound);
+        return reasons;
+    };
+    if facts.all_channels == ConsentStatus::OptedOut {
+        reasons.add(ExclusionReason::OptedOutAllChannels);
+    }
+    match facts.channel {
+        ConsentStatus::OptedOut => reasons.add(ExclusionReason::OptedOutChannel),
+        ConsentStatus::NoPreference if policy.regime == Regime::OptIn => {
+            reasons.add(ExclusionReason::NoOptIn);
+        }
+        ConsentStatus::NoPreference | ConsentStatus::OptedIn => {}
+    }
+    if policy.subscribed == Some(false) {
+        reasons.add(ExclusionReason::NotSubscribed);
+    }
+    let reach = facts.reach;
+    if reach.addresses == 0 {
+        reasons.add(ExclusionReason::NoAddress);
+    } else if reach.usable == 0 {
+        if reach.quarantined {
+            reasons.add(ExclusionReason::AddressQuarantined);
+        }
+        if reach.denylisted {
+            reasons.add(ExclusionReason::AddressDenylisted);
+        }
+    }
+    reasons
+}
+
 /// The answer for one profile.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
@@ -88,62 +204,42 @@ pub fn decide<E>(
 ) -> Result<Decision, E> {
     let Some(profile) = profile else {
         return Ok(Decision {
-            reasons: vec![ExclusionReason::ProfileNotFound],
+            reasons: judge(None, policy).iter().collect(),
             addresses: Vec::new(),
         });
     };
-    let mut reasons = Vec::new();
-    if profile.consent.opted_out_all() {
-        reasons.push(ExclusionReason::OptedOutAllChannels);
-    }
-    match profile.consent.channel(channel).status {
-        ConsentStatus::OptedOut => reasons.push(ExclusionReason::OptedOutChannel),
-        ConsentStatus::NoPreference if policy.regime == Regime::OptIn => {
-            reasons.push(ExclusionReason::NoOptIn);
-        }
-        ConsentStatus::NoPreference | ConsentStatus::OptedIn => {}
-    }
-    if policy.subscribed == Some(false) {
-        reasons.push(ExclusionReason::NotSubscribed);
-    }
     let mut usable = Vec::new();
-    match channel.address_kind() {
+    let reach = match channel.address_kind() {
         None => {
-            if profile.postal_address.is_empty() {
-                reasons.push(ExclusionReason::NoAddress);
-            } else {
+            let present = !profile.postal_address.is_empty();
+            if present {
                 usable.push(profile.postal_address.clone());
             }
+            Reach::postal(present)
         }
         Some(kind) => {
-            let addresses = profile.addresses(kind);
-            let (mut quarantined, mut denylisted) = (false, false);
-            for address in addresses {
-                match status_of(address)? {
-                    AddressStatus::Valid | AddressStatus::WithErrors => {
-                        usable.push(address.as_str().to_owned());
-                    }
-                    AddressStatus::Quarantined => quarantined = true,
-                    AddressStatus::Denylisted => denylisted = true,
+            let mut reach = Reach::default();
+            for address in profile.addresses(kind) {
+                let status = status_of(address)?;
+                if status.is_usable() {
+                    usable.push(address.as_str().to_owned());
                 }
+                reach.add(status);
             }
-            if addresses.is_empty() {
-                reasons.push(ExclusionReason::NoAddress);
-            } else if usable.is_empty() {
-                if quarantined {
-                    reasons.push(ExclusionReason::AddressQuarantined);
-                }
-                if denylisted {
-                    reasons.push(ExclusionReason::AddressDenylisted);
-                }
-            }
+            reach
         }
-    }
+    };
+    let facts = Facts {
+        all_channels: profile.consent.all_channels.status,
+        channel: profile.consent.channel(channel).status,
+        reach,
+    };
+    let reasons = judge(Some(facts), policy);
     if !reasons.is_empty() {
         usable.clear();
     }
     Ok(Decision {
-        reasons,
+        reasons: reasons.iter().collect(),
         addresses: usable,
     })
 }
@@ -162,8 +258,13 @@ pub struct Summary {
 impl Summary {
     /// Counts one decision.
     pub fn add(&mut self, decision: &Decision) {
+        self.count(decision.primary());
+    }
+
+    /// Counts one decision by its primary reason (`None`: eligible).
+    pub fn count(&mut self, primary: Option<ExclusionReason>) {
         self.total += 1;
-        match decision.primary() {
+        match primary {
             None => self.eligible += 1,
             Some(reason) => self.excluded[reason.index()] += 1,
         }

@@ -16,14 +16,17 @@ pub use consent::{
     Change, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, Profile,
     ProfileAddresses, Scope,
 };
-pub use eligibility::{Decision, ExclusionReason, Policy, Summary, decide};
+pub use eligibility::{
+    Decision, ExclusionReason, Facts, Policy, Reach, Reasons, Summary, decide, judge,
+};
 pub use quarantine::{
-    AddressEvent, AddressEventKind, AddressState, AddressStatus, ErrorReason, FeedbackKind,
-    QuarantineRules, replay,
+    ADDRESS_LOG_EVENTS_MAX_DEFAULT, AddressEvent, AddressEventKind, AddressState, AddressStatus,
+    CHECKPOINT_EVERY, ErrorReason, EventKey, FeedbackKind, LATE_EVENT_HORIZON_DEFAULT, LogLimits,
+    LogMeta, Placement, QuarantineRules, Refolded, refold, replay,
 };
 pub use subscription::{
     PendingConfirmation, Service, Subscribed, Subscription, SubscriptionChange, SubscriptionStatus,
-    TOKEN_BYTES, Token, TokenHash, TokenRefusal, confirm, subscribe, unsubscribe,
+    TOKEN_BYTES, Token, TokenHash, TokenRecord, TokenRefusal, confirm, subscribe, unsubscribe,
 };
 pub use tenant::{
     RULE_PERIOD_MAX, Regime, RuleOverrides, SOFT_ERROR_THRESHOLD_MAX, SettingsUpdate,

@@ -2,9 +2,16 @@
 //! address status, with Adobe Campaign's defaults.
 //!
 //! The state of an address is a fold of its events in event time
-//! ([`AddressState::apply`]); an event that arrives late is handled by folding
-//! the address's whole log again in event-time order ([`replay`]), so late and
-//! out-of-order feedback gives the same result as feedback in order.
+//! ([`AddressState::apply`]). An event that arrives late is placed in
+//! event-time order: the events after it are folded again from the nearest
+//! checkpoint before it ([`refold`]), so late and out-of-order feedback gives
+//! the same result as feedback in order, at a cost that grows with how late
+//! it is, not with the length of the log.
+//!
+//! The log is bounded ([`LogLimits`]): the oldest events are folded into
+//! the checkpoint of the oldest event kept and dropped. An event older than
+//! that cannot be placed in order any more; it is applied as if it had just
+//! happened ([`Placement::ArrivalOrder`]).
 
 use std::time::Duration;
 
@@ -133,10 +140,20 @@ impl AddressEventKind {
     }
 }
 
+/// Where an event sits in an address's log: event-time order (the time it
+/// was folded at), ties in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventKey {
+    /// The event time it was folded at ([`AddressEvent::folded_at`]).
+    pub at: UnixMillis,
+    /// Its arrival sequence.
+    pub sequence: u64,
+}
+
 /// One event in an address's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressEvent {
-    /// Position in the address's log, from 1 (arrival order).
+    /// Position in the address's arrival order, from 1.
     pub sequence: u64,
     /// What happened.
     pub kind: AddressEventKind,
@@ -150,6 +167,85 @@ pub struct AddressEvent {
     pub new_status: AddressStatus,
     /// Who, how and why.
     pub context: ChangeContext,
+    /// The event time it was folded at: `occurred_at`, except for an event
+    /// older than every event kept, which is folded at the newest event time
+    /// seen (see [`Placement::ArrivalOrder`]).
+    pub folded_at: UnixMillis,
+    /// The address's state right after this event, in event-time order, on
+    /// every [`CHECKPOINT_EVERY`]-th entry and on the oldest entry kept: a
+    /// late event is folded from the nearest checkpoint before it.
+    pub checkpoint: Option<Box<AddressState>>,
+}
+
+impl AddressEvent {
+    /// Its place in the log.
+    pub fn key(&self) -> EventKey {
+        EventKey {
+            at: self.folded_at,
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// An entry of a log carries a checkpoint at least every this many entries,
+/// so that a late event folds at most this many entries more than the ones
+/// after it.
+pub const CHECKPOINT_EVERY: u32 = 32;
+
+/// How an address's log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogMeta {
+    /// Entries kept.
+    pub len: u32,
+    /// Entries after the newest checkpoint (in event-time order).
+    pub since_checkpoint: u32,
+    /// The oldest entry kept, once older ones were dropped: it carries a
+    /// checkpoint, and an event before it cannot be placed in order.
+    pub start: Option<EventKey>,
+}
+
+/// How long and how many events an address's log keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Events older than this (in event time, from now) are folded into a
+    /// checkpoint and dropped: the late-event horizon.
+    pub horizon: Duration,
+    /// Most events kept per address, whatever their age.
+    pub events_max: u32,
+}
+
+/// Default late-event horizon: asynchronous bounces arrive up to a week
+/// after a delivery; twice that leaves room.
+pub const LATE_EVENT_HORIZON_DEFAULT: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+/// Default most events kept per address.
+pub const ADDRESS_LOG_EVENTS_MAX_DEFAULT: u32 = 1000;
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            horizon: LATE_EVENT_HORIZON_DEFAULT,
+            events_max: ADDRESS_LOG_EVENTS_MAX_DEFAULT,
+        }
+    }
+}
+
+impl LogLimits {
+    /// The oldest event time kept at `now`.
+    pub fn cutoff(&self, now: UnixMillis) -> UnixMillis {
+        now.saturating_sub(millis(self.horizon))
+    }
+}
+
+/// Where a new event was folded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// At or after every event kept: folded on top of the state.
+    InOrder,
+    /// Before some kept events: they were folded again after it.
+    Late,
+    /// Before the oldest event kept (beyond the horizon): folded on top of
+    /// the state as if it had happened at the newest event time seen.
+    ArrivalOrder,
 }
 
 /// The state of an address: the fold of its events.
@@ -171,8 +267,10 @@ pub struct AddressState {
     pub updated_at: Option<UnixMillis>,
     /// The latest event time folded in; an older event means a replay.
     pub last_event_at: Option<UnixMillis>,
-    /// The sequence number of the last log entry (0: none).
+    /// The sequence number of the last event recorded (0: none).
     pub log_seq: u64,
+    /// How the log is kept (bookkeeping, not part of the fold).
+    pub log: LogMeta,
 }
 
 impl AddressState {
@@ -306,13 +404,70 @@ impl AddressState {
 /// Folds a whole log in event-time order (ties in arrival order). The result
 /// depends only on the set of events, not on the order they arrived in.
 pub fn replay(events: &mut [AddressEvent], rules: &QuarantineRules) -> AddressState {
-    events.sort_by_key(|e| (e.occurred_at, e.sequence));
+    events.sort_by_key(AddressEvent::key);
     let mut state = AddressState::default();
     for event in events.iter() {
-        state.apply(&event.kind, event.occurred_at, &event.context, rules);
+        state.apply(&event.kind, event.folded_at, &event.context, rules);
         state.log_seq = state.log_seq.max(event.sequence);
     }
     state
+}
+
+/// The result of [`refold`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refolded {
+    /// The state after the last entry (the fold part; the caller sets the
+    /// log bookkeeping).
+    pub state: AddressState,
+    /// Entries whose checkpoint must be written again (its state changed, or
+    /// it gained one), the new event included when it carries one.
+    pub rewritten: Vec<AddressEvent>,
+    /// The new event, with its checkpoint if it got one.
+    pub event: AddressEvent,
+    /// Entries after the newest checkpoint.
+    pub since_checkpoint: u32,
+}
+
+/// Places `event` among `after` (the kept entries after a checkpoint whose
+/// state is `start`, in key order; `start` is the default state when the
+/// log is folded from its beginning) and folds them all again in key order.
+/// Entries after the new event that carry a checkpoint get the new state;
+/// an entry also gains one where [`CHECKPOINT_EVERY`] entries have passed
+/// since the last one, so that the stretch just folded never needs folding
+/// whole again.
+pub fn refold(
+    start: AddressState,
+    mut after: Vec<AddressEvent>,
+    event: AddressEvent,
+    rules: &QuarantineRules,
+) -> Refolded {
+    let at = after.partition_point(|e| e.key() < event.key());
+    after.insert(at, event);
+    let mut state = start;
+    let mut rewritten = Vec::new();
+    let mut since_checkpoint = 0u32;
+    for (i, entry) in after.iter_mut().enumerate() {
+        state.apply(&entry.kind, entry.folded_at, &entry.context, rules);
+        state.log_seq = state.log_seq.max(entry.sequence);
+        since_checkpoint += 1;
+        let had = entry.checkpoint.is_some();
+        if had || since_checkpoint >= CHECKPOINT_EVERY {
+            entry.checkpoint = Some(Box::new(state.clone()));
+            since_checkpoint = 0;
+            // Before the new event the fold is what it was: a checkpoint
+            // there changes only if it is new.
+            if i != at && (i > at || !had) {
+                rewritten.push(entry.clone());
+            }
+        }
+    }
+    let event = after.swap_remove(at);
+    Refolded {
+        state,
+        rewritten,
+        event,
+        since_checkpoint,
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
-use super::types::{Channel, Invalid, ServiceId, UnixMillis};
+use super::types::{Channel, Invalid, ProfileId, ServiceId, UnixMillis};
 
 /// Random bytes in a confirmation token (256 bits).
 pub const TOKEN_BYTES: usize = 32;
@@ -107,8 +107,27 @@ impl Token {
 }
 
 /// The SHA-256 of a token: what the store keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenHash(pub [u8; 32]);
+
+/// What the store keeps of a confirmation token, under its hash: whose
+/// subscription it confirms, and when it stops working.
+///
+/// Retention: the record of a superseded token (a new one was sent, or the
+/// subscription was ended) is deleted with that change; a used or unused
+/// record is deleted once the token has expired. A used token is kept until
+/// then so that a second click is answered "already used".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The profile whose subscription it confirms.
+    pub profile_id: ProfileId,
+    /// The service.
+    pub service_id: ServiceId,
+    /// When it was used, if it was.
+    pub used_at: Option<UnixMillis>,
+    /// When it stops working (and its record may be deleted).
+    pub expires_at: UnixMillis,
+}
 
 /// Why a token does not confirm anything (the subscription is left alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

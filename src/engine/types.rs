@@ -112,8 +112,13 @@ pub struct ProfileId(String);
 impl ProfileId {
     /// Parses a profile id.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        check_len(raw, "profile_id", 1, PROFILE_ID_LEN_MAX)?;
+        Self::check(raw)?;
         Ok(Self(raw.to_owned()))
+    }
+
+    /// Checks that `raw` is a valid profile id, without keeping it.
+    pub fn check(raw: &str) -> Result<(), Invalid> {
+        check_len(raw, "profile_id", 1, PROFILE_ID_LEN_MAX)
     }
 
     /// Rebuilds an id that was valid when it was stored. Only the store calls this.
@@ -452,7 +457,7 @@ impl ChangeContext {
 }
 
 /// A delivery-feedback event id: 1 to 256 bytes, unique per tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventId(String);
 
 impl EventId {

@@ -9,8 +9,9 @@
 //! | `h`  | len16(profile id), id, seq (u64 BE)       | consent history entry  |
 //! | `a`  | address kind, address                    | address state          |
 //! | `u`  | address kind, len16(address), address, profile id | empty (address → profile index) |
-//! | `l`  | address kind, len16(address), address, seq (u64 BE) | address log entry |
-//! | `e`  | event id                                 | address key (dedup of feedback) |
+//! | `g`  | address kind, len16(address), address, folded-at time (i64, sign-flipped BE), seq (u64 BE) | address log entry, in event-time order |
+//! | `e`  | event id                                 | address key, recorded-at time (dedup of feedback) |
+//! | `E`  | recorded-at time (sign-flipped BE), len(tenant), tenant, event id | empty (expiry of `e` markers) |
 //! | `s`  | status, address kind, address            | empty (status index)   |
 //! | `t`  | (nothing)                                | tenant settings        |
 //! | `v`  | service id                               | service record         |
@@ -19,12 +20,19 @@
 //! | `k`  | SHA-256 of a confirmation token (32 bytes) | token record         |
 //! | `x`  | user id                                  | usage opt-out record   |
 //!
+//! And `M` alone: the store's format version (see `migrate.rs`). Format 2
+//! stores kept the address log under `l`, in arrival order; `migrate.rs`
+//! moves it to `g`.
+//!
 //! Sequence numbers are big-endian so that a range scan returns them in order
-//! (and a reverse scan newest first).
+//! (and a reverse scan newest first); times are big-endian with the sign bit
+//! flipped, so that negative times sort before positive ones.
 //!
 //! Invariant: only this module knows how keys are laid out.
 
-use crate::engine::{Address, AddressStatus, ProfileId, ServiceId, Tenant, TokenHash, UserId};
+use crate::engine::{
+    Address, AddressStatus, EventKey, ProfileId, ServiceId, Tenant, TokenHash, UnixMillis, UserId,
+};
 
 use super::codec::{address_kind_byte, address_status_byte};
 
@@ -32,8 +40,21 @@ const PROFILE: u8 = b'p';
 const CONSENT_LOG: u8 = b'h';
 const ADDRESS: u8 = b'a';
 const ADDRESS_USER: u8 = b'u';
-const ADDRESS_LOG: u8 = b'l';
+/// The address log of format 2, in arrival order (migrated to `g`).
+const LEGACY_ADDRESS_LOG: u8 = b'l';
+const EVENT_LOG: u8 = b'g';
 const EVENT_ID: u8 = b'e';
+const EVENT_ID_EXPIRY: u8 = b'E';
+/// Type bytes that whole-store scans start from.
+pub(crate) const PROFILE_TYPE: u8 = PROFILE;
+pub(crate) const STATUS_INDEX_TYPE: u8 = STATUS_INDEX;
+pub(crate) const SUBSCRIPTION_TYPE: u8 = SUBSCRIPTION;
+pub(crate) const TOKEN_TYPE: u8 = TOKEN;
+pub(crate) const EVENT_ID_TYPE: u8 = EVENT_ID;
+pub(crate) const TENANT_SETTINGS_TYPE: u8 = TENANT_SETTINGS;
+pub(crate) const SERVICE_TYPE: u8 = SERVICE;
+/// The key of the store's format version.
+pub(crate) const META_FORMAT: &[u8] = b"M";
 const STATUS_INDEX: u8 = b's';
 const TENANT_SETTINGS: u8 = b't';
 const SERVICE: u8 = b'v';
@@ -107,16 +128,102 @@ pub(crate) fn address_user(tenant: &Tenant, address: &Address, id: &ProfileId) -
     key
 }
 
-/// The prefix of an address's log.
-pub(crate) fn address_log_prefix(tenant: &Tenant, address: &Address) -> Vec<u8> {
-    address_scoped(ADDRESS_LOG, tenant, address, 8)
+/// The prefix of every `l` record (format 2's address log), for the migration.
+pub(crate) fn legacy_address_log_prefix() -> Vec<u8> {
+    vec![LEGACY_ADDRESS_LOG]
 }
 
-/// The key of one entry of an address's log.
-pub(crate) fn address_log(tenant: &Tenant, address: &Address, seq: u64) -> Vec<u8> {
-    let mut key = address_log_prefix(tenant, address);
-    key.extend_from_slice(&seq.to_be_bytes());
+/// Takes apart a format-2 `l` key: the address's state key, its tenant and
+/// the address.
+pub(crate) fn parse_legacy_address_log(key: &[u8]) -> Option<(Vec<u8>, Tenant, Address)> {
+    let (&record_type, rest) = key.split_first()?;
+    if record_type != LEGACY_ADDRESS_LOG {
+        return None;
+    }
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    let (tenant, rest) = (rest.get(..len)?, rest.get(len..)?);
+    let (&kind, rest) = rest.split_first()?;
+    let (text, seq) = take_len16(rest)?;
+    if seq.len() != 8 {
+        return None;
+    }
+    let tenant = Tenant::parse(std::str::from_utf8(tenant).ok()?).ok()?;
+    let kind = super::codec::address_kind_from_byte(kind).ok()?;
+    let address = Address::from_trusted(kind, std::str::from_utf8(text).ok()?.to_owned());
+    Some((self::address(&tenant, &address), tenant, address))
+}
+
+/// Takes apart a status index key: tenant, status byte, kind byte, address.
+pub(crate) fn parse_status_index(key: &[u8]) -> Option<(&[u8], u8, u8, &[u8])> {
+    let (&record_type, rest) = key.split_first()?;
+    if record_type != STATUS_INDEX {
+        return None;
+    }
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    let (tenant, rest) = (rest.get(..len)?, rest.get(len..)?);
+    match rest {
+        [status, kind, address @ ..] => Some((tenant, *status, *kind, address)),
+        _ => None,
+    }
+}
+
+/// A time as key bytes that sort in time order.
+fn time_bytes(at: UnixMillis) -> [u8; 8] {
+    (u64::from_be_bytes(at.to_be_bytes()) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The prefix of an address's log.
+pub(crate) fn event_log_prefix(tenant: &Tenant, address: &Address) -> Vec<u8> {
+    address_scoped(EVENT_LOG, tenant, address, 16)
+}
+
+/// The key of an address's log entry.
+pub(crate) fn event_log(tenant: &Tenant, address: &Address, key: EventKey) -> Vec<u8> {
+    let mut bytes = event_log_prefix(tenant, address);
+    bytes.extend_from_slice(&time_bytes(key.at));
+    bytes.extend_from_slice(&key.sequence.to_be_bytes());
+    bytes
+}
+
+/// The prefix of the marker expiry index.
+pub(crate) fn event_id_expiry_prefix() -> Vec<u8> {
+    vec![EVENT_ID_EXPIRY]
+}
+
+/// The expiry index entry of a marker.
+pub(crate) fn event_id_expiry(tenant: &Tenant, event_id: &str, recorded_at: UnixMillis) -> Vec<u8> {
+    let t = tenant.as_str().as_bytes();
+    let mut key = Vec::with_capacity(10 + t.len() + event_id.len());
+    key.push(EVENT_ID_EXPIRY);
+    key.extend_from_slice(&time_bytes(recorded_at));
+    key.push(u8::try_from(t.len()).unwrap_or(u8::MAX));
+    key.extend_from_slice(t);
+    key.extend_from_slice(event_id.as_bytes());
     key
+}
+
+/// The expiry index key for a time: every entry recorded before `at` sorts before it.
+pub(crate) fn event_id_expiry_bound(at: UnixMillis) -> Vec<u8> {
+    let mut key = vec![EVENT_ID_EXPIRY];
+    key.extend_from_slice(&time_bytes(at));
+    key
+}
+
+/// The marker key an expiry index entry points at.
+pub(crate) fn event_id_of_expiry(key: &[u8]) -> Option<Vec<u8>> {
+    let rest = key.get(9..)?;
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let (tenant, event_id) = rest.split_at(len);
+    let mut marker = vec![EVENT_ID, u8::try_from(len).ok()?];
+    marker.extend_from_slice(tenant);
+    marker.extend_from_slice(event_id);
+    Some(marker)
 }
 
 /// The key that marks a feedback event id as recorded.
@@ -160,7 +267,7 @@ pub(crate) const DUMPED_TYPES: [u8; 10] = [
     PROFILE,
     CONSENT_LOG,
     ADDRESS,
-    ADDRESS_LOG,
+    EVENT_LOG,
     EVENT_ID,
     SERVICE,
     SUBSCRIPTION,
@@ -202,8 +309,8 @@ pub(crate) enum KeyParts<'k> {
         /// The address's bytes.
         address: &'k [u8],
     },
-    /// `l`: an address log entry.
-    AddressLog {
+    /// `g`: an address log entry.
+    EventLog {
         /// The tenant's bytes.
         tenant: &'k [u8],
         /// The address kind byte.
@@ -285,10 +392,10 @@ pub(crate) fn parse(key: &[u8]) -> Option<KeyParts<'_>> {
                 address,
             })
         }
-        ADDRESS_LOG => {
+        EVENT_LOG => {
             let (&kind, rest) = rest.split_first()?;
-            let (address, seq) = take_len16(rest)?;
-            (seq.len() == 8).then_some(KeyParts::AddressLog {
+            let (address, key) = take_len16(rest)?;
+            (key.len() == 16).then_some(KeyParts::EventLog {
                 tenant,
                 kind,
                 address,
@@ -414,6 +521,32 @@ mod tests {
     }
 
     #[test]
+    fn log_keys_sort_by_event_time_then_sequence() {
+        let a = Address::email("a@b.io").expect("valid");
+        let keys = [
+            EventKey { at: i64::MIN, sequence: 9 },
+            EventKey { at: -1, sequence: 1 },
+            EventKey { at: 0, sequence: 0 },
+            EventKey { at: 0, sequence: 256 },
+            EventKey { at: 1, sequence: 2 },
+            EventKey { at: i64::MAX, sequence: 0 },
+        ];
+        let bytes: Vec<_> = keys.iter().map(|k| event_log(&t("a"), &a, *k)).collect();
+        let mut sorted = bytes.clone();
+        sorted.sort();
+        assert_eq!(bytes, sorted);
+    }
+
+    #[test]
+    fn marker_expiry_entries_sort_by_time_and_point_at_their_marker() {
+        let early = event_id_expiry(&t("zz"), "e1", -3);
+        let late = event_id_expiry(&t("a"), "e2", 5);
+        assert!(early < late);
+        assert!(early < event_id_expiry_bound(-2) && event_id_expiry_bound(-2) < late);
+        assert_eq!(event_id_of_expiry(&late), Some(event_id(&t("a"), "e2")));
+    }
+
+    #[test]
     fn an_address_is_not_a_prefix_of_a_longer_one() {
         let short = Address::email("a@b.io").expect("valid");
         let long = Address::email("a@b.io.uk").expect("valid");
@@ -452,8 +585,8 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(&address_log(&tenant, &a, 3)),
-            Some(KeyParts::AddressLog {
+            parse(&event_log(&tenant, &a, EventKey { at: -5, sequence: 3 })),
+            Some(KeyParts::EventLog {
                 tenant: b"acme",
                 kind,
                 address: b"a@b.io"

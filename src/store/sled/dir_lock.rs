@@ -8,7 +8,7 @@ use std::{
     path::Path,
 };
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// The lock file's name inside the data directory.
 const LOCK_FILE: &str = "consentd.lock";
@@ -33,7 +33,7 @@ impl DirLock {
             .open(&path)
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
-                source,
+                source: source.into(),
             })?;
         match file.try_lock() {
             Ok(()) => {}
@@ -45,7 +45,12 @@ impl DirLock {
                     holder: holder.trim().to_owned(),
                 });
             }
-            Err(TryLockError::Error(source)) => return Err(StoreError::Open { path, source }),
+            Err(TryLockError::Error(source)) => {
+                return Err(StoreError::Open {
+                    path,
+                    source: source.into(),
+                });
+            }
         }
         let record = |file: &mut File| -> std::io::Result<()> {
             file.set_len(0)?;
@@ -53,7 +58,10 @@ impl DirLock {
             writeln!(file, "pid {}", std::process::id())?;
             file.sync_all()
         };
-        record(&mut file).map_err(|source| StoreError::Open { path, source })?;
+        record(&mut file).map_err(|source| StoreError::Open {
+            path,
+            source: source.into(),
+        })?;
         Ok(Self { _file: file })
     }
 }

@@ -13,15 +13,20 @@ use crate::engine::{
     ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus,
     ErrorReason, EventId, FeedbackKind, PendingConfirmation, Profile, ProfileId, Proof, Regime,
     RuleOverrides, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
-    SubscriptionStatus, TenantSettings, TokenHash, UnixMillis, UsageOptOut, UserId,
+    SubscriptionStatus, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
+use crate::engine::{EventKey, LogMeta};
 
 /// The first record format: contexts without proof of consent, history
 /// entries that are always consent changes. Still read.
 const FORMAT_V1: u8 = 1;
-/// The format written by this build: contexts carry the principal and proof
-/// of consent; history entries say what kind of change they record.
+/// Contexts carry the principal and proof of consent; history entries say
+/// what kind of change they record. Still read.
 const FORMAT_V2: u8 = 2;
+/// The format written by this build: address states carry their log's
+/// bookkeeping, log entries the time they were folded at and an optional
+/// checkpoint, token records their expiry.
+const FORMAT_V3: u8 = 3;
 
 /// A value could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +56,7 @@ struct Writer(Vec<u8>);
 
 impl Writer {
     fn new() -> Self {
-        Self(vec![FORMAT_V2])
+        Self(vec![FORMAT_V3])
     }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
@@ -100,7 +105,7 @@ impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Result<Self, CodecError> {
         let mut r = Self(bytes, 0);
         match r.u8()? {
-            v @ (FORMAT_V1 | FORMAT_V2) => {
+            v @ (FORMAT_V1 | FORMAT_V2 | FORMAT_V3) => {
                 r.1 = v;
                 Ok(r)
             }
@@ -329,6 +334,11 @@ pub(crate) fn address_status_byte(status: AddressStatus) -> u8 {
 /// The address kind of a key byte.
 pub(crate) fn address_kind_from_byte(byte: u8) -> Result<AddressKind, CodecError> {
     AddressKind::from_tag(byte)
+}
+
+/// The address status a tag byte stands for.
+pub(crate) fn address_status_from_byte(byte: u8) -> Result<AddressStatus, CodecError> {
+    AddressStatus::from_tag(byte)
 }
 
 fn put_context(w: &mut Writer, c: &ChangeContext) {
@@ -669,31 +679,29 @@ pub(crate) fn decode_subscription(
     })
 }
 
-/// What a confirmation token's record holds: whose subscription it confirms,
-/// and when it was used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TokenRecord {
-    pub(crate) profile_id: ProfileId,
-    pub(crate) service_id: ServiceId,
-    pub(crate) used_at: Option<UnixMillis>,
-}
-
 /// Encodes a token record.
 pub(crate) fn encode_token(t: &TokenRecord) -> Vec<u8> {
     let mut w = Writer::new();
     w.str(t.profile_id.as_str());
     w.str(t.service_id.as_str());
     w.opt_i64(t.used_at);
+    w.i64(t.expires_at);
     w.0
 }
 
-/// Decodes a token record.
-pub(crate) fn decode_token(bytes: &[u8]) -> Result<TokenRecord, CodecError> {
+/// Decodes a token record. Records written before V3 have no expiry: they
+/// read as expiring at `legacy_expiry` (the migration at open rewrites them).
+pub(crate) fn decode_token(bytes: &[u8], legacy_expiry: UnixMillis) -> Result<TokenRecord, CodecError> {
     let mut r = Reader::new(bytes)?;
     Ok(TokenRecord {
         profile_id: ProfileId::from_trusted(r.string()?),
         service_id: ServiceId::from_trusted(r.string()?),
         used_at: r.opt_i64()?,
+        expires_at: if r.version() >= FORMAT_V3 {
+            r.i64()?
+        } else {
+            legacy_expiry
+        },
     })
 }
 
@@ -730,6 +738,16 @@ pub(crate) fn encode_address_state(s: &AddressState) -> Vec<u8> {
     w.opt_i64(s.updated_at);
     w.opt_i64(s.last_event_at);
     w.u64(s.log_seq);
+    w.u64(u64::from(s.log.len));
+    w.u64(u64::from(s.log.since_checkpoint));
+    match s.log.start {
+        None => w.u8(0),
+        Some(key) => {
+            w.u8(1);
+            w.i64(key.at);
+            w.u64(key.sequence);
+        }
+    }
     w.0
 }
 
@@ -746,6 +764,21 @@ pub(crate) fn decode_address_state(bytes: &[u8]) -> Result<AddressState, CodecEr
         updated_at: r.opt_i64()?,
         last_event_at: r.opt_i64()?,
         log_seq: r.u64()?,
+        log: if r.version() >= FORMAT_V3 {
+            LogMeta {
+                len: r.u32()?,
+                since_checkpoint: r.u32()?,
+                start: match r.u8()? {
+                    0 => None,
+                    _ => Some(EventKey {
+                        at: r.i64()?,
+                        sequence: r.u64()?,
+                    }),
+                },
+            }
+        } else {
+            LogMeta::default()
+        },
     })
 }
 
@@ -780,6 +813,17 @@ pub(crate) fn encode_address_event(e: &AddressEvent) -> Vec<u8> {
     w.u8(status_tag(e.old_status));
     w.u8(status_tag(e.new_status));
     put_context(&mut w, &e.context);
+    w.i64(e.folded_at);
+    match &e.checkpoint {
+        None => w.u8(0),
+        Some(state) => {
+            w.u8(1);
+            // The state as its own record, length-prefixed.
+            let bytes = encode_address_state(state);
+            w.u64(bytes.len() as u64);
+            w.0.extend_from_slice(&bytes);
+        }
+    }
     w.0
 }
 
@@ -802,14 +846,34 @@ pub(crate) fn decode_address_event(bytes: &[u8]) -> Result<AddressEvent, CodecEr
             });
         }
     };
+    let occurred_at = r.i64()?;
+    let recorded_at = r.i64()?;
+    let old_status = r.tag()?;
+    let new_status = r.tag()?;
+    let context = get_context(&mut r)?;
+    let (folded_at, checkpoint) = if r.version() >= FORMAT_V3 {
+        let folded_at = r.i64()?;
+        let checkpoint = match r.u8()? {
+            0 => None,
+            _ => {
+                let len = usize::try_from(r.u64()?).map_err(|_| CodecError::Truncated)?;
+                Some(Box::new(decode_address_state(r.take(len)?)?))
+            }
+        };
+        (folded_at, checkpoint)
+    } else {
+        (occurred_at, None)
+    };
     Ok(AddressEvent {
         sequence,
         kind,
-        occurred_at: r.i64()?,
-        recorded_at: r.i64()?,
-        old_status: r.tag()?,
-        new_status: r.tag()?,
-        context: get_context(&mut r)?,
+        occurred_at,
+        recorded_at,
+        old_status,
+        new_status,
+        context,
+        folded_at,
+        checkpoint,
     })
 }
 
@@ -903,6 +967,14 @@ mod tests {
             updated_at: Some(2),
             last_event_at: None,
             log_seq: 9,
+            log: LogMeta {
+                len: 7,
+                since_checkpoint: 3,
+                start: Some(EventKey {
+                    at: -4,
+                    sequence: 2,
+                }),
+            },
         };
         let bytes = encode_address_state(&state);
         assert_eq!(decode_address_state(&bytes).expect("decodes"), state);
@@ -920,17 +992,24 @@ mod tests {
             AddressEventKind::Manual(AddressStatus::Denylisted),
             AddressEventKind::Release,
         ] {
-            let event = AddressEvent {
-                sequence: 1,
-                kind,
-                occurred_at: 5,
-                recorded_at: 6,
-                old_status: AddressStatus::Valid,
-                new_status: AddressStatus::Denylisted,
-                context: ctx(),
-            };
-            let back = decode_address_event(&encode_address_event(&event)).expect("decodes");
-            assert_eq!(back, event);
+            for checkpoint in [None, Some(Box::new(state.clone()))] {
+                let event = AddressEvent {
+                    sequence: 1,
+                    kind: kind.clone(),
+                    occurred_at: 5,
+                    recorded_at: 6,
+                    old_status: AddressStatus::Valid,
+                    new_status: AddressStatus::Denylisted,
+                    context: ctx(),
+                    folded_at: 8,
+                    checkpoint,
+                };
+                let bytes = encode_address_event(&event);
+                assert_eq!(decode_address_event(&bytes).expect("decodes"), event);
+                for cut in 0..bytes.len() {
+                    assert!(decode_address_event(&bytes[..cut]).is_err(), "cut at {cut}");
+                }
+            }
         }
     }
 
@@ -1010,8 +1089,21 @@ mod tests {
             profile_id: ProfileId::parse("p").expect("valid"),
             service_id: id,
             used_at: Some(3),
+            expires_at: 99,
         };
-        assert_eq!(decode_token(&encode_token(&token)).expect("decodes"), token);
+        assert_eq!(
+            decode_token(&encode_token(&token), 0).expect("decodes"),
+            token
+        );
+        // A record written before V3 reads with the expiry it is given.
+        let mut v2 = encode_token(&token);
+        v2[0] = FORMAT_V2;
+        v2.truncate(v2.len() - 8);
+        assert_eq!(
+            decode_token(&v2, 42).expect("decodes").expires_at,
+            42,
+            "a V2 token has no expiry of its own"
+        );
 
         let user = UserId::parse("u-1").expect("valid");
         let opt_out = UsageOptOut {

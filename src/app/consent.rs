@@ -1,0 +1,68 @@
+//! Consent: opt in, opt out, and the history that records every change.
+
+use super::{App, Page, Written, page_by_key};
+use crate::{
+    engine::{ChangeContext, ConsentHistoryEntry, ConsentStatus, Profile, ProfileId, Scope, Tenant},
+    error::{Error, Result},
+    store::Lock,
+};
+
+impl App {
+    /// Opts a profile in or out of a scope. Durable when it returns, also
+    /// when it changed nothing (the state it reports may have been written by
+    /// a request not yet acknowledged).
+    pub async fn set_consent(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+        scope: Scope,
+        status: ConsentStatus,
+        context: &ChangeContext,
+    ) -> Result<Written<Profile>> {
+        let now = self.now();
+        let mut tx = self
+            .begin(vec![Lock::Profile(tenant.clone(), id.clone())])
+            .await?;
+        let mut profile = tx
+            .profile(tenant, id)
+            .await?
+            .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))?;
+        let changed = match profile.set_consent(scope, status, context, now) {
+            Some(entry) => {
+                // The entry first, then the profile that counts it (see
+                // `store::sled`: a store may write them as two inserts).
+                tx.append_history(tenant, id, &entry);
+                tx.put_profile(tenant, &profile);
+                true
+            }
+            None => false,
+        };
+        let position = tx.commit().await?;
+        self.settle(position).await?;
+        Ok(Written {
+            value: profile,
+            changed,
+        })
+    }
+
+    /// A page of a profile's consent history, newest first; the cursor is the
+    /// sequence number to continue below.
+    pub async fn consent_history(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<ConsentHistoryEntry, u64>> {
+        self.profile(tenant, id).await?;
+        let (store, tenant, id) = (self.store.clone(), tenant.clone(), id.clone());
+        let items = self
+            .off_workers(move || async move {
+                Ok(store
+                    .consent_history(&tenant, &id, before, limit + 1)
+                    .await?)
+            })
+            .await?;
+        Ok(page_by_key(items, limit, |e| e.sequence))
+    }
+}

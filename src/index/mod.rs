@@ -1,0 +1,619 @@
+//! The decision index: everything an eligibility decision reads, in memory,
+//! in a compact form, fed only by durable changes.
+//!
+//! Per tenant: its settings (regimes), its services with the profiles whose
+//! subscription is ACTIVE, every profile (consent marks packed in two bits
+//! each, its addresses as slots of the address table), and every address
+//! that a profile uses or whose status is not VALID (its status).
+//!
+//! How it stays right:
+//! - It is built from the store at start-up ([`Index::load`]), before any
+//!   write is let in, and then changed only by [`Index::apply`], which the
+//!   store calls with committed changes once they are durable. So a decision
+//!   never sees a change that a crash could still take back.
+//! - [`Index::wait_for`] lets a writer wait until its change is in, before
+//!   it answers: a client that was told "done" then sees its change.
+//! - The rule itself is not here: [`crate::engine::judge`] decides from the
+//!   [`Facts`] this module reads off its tables.
+//!
+//! Concurrency: one `RwLock` per tenant. Readers take it for a bounded
+//! stretch of a batch ([`Lookup`]), so a change waits at most that long.
+
+mod table;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, RwLock, RwLockReadGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    engine::{
+        Address, AddressKind, AddressStatus, Channel, ConsentState, ConsentStatus, Facts, Policy,
+        Profile, ProfileId, Reach, Reasons, Regime, Service, ServiceId, SubscriptionStatus,
+        Tenant, TenantSettings, judge,
+    },
+    store::{Change, Committed, Loaded, Position},
+};
+
+use table::{NONE, Table};
+
+/// Whether the index can answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Being built from the store; how many records so far.
+    Loading(u64),
+    /// Built and following the feed.
+    Ready,
+    /// Building failed; the server cannot decide.
+    Failed(Arc<str>),
+}
+
+/// The index. Shared behind an `Arc`.
+#[derive(Debug)]
+pub struct Index {
+    /// Each tenant's part; a tenant appears with its first change.
+    tenants: RwLock<HashMap<Tenant, Arc<TenantIndex>>>,
+    /// The feed position applied so far.
+    position: AtomicU64,
+    /// Readiness, and a signal when the position moves.
+    readiness: watch::Sender<Readiness>,
+    /// Bumped after every applied batch, for [`Index::wait_for`].
+    applied: watch::Sender<u64>,
+}
+
+/// One tenant's part of the index.
+#[derive(Debug, Default)]
+pub struct TenantIndex {
+    state: RwLock<TenantState>,
+}
+
+/// A profile as the index keeps it.
+#[derive(Debug, Default)]
+struct ProfileSlot {
+    /// The id (empty: a free slot).
+    id: Box<str>,
+    /// Consent, two bits per scope: all channels, then each channel.
+    consent: u16,
+    /// The first address's slot, or [`NONE`].
+    first: u32,
+    /// [`HAS_MORE`] when more addresses are in `more`; [`HAS_POSTAL`] when
+    /// a postal address is in `postal`.
+    flags: u8,
+}
+
+const HAS_MORE: u8 = 1;
+const HAS_POSTAL: u8 = 2;
+
+/// An address as the index keeps it.
+#[derive(Debug)]
+struct AddressSlot {
+    /// The normalised text (empty: a free slot).
+    text: Box<str>,
+    /// Its kind.
+    kind: AddressKind,
+    /// Its stored status.
+    status: AddressStatus,
+    /// How many profiles use it; a slot no profile uses is kept only while
+    /// its status is not usable.
+    users: u32,
+}
+
+impl Default for AddressSlot {
+    fn default() -> Self {
+        Self {
+            text: Box::default(),
+            kind: AddressKind::Email,
+            status: AddressStatus::Valid,
+            users: 0,
+        }
+    }
+}
+
+/// A service and who is subscribed to it.
+#[derive(Debug)]
+struct ServiceEntry {
+    service: Service,
+    /// Profile slots with an ACTIVE subscription.
+    active: HashSet<u32>,
+}
+
+#[derive(Debug, Default)]
+struct TenantState {
+    settings: TenantSettings,
+    services: HashMap<ServiceId, ServiceEntry>,
+    profiles: Table<ProfileSlot>,
+    addresses: Table<AddressSlot>,
+    /// The second and later addresses of profiles that have several.
+    more: HashMap<u32, Box<[u32]>>,
+    /// Postal addresses, by profile slot.
+    postal: HashMap<u32, Box<str>>,
+}
+
+impl table::Keyed for ProfileSlot {
+    fn key(&self) -> (u8, &str) {
+        (0, &self.id)
+    }
+    fn is_free(&self) -> bool {
+        self.id.is_empty()
+    }
+}
+
+impl table::Keyed for AddressSlot {
+    fn key(&self) -> (u8, &str) {
+        (kind_byte(self.kind), &self.text)
+    }
+    fn is_free(&self) -> bool {
+        self.text.is_empty()
+    }
+}
+
+fn kind_byte(kind: AddressKind) -> u8 {
+    match kind {
+        AddressKind::Email => 1,
+        AddressKind::Phone => 2,
+        AddressKind::PushToken => 3,
+    }
+}
+
+fn pack(consent: &ConsentState) -> u16 {
+    let bits = |status: ConsentStatus| -> u16 {
+        match status {
+            ConsentStatus::NoPreference => 0,
+            ConsentStatus::OptedIn => 1,
+            ConsentStatus::OptedOut => 2,
+        }
+    };
+    let mut packed = bits(consent.all_channels.status);
+    for (i, mark) in consent.channels.iter().enumerate() {
+        packed |= bits(mark.status) << (2 * (i + 1));
+    }
+    packed
+}
+
+/// The status packed at position `i` (0: all channels, 1 + channel index).
+fn unpack(consent: u16, i: usize) -> ConsentStatus {
+    match (consent >> (2 * i)) & 3 {
+        1 => ConsentStatus::OptedIn,
+        2 => ConsentStatus::OptedOut,
+        _ => ConsentStatus::NoPreference,
+    }
+}
+
+impl TenantState {
+    /// The address slot of `address`, made (VALID, unused) when missing.
+    fn address_slot(&mut self, kind: AddressKind, text: &str) -> u32 {
+        self.addresses
+            .find_or_insert((kind_byte(kind), text), || AddressSlot {
+                text: text.into(),
+                kind,
+                status: AddressStatus::Valid,
+                users: 0,
+            })
+    }
+
+    /// Frees an address slot that nothing needs any more.
+    fn release_if_unused(&mut self, slot: u32) {
+        let unused = self
+            .addresses
+            .get(slot)
+            .is_some_and(|a| a.users == 0 && a.status.is_usable());
+        if unused {
+            self.addresses.remove(slot);
+        }
+    }
+
+    fn profile_addresses(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
+        let profile = self.profiles.get(slot);
+        let first = profile.map_or(NONE, |p| p.first);
+        let more: &[u32] = match profile {
+            Some(p) if p.flags & HAS_MORE != 0 => self.more.get(&slot).map_or(&[], |m| m),
+            _ => &[],
+        };
+        std::iter::once(first)
+            .filter(|s| *s != NONE)
+            .chain(more.iter().copied())
+    }
+
+    fn put_profile(&mut self, profile: &Profile) {
+        let new: Vec<u32> = profile
+            .all_addresses()
+            .map(|a| self.address_slot(a.kind(), a.as_str()))
+            .collect();
+        for &a in &new {
+            if let Some(address) = self.addresses.get_mut(a) {
+                address.users += 1;
+            }
+        }
+        let slot = self
+            .profiles
+            .find_or_insert((0, profile.id.as_str()), || ProfileSlot {
+                id: profile.id.as_str().into(),
+                consent: 0,
+                first: NONE,
+                flags: 0,
+            });
+        let old: Vec<u32> = self.profile_addresses(slot).collect();
+        for a in old {
+            if let Some(address) = self.addresses.get_mut(a) {
+                address.users = address.users.saturating_sub(1);
+            }
+            self.release_if_unused(a);
+        }
+        let mut flags = 0;
+        self.more.remove(&slot);
+        if new.len() > 1 {
+            flags |= HAS_MORE;
+            self.more.insert(slot, new[1..].into());
+        }
+        self.postal.remove(&slot);
+        if !profile.postal_address.is_empty() {
+            flags |= HAS_POSTAL;
+            self.postal
+                .insert(slot, profile.postal_address.as_str().into());
+        }
+        if let Some(p) = self.profiles.get_mut(slot) {
+            p.consent = pack(&profile.consent);
+            p.first = new.first().copied().unwrap_or(NONE);
+            p.flags = flags;
+        }
+    }
+
+    fn put_address(&mut self, address: &Address, status: AddressStatus) {
+        let slot = if status.is_usable() {
+            match self
+                .addresses
+                .find((kind_byte(address.kind()), address.as_str()))
+            {
+                Some(slot) => slot,
+                // Usable and unknown: nothing to keep.
+                None => return,
+            }
+        } else {
+            self.address_slot(address.kind(), address.as_str())
+        };
+        if let Some(a) = self.addresses.get_mut(slot) {
+            a.status = status;
+        }
+        self.release_if_unused(slot);
+    }
+
+    fn put_subscription(&mut self, profile: &ProfileId, service: &ServiceId, active: bool) {
+        let Some(slot) = self.profiles.find((0, profile.as_str())) else {
+            return;
+        };
+        if let Some(entry) = self.services.get_mut(service) {
+            if active {
+                entry.active.insert(slot);
+            } else {
+                entry.active.remove(&slot);
+            }
+        }
+    }
+
+    fn put_service(&mut self, service: &Service) {
+        self.services
+            .entry(service.id.clone())
+            .and_modify(|e| e.service = service.clone())
+            .or_insert_with(|| ServiceEntry {
+                service: service.clone(),
+                active: HashSet::new(),
+            });
+    }
+
+    fn facts(&self, slot: u32, channel: Channel) -> Option<Facts> {
+        let profile = self.profiles.get(slot)?;
+        let reach = match channel.address_kind() {
+            None => Reach::postal(profile.flags & HAS_POSTAL != 0),
+            Some(kind) => {
+                let mut reach = Reach::default();
+                for a in self.profile_addresses(slot) {
+                    if let Some(address) = self.addresses.get(a)
+                        && address.kind == kind
+                    {
+                        reach.add(address.status);
+                    }
+                }
+                reach
+            }
+        };
+        Some(Facts {
+            all_channels: unpack(profile.consent, 0),
+            channel: unpack(profile.consent, 1 + channel.index()),
+            reach,
+        })
+    }
+}
+
+/// What a delivery checks, resolved against the index once per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The channel.
+    pub channel: Channel,
+    /// The tenant's regime for the channel.
+    pub regime: Regime,
+    /// The service, when the delivery is for one.
+    pub service: Option<ServiceId>,
+}
+
+/// One decision read off the index, borrowing it.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'a> {
+    /// Why the profile is excluded; empty when eligible.
+    pub reasons: Reasons,
+    state: &'a TenantState,
+    slot: u32,
+    channel: Channel,
+}
+
+impl<'a> Verdict<'a> {
+    /// The addresses the delivery may use: empty unless eligible.
+    pub fn addresses(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let state = self.state;
+        let eligible = self.reasons.is_empty() && self.slot != NONE;
+        let kind = self.channel.address_kind();
+        let postal = match (eligible, kind) {
+            (true, None) => state.postal.get(&self.slot).map(|p| &**p),
+            _ => None,
+        };
+        let listed = match (eligible, kind) {
+            (true, Some(kind)) => Some((state.profile_addresses(self.slot), kind)),
+            _ => None,
+        };
+        postal.into_iter().chain(
+            listed
+                .into_iter()
+                .flat_map(move |(slots, kind)| {
+                    slots.filter_map(move |a| {
+                        state
+                            .addresses
+                            .get(a)
+                            .filter(|a| a.kind == kind && a.status.is_usable())
+                            .map(|a| &*a.text)
+                    })
+                }),
+        )
+    }
+}
+
+/// Decisions for one delivery, under the tenant's read lock: hold it for a
+/// bounded stretch (a few thousand decisions), then drop it.
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    state: Option<RwLockReadGuard<'a, TenantState>>,
+    delivery: &'a Delivery,
+}
+
+impl Lookup<'_> {
+    /// Decides for one profile id.
+    pub fn decide(&self, id: &str) -> Verdict<'_> {
+        let Some(state) = self.state.as_deref() else {
+            static EMPTY: std::sync::LazyLock<TenantState> =
+                std::sync::LazyLock::new(TenantState::default);
+            return Verdict {
+                reasons: judge(None, Policy::default()),
+                state: &EMPTY,
+                slot: NONE,
+                channel: self.delivery.channel,
+            };
+        };
+        let slot = state.profiles.find((0, id)).unwrap_or(NONE);
+        let subscribed = self.delivery.service.as_ref().map(|service| {
+            state
+                .services
+                .get(service)
+                .is_some_and(|s| s.active.contains(&slot))
+        });
+        let policy = Policy {
+            regime: self.delivery.regime,
+            subscribed,
+        };
+        let facts = state.facts(slot, self.delivery.channel);
+        Verdict {
+            reasons: judge(facts, policy),
+            state,
+            slot,
+            channel: self.delivery.channel,
+        }
+    }
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self {
+            tenants: RwLock::new(HashMap::new()),
+            position: AtomicU64::new(0),
+            readiness: watch::Sender::new(Readiness::Loading(0)),
+            applied: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Index {
+    /// An empty index, loading.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tenant(&self, tenant: &Tenant) -> Option<Arc<TenantIndex>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    fn tenant_or_new(&self, tenant: &Tenant) -> Arc<TenantIndex> {
+        if let Some(found) = self.tenant(tenant) {
+            return found;
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(tenants.entry(tenant.clone()).or_default())
+    }
+
+    fn write(&self, tenant: &Tenant, change: impl FnOnce(&mut TenantState)) {
+        let index = self.tenant_or_new(tenant);
+        let mut state = index.state.write().unwrap_or_else(|p| p.into_inner());
+        change(&mut state);
+    }
+
+    // ---- building and following ---------------------------------------------
+
+    /// Adds one record of the start-up load.
+    pub fn load(&self, item: Loaded) {
+        match item {
+            Loaded::TenantSettings(t, settings) => self.write(&t, |s| s.settings = settings),
+            Loaded::Service(t, service) => self.write(&t, |s| s.put_service(&service)),
+            Loaded::Profile(t, profile) => self.write(&t, |s| s.put_profile(&profile)),
+            Loaded::Address(t, address, status) => {
+                self.write(&t, |s| s.put_address(&address, status));
+            }
+            Loaded::Subscription(t, profile, service, status) => self.write(&t, |s| {
+                s.put_subscription(&profile, &service, status == SubscriptionStatus::Active);
+            }),
+        }
+    }
+
+    /// Says how far the load has come (for health and the log).
+    pub fn loading(&self, records: u64) {
+        self.readiness.send_replace(Readiness::Loading(records));
+    }
+
+    /// Ends the load: the index holds the store as of `position`.
+    pub fn loaded(&self, position: Position) {
+        self.position.store(position.0, Ordering::Release);
+        self.readiness.send_replace(Readiness::Ready);
+    }
+
+    /// The load failed; decisions are refused.
+    pub fn failed(&self, why: &str) {
+        self.readiness.send_replace(Readiness::Failed(Arc::from(why)));
+    }
+
+    /// Applies durable changes, in position order.
+    pub fn apply(&self, committed: &[Committed]) {
+        let mut last = None;
+        for c in committed {
+            for change in &c.changes {
+                self.apply_change(change);
+            }
+            last = Some(c.position);
+        }
+        if let Some(position) = last {
+            self.position.fetch_max(position.0, Ordering::AcqRel);
+            self.applied.send_replace(position.0);
+        }
+    }
+
+    fn apply_change(&self, change: &Change) {
+        match change {
+            Change::Profile { tenant, profile } => self.write(tenant, |s| s.put_profile(profile)),
+            Change::Address {
+                tenant,
+                address,
+                status,
+            } => self.write(tenant, |s| s.put_address(address, *status)),
+            Change::Subscription {
+                tenant,
+                profile_id,
+                service_id,
+                status,
+            } => self.write(tenant, |s| {
+                s.put_subscription(profile_id, service_id, *status == SubscriptionStatus::Active);
+            }),
+            Change::TenantSettings { tenant, settings } => {
+                self.write(tenant, |s| s.settings = settings.clone());
+            }
+            Change::Service { tenant, service } => self.write(tenant, |s| s.put_service(service)),
+            // Not read by decisions.
+            Change::UsageOptOut { .. } => {}
+        }
+    }
+
+    /// The position applied so far.
+    pub fn position(&self) -> Position {
+        Position(self.position.load(Ordering::Acquire))
+    }
+
+    /// Waits until the index holds every change up to `position`.
+    pub async fn wait_for(&self, position: Position) {
+        if self.position() >= position {
+            return;
+        }
+        let mut applied = self.applied.subscribe();
+        while self.position() < position {
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The readiness now.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.borrow().clone()
+    }
+
+    /// A receiver that sees readiness change.
+    pub fn watch_readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.subscribe()
+    }
+
+    // ---- reading --------------------------------------------------------------
+
+    /// A tenant's settings as the index holds them (defaults when none).
+    pub fn tenant_settings(&self, tenant: &Tenant) -> TenantSettings {
+        self.tenant(tenant).map_or_else(TenantSettings::default, |t| {
+            t.state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .settings
+                .clone()
+        })
+    }
+
+    /// A service as the index holds it.
+    pub fn service(&self, tenant: &Tenant, id: &ServiceId) -> Option<Service> {
+        let t = self.tenant(tenant)?;
+        let state = t.state.read().unwrap_or_else(|p| p.into_inner());
+        state.services.get(id).map(|e| e.service.clone())
+    }
+
+    /// A tenant's part, to make [`Lookup`]s from (`None`: nothing of it yet).
+    pub fn tenant_index(&self, tenant: &Tenant) -> Option<Arc<TenantIndex>> {
+        self.tenant(tenant)
+    }
+
+    /// How many profiles and addresses the index holds in all.
+    pub fn counts(&self) -> (usize, usize) {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        tenants.values().fold((0, 0), |(p, a), t| {
+            let state = t.state.read().unwrap_or_else(|p| p.into_inner());
+            (p + state.profiles.len(), a + state.addresses.len())
+        })
+    }
+}
+
+impl TenantIndex {
+    /// Starts a stretch of decisions for `delivery`.
+    pub fn lookup<'a>(&'a self, delivery: &'a Delivery) -> Lookup<'a> {
+        Lookup {
+            state: Some(self.state.read().unwrap_or_else(|p| p.into_inner())),
+            delivery,
+        }
+    }
+}
+
+/// Decisions for a tenant the index has never seen: every profile is unknown.
+pub fn empty_lookup(delivery: &Delivery) -> Lookup<'_> {
+    Lookup {
+        state: None,
+        delivery,
+    }
+}
+
+#[cfg(test)]
+mod tests;

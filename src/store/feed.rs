@@ -1,0 +1,227 @@
+//! The feed of committed changes: what a change did to the state decisions
+//! read, numbered by position, handed on once durable.
+//!
+//! Each [`Change`] carries the state *after* the change (a whole profile, an
+//! address's status), not a delta, so applying the feed in position order
+//! from any consistent starting point gives the current state, and applying
+//! a change twice is harmless.
+
+use std::{collections::VecDeque, fmt, sync::Mutex};
+
+use crate::engine::{
+    Address, AddressStatus, Profile, ProfileId, Service, ServiceId, SubscriptionStatus, Tenant,
+    TenantSettings, UserId,
+};
+
+/// A position in the feed: every committed change has a higher one than the
+/// changes committed before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position(pub u64);
+
+/// What one write did to decision-relevant state, as the state after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A profile was written (its consent or addresses).
+    Profile {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The profile as written.
+        profile: Profile,
+    },
+    /// An address's stored status was written.
+    Address {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The address.
+        address: Address,
+        /// Its stored status.
+        status: AddressStatus,
+    },
+    /// A subscription was written.
+    Subscription {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The profile.
+        profile_id: ProfileId,
+        /// The service.
+        service_id: ServiceId,
+        /// Its status.
+        status: SubscriptionStatus,
+    },
+    /// A tenant's settings were written.
+    TenantSettings {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The settings.
+        settings: TenantSettings,
+    },
+    /// A service was written.
+    Service {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The service.
+        service: Service,
+    },
+    /// A user was opted out of usage tracking, or back in.
+    UsageOptOut {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The user.
+        user_id: UserId,
+        /// True when opted out.
+        opted_out: bool,
+    },
+}
+
+/// The changes of one committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Its position.
+    pub position: Position,
+    /// What it changed, in the order written.
+    pub changes: Vec<Change>,
+}
+
+/// Where durable changes go, in position order (the decision index).
+pub type FeedSink = Box<dyn Fn(&[Committed]) + Send + Sync>;
+
+/// The queue between commit and durability that both stores share.
+///
+/// Invariant: a change is pushed after it was applied (so a flush that
+/// starts after the push covers it), and delivered only up to a position
+/// that a finished flush covers.
+pub(crate) struct FeedQueue {
+    /// Pending changes, the next position and the sink, under one lock so
+    /// that positions are handed out and delivered in one order.
+    inner: Mutex<Queue>,
+}
+
+struct Queue {
+    /// The last position handed out.
+    last: u64,
+    /// The last position delivered (or skipped for want of a sink).
+    delivered: u64,
+    /// Committed, not yet delivered.
+    pending: VecDeque<Committed>,
+    /// Where delivered changes go; `None`: nobody follows, nothing is kept.
+    sink: Option<FeedSink>,
+}
+
+impl fmt::Debug for FeedQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let queue = self.lock();
+        f.debug_struct("FeedQueue")
+            .field("last", &queue.last)
+            .field("delivered", &queue.delivered)
+            .field("pending", &queue.pending.len())
+            .field("sink", &queue.sink.is_some())
+            .finish()
+    }
+}
+
+impl FeedQueue {
+    /// A queue whose last position is `start`.
+    pub(crate) fn new(start: Position) -> Self {
+        Self {
+            inner: Mutex::new(Queue {
+                last: start.0,
+                delivered: start.0,
+                pending: VecDeque::new(),
+                sink: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers a committed transaction's changes. A transaction without
+    /// decision-relevant changes takes no position.
+    pub(crate) fn push(&self, changes: Vec<Change>) -> Position {
+        let mut queue = self.lock();
+        if changes.is_empty() {
+            return Position(queue.last);
+        }
+        queue.last += 1;
+        let position = Position(queue.last);
+        queue.pending.push_back(Committed { position, changes });
+        position
+    }
+
+    /// The last position handed out.
+    pub(crate) fn last(&self) -> Position {
+        Position(self.lock().last)
+    }
+
+    /// Hands every pending change up to `through` to the sink, in order.
+    pub(crate) fn deliver_through(&self, through: Position) {
+        let mut queue = self.lock();
+        let mut ready = Vec::new();
+        while queue
+            .pending
+            .front()
+            .is_some_and(|c| c.position <= through)
+        {
+            if let Some(committed) = queue.pending.pop_front() {
+                ready.push(committed);
+            }
+        }
+        queue.delivered = queue.delivered.max(through.0.min(queue.last));
+        if let (Some(sink), false) = (&queue.sink, ready.is_empty()) {
+            sink(&ready);
+        }
+    }
+
+    /// Sets the sink; changes after `after` that are pending go to it at
+    /// the next delivery. False when a sink was set already.
+    pub(crate) fn follow(&self, after: Position, sink: FeedSink) -> bool {
+        let mut queue = self.lock();
+        if queue.sink.is_some() {
+            return false;
+        }
+        queue.pending.retain(|c| c.position > after);
+        queue.sink = Some(sink);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    fn change(n: u32) -> Change {
+        Change::UsageOptOut {
+            tenant: Tenant::parse("t").expect("valid"),
+            user_id: UserId::parse(&format!("u{n}")).expect("valid"),
+            opted_out: true,
+        }
+    }
+
+    #[test]
+    fn changes_are_delivered_once_in_order_and_only_through_the_durable_position() {
+        let queue = FeedQueue::new(Position(10));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink_seen = Arc::clone(&seen);
+        assert!(queue.follow(
+            Position(10),
+            Box::new(move |batch: &[Committed]| {
+                let mut seen = sink_seen.lock().expect("lock");
+                seen.extend(batch.iter().map(|c| c.position.0));
+            })
+        ));
+        assert_eq!(queue.push(vec![change(1)]), Position(11));
+        assert_eq!(queue.push(Vec::new()), Position(11), "nothing: no position");
+        assert_eq!(queue.push(vec![change(2)]), Position(12));
+        assert_eq!(queue.push(vec![change(3)]), Position(13));
+        queue.deliver_through(Position(12));
+        assert_eq!(*seen.lock().expect("lock"), vec![11, 12]);
+        queue.deliver_through(Position(12));
+        assert_eq!(*seen.lock().expect("lock"), vec![11, 12], "delivered once");
+        queue.deliver_through(queue.last());
+        assert_eq!(*seen.lock().expect("lock"), vec![11, 12, 13]);
+        assert!(!queue.follow(Position(0), Box::new(|_: &[Committed]| {})));
+    }
+}
