@@ -1,10 +1,9 @@
 //! The hot path, measured at three depths:
 //! - `decide`: the pure rule for one profile (no I/O);
-//! - `profile_reads_10k`, `address_reads_10k`: the two kinds of sled point
-//!   read a decision makes, one thread, 10,000 each;
-//! - `app_check_10k`: a 10,000-recipient batch through the application and
-//!   the sled store (one profile read + one address read per recipient);
-//! - `grpc_batch_10k`: the same batch end to end over gRPC on loopback.
+//! - `index_batch_10k`: a 10,000-recipient batch decided from the decision
+//!   index through the application, into a sink that only counts;
+//! - `grpc_batch_10k_full`, `grpc_batch_10k_basic`: the same batch end to end
+//!   over gRPC on loopback, encoded, with each view.
 //!
 //! Run with `cargo bench --bench eligibility`. The store holds 100,000
 //! profiles: 10% opted out of all channels, 5% with a quarantined email.
@@ -12,23 +11,23 @@
 use std::{hint::black_box, sync::Arc, time::Duration};
 
 use consentd::{
-    app::{App, Settings},
+    app::{App, DecisionSink, Ids, Settings},
     clock::SystemClock,
     engine::{
-        self, Address, AddressEventKind, AddressStatus, ChangeContext, Channel, ConsentStatus,
-        ProfileAddresses, ProfileId, QuarantineRules, Scope, Source, Tenant,
+        self, Address, AddressState, AddressStatus, ChangeContext, Channel, ConsentStatus,
+        Profile, ProfileAddresses, ProfileId, Scope, Source, Tenant,
     },
+    index::Verdict,
     pb::{self, eligibility_service_client::EligibilityServiceClient},
-    store::Store,
+    store::{Lock, Store, sled::SledStore},
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const PROFILES: usize = 100_000;
 const BATCH: usize = 10_000;
 
-fn populate(store: &Store, tenant: &Tenant) {
+async fn populate(store: &dyn Store, tenant: &Tenant) {
     let ctx = ChangeContext::new(Source::Import, "bench", "").expect("valid context");
-    let rules = QuarantineRules::default();
     for i in 0..PROFILES {
         let id = ProfileId::parse(&format!("p{i}")).expect("valid id");
         let email = Address::email(&format!("user{i}@example.com")).expect("valid email");
@@ -38,26 +37,45 @@ fn populate(store: &Store, tenant: &Tenant) {
             phones: vec![phone],
             ..ProfileAddresses::default()
         };
-        store
-            .upsert_profile(tenant, &id, addresses, 0)
-            .expect("upsert");
-        if i % 10 == 0 {
-            store
-                .set_consent(
-                    tenant,
-                    &id,
-                    Scope::AllChannels,
-                    ConsentStatus::OptedOut,
-                    &ctx,
-                    0,
-                )
-                .expect("opt out");
+        let mut profile = Profile::new(id.clone(), addresses, 0);
+        let mut tx = store
+            .begin(vec![
+                Lock::Profile(tenant.clone(), id),
+                Lock::Address(tenant.clone(), email.clone()),
+            ])
+            .await
+            .expect("begin");
+        if i % 10 == 0
+            && let Some(entry) =
+                profile.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx, 0)
+        {
+            tx.append_history(tenant, &profile.id, &entry);
         }
+        tx.put_profile(tenant, &profile);
         if i % 20 == 1 {
-            let event = AddressEventKind::Manual(AddressStatus::Quarantined);
-            store
-                .record_address_event(tenant, &email, event, 0, &ctx, 0, &rules)
-                .expect("quarantine");
+            let state = AddressState {
+                status: AddressStatus::Quarantined,
+                ..AddressState::default()
+            };
+            tx.put_address_state(tenant, &email, &state);
+        }
+        tx.commit().await.expect("commit");
+    }
+    store.sync().await.expect("sync");
+}
+
+/// Counts what it is given, so that the batch is decided but not encoded.
+#[derive(Debug, Default)]
+struct Count {
+    eligible: usize,
+    address_bytes: usize,
+}
+
+impl DecisionSink for Count {
+    fn decided(&mut self, _id: &str, verdict: &Verdict<'_>) {
+        if verdict.reasons.is_empty() {
+            self.eligible += 1;
+            self.address_bytes += verdict.addresses().map(str::len).sum::<usize>();
         }
     }
 }
@@ -69,9 +87,10 @@ fn benches(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let tenant = Tenant::parse("bench").expect("valid tenant");
-    let store = Store::open(dir.path()).expect("open store");
-    populate(&store, &tenant);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("open store"));
+    runtime.block_on(populate(store.as_ref(), &tenant));
     let app = App::with_store(store, Settings::default(), Arc::new(SystemClock));
+    runtime.block_on(app.start()).expect("index");
     let ids: Vec<ProfileId> = (0..BATCH)
         .map(|i| ProfileId::parse(&format!("p{}", i * 7 % PROFILES)).expect("valid id"))
         .collect();
@@ -79,7 +98,9 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("eligibility");
     group.measurement_time(Duration::from_secs(10));
 
-    let profile = app.profile(&tenant, &ids[3]).expect("profile exists");
+    let profile = runtime
+        .block_on(app.profile(&tenant, &ids[3]))
+        .expect("profile exists");
     group.throughput(Throughput::Elements(1));
     group.bench_function("decide", |b| {
         b.iter(|| {
@@ -94,34 +115,20 @@ fn benches(c: &mut Criterion) {
     });
 
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("profile_reads_10k", |b| {
-        b.iter(|| {
-            for id in &ids {
-                black_box(app.profile(&tenant, id).expect("read"));
-            }
-        });
-    });
-    let emails: Vec<Address> = (0..BATCH)
-        .map(|i| Address::email(&format!("user{}@example.com", i * 7 % PROFILES)).expect("valid"))
-        .collect();
-    group.bench_function("address_reads_10k", |b| {
-        b.iter(|| {
-            for email in &emails {
-                black_box(app.address_state(&tenant, email).expect("read"));
-            }
-        });
-    });
-    let delivery = app
-        .delivery(&tenant, Some(Channel::Email), None)
+    let delivery = runtime
+        .block_on(app.delivery(&tenant, Some(Channel::Email), None))
         .expect("delivery");
-    group.bench_function("app_check_10k", |b| {
+    let shared_ids: Arc<dyn Ids> = Arc::new(ids.clone());
+    group.bench_function("index_batch_10k", |b| {
         b.to_async(&runtime).iter(|| async {
-            let (decisions, summary) = app
-                .check(&tenant, ids.clone(), &delivery)
+            let decided = app
+                .decide_many(&tenant, Arc::clone(&shared_ids), &delivery, |_| {
+                    Count::default()
+                })
                 .await
                 .expect("check");
-            assert_eq!(decisions.len(), BATCH);
-            black_box(summary)
+            assert_eq!(decided.summary.total, BATCH as u64);
+            black_box(decided.parts.iter().map(|c| c.eligible + c.address_bytes).sum::<usize>())
         });
     });
 
@@ -144,27 +151,33 @@ fn benches(c: &mut Criterion) {
         .map(EligibilityServiceClient::new)
         .expect("connect")
         .max_decoding_message_size(64 * 1024 * 1024);
-    let request = pb::BatchCheckEligibilityRequest {
-        tenant: tenant.as_str().to_owned(),
-        channel: pb::Channel::Email.into(),
-        profile_ids: ids.iter().map(|id| id.as_str().to_owned()).collect(),
-        ..Default::default()
-    };
-    group.bench_function("grpc_batch_10k", |b| {
-        b.to_async(&runtime).iter(|| {
-            let mut client = client.clone();
-            let request = request.clone();
-            async move {
-                let response = client
-                    .batch_check_eligibility(request)
-                    .await
-                    .expect("batch")
-                    .into_inner();
-                assert_eq!(response.decisions.len(), BATCH);
-                black_box(response.summary)
-            }
+    for (name, view) in [
+        ("grpc_batch_10k_full", pb::DecisionView::Full),
+        ("grpc_batch_10k_basic", pb::DecisionView::Basic),
+    ] {
+        let request = pb::BatchCheckEligibilityRequest {
+            tenant: tenant.as_str().to_owned(),
+            channel: pb::Channel::Email.into(),
+            profile_ids: ids.iter().map(|id| id.as_str().to_owned()).collect(),
+            view: view.into(),
+            ..Default::default()
+        };
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| {
+                let mut client = client.clone();
+                let request = request.clone();
+                async move {
+                    let response = client
+                        .batch_check_eligibility(request)
+                        .await
+                        .expect("batch")
+                        .into_inner();
+                    assert_eq!(response.decisions.len(), BATCH);
+                    black_box(response.summary)
+                }
+            });
         });
-    });
+    }
     group.finish();
     drop(client);
     let _ = stop.send(());

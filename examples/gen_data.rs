@@ -16,10 +16,10 @@ use std::{
 
 use consentd::{
     engine::{
-        Address, AddressEventKind, ChangeContext, ConsentStatus, ErrorReason, EventId,
-        FeedbackKind, ProfileAddresses, ProfileId, QuarantineRules, Scope, Source, Tenant,
+        Address, AddressState, AddressStatus, ChangeContext, ConsentStatus, ErrorReason, Profile,
+        ProfileAddresses, ProfileId, Scope, Source, Tenant,
     },
-    store::Store,
+    store::{Lock, Store, sled::SledStore},
 };
 
 const REASONS: [&str; 6] = [
@@ -47,44 +47,57 @@ fn suppressions(rows: u64) -> std::io::Result<()> {
 }
 
 fn profiles(count: u64, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Store::open(dir)?;
+    let store = SledStore::open(dir)?;
     let tenant = Tenant::parse("acme").map_err(|e| e.0)?;
-    let rules = QuarantineRules::default();
     let context = ChangeContext::new(Source::Import, "gen_data", "").map_err(|(_, e)| e.0)?;
-    for i in 0..count {
-        let id = ProfileId::parse(&format!("profile-{i}")).map_err(|e| e.0)?;
-        let email = Address::email(&format!("user{i}@example.com")).map_err(|e| e.0)?;
-        let phone = Address::phone(&format!("+3361{i:07}")).map_err(|e| e.0)?;
-        let addresses = ProfileAddresses {
-            emails: vec![email.clone()],
-            phones: vec![phone],
-            ..ProfileAddresses::default()
-        };
-        store.upsert_profile(&tenant, &id, addresses, 0)?;
-        if i % 10 == 0 {
-            store.set_consent(
-                &tenant,
-                &id,
-                Scope::AllChannels,
-                ConsentStatus::OptedOut,
-                &context,
-                1,
-            )?;
-        }
-        if i % 20 == 0 {
-            let kind = AddressEventKind::Feedback {
-                kind: FeedbackKind::HardBounce,
-                reason: ErrorReason::UserUnknown,
-                event_id: EventId::parse(&format!("ev-{i}")).map_err(|e| e.0)?,
-            };
-            store.record_address_event(&tenant, &email, kind, 2, &context, 2, &rules)?;
-        }
-    }
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(store.sync())?;
-    Ok(())
+        .build()?;
+    runtime.block_on(async {
+        for i in 0..count {
+            let id = ProfileId::parse(&format!("profile-{i}")).map_err(|e| e.0)?;
+            let email = Address::email(&format!("user{i}@example.com")).map_err(|e| e.0)?;
+            let phone = Address::phone(&format!("+3361{i:07}")).map_err(|e| e.0)?;
+            let addresses = ProfileAddresses {
+                emails: vec![email.clone()],
+                phones: vec![phone],
+                ..ProfileAddresses::default()
+            };
+            let mut profile = Profile::new(id.clone(), addresses, 0);
+            let mut tx = store
+                .begin(vec![
+                    Lock::Profile(tenant.clone(), id),
+                    Lock::Address(tenant.clone(), email.clone()),
+                ])
+                .await?;
+            if i % 10 == 0
+                && let Some(entry) = profile.set_consent(
+                    Scope::AllChannels,
+                    ConsentStatus::OptedOut,
+                    &context,
+                    1,
+                )
+            {
+                tx.append_history(&tenant, &profile.id, &entry);
+            }
+            tx.put_profile(&tenant, &profile);
+            if i % 20 == 0 {
+                // A hard bounce's outcome (the generator writes the state, not the event).
+                let state = AddressState {
+                    status: AddressStatus::Quarantined,
+                    last_error_reason: ErrorReason::UserUnknown,
+                    last_reason: "hard bounce".into(),
+                    updated_at: Some(2),
+                    last_event_at: Some(2),
+                    ..AddressState::default()
+                };
+                tx.put_address_state(&tenant, &email, &state);
+            }
+            tx.commit().await?;
+        }
+        store.sync().await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
 }
 
 fn main() -> ExitCode {

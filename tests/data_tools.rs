@@ -34,7 +34,7 @@ use consentd::{
         subscription_service_client::SubscriptionServiceClient,
         tenant_service_client::TenantServiceClient,
     },
-    store::Store,
+    store::{Store, sled::SledStore},
 };
 use serde_json::Value;
 use tonic::transport::Channel as GrpcChannel;
@@ -470,13 +470,17 @@ async fn export_import_export_gives_the_same_records_and_rebuilds_the_indexes() 
     );
 
     // The derived indexes were rebuilt: who uses an address, which are not VALID.
-    let store = Store::open(&restored).expect("open the restored store");
+    let store = SledStore::open(&restored).expect("open the restored store");
     let acme = Tenant::parse(TENANT).expect("tenant");
     let shared = Address::email("shared@example.com").expect("address");
-    let (users, _) = store.address_users(&acme, &shared, 10).expect("users");
+    let (users, _) = store.address_users(&acme, &shared, 10).await.expect("users");
     let users: Vec<&str> = users.iter().map(ProfileId::as_str).collect();
     assert_eq!(users, ["alice", "bob"]);
-    let (listed, _) = store.list_addresses(&acme, None, None, 100).expect("list");
+    let listed = store
+        .list_addresses(&acme, None, None, 100)
+        .await
+        .expect("list")
+        .items;
     let listed: BTreeMap<String, DomainStatus> = listed
         .into_iter()
         .map(|(a, s)| (a.as_str().to_owned(), s.status))
@@ -568,10 +572,10 @@ async fn importing_twice_gives_the_same_state_as_once() {
     }
     let twice = export(&fresh, &work.path().join("twice.jsonl"));
     assert_eq!(original[1..], twice[1..]);
-    let store = Store::open(&fresh).expect("open");
+    let store = SledStore::open(&fresh).expect("open");
     let acme = Tenant::parse(TENANT).expect("tenant");
     let shared = Address::email("shared@example.com").expect("address");
-    let (users, _) = store.address_users(&acme, &shared, 10).expect("users");
+    let (users, _) = store.address_users(&acme, &shared, 10).await.expect("users");
     assert_eq!(users.len(), 2, "index entries are not duplicated");
 }
 
@@ -621,18 +625,20 @@ async fn malformed_lines_are_reported_by_number_and_nothing_of_them_is_applied()
     );
     assert!(err.contains("4 lines rejected"), "{err}");
 
-    let store = Store::open(&target).expect("open");
+    let store = SledStore::open(&target).expect("open");
     let acme = Tenant::parse(TENANT).expect("tenant");
-    let exists = |id: &str| {
+    let exists = async |id: &str| {
         store
             .profile(&acme, &ProfileId::parse(id).expect("id"))
+            .await
             .expect("read")
             .is_some()
     };
-    assert!(exists("dave") && exists("gina"));
-    assert!(!exists("erin") && !exists("frank"));
+    assert!(exists("dave").await && exists("gina").await);
+    assert!(!exists("erin").await && !exists("frank").await);
     let (users, _) = store
         .address_users(&acme, &Address::email("frank@example.com").expect("a"), 10)
+        .await
         .expect("users");
     assert!(users.is_empty(), "nothing of a rejected line is written");
     drop(store);
@@ -644,7 +650,7 @@ async fn malformed_lines_are_reported_by_number_and_nothing_of_them_is_applied()
     let out = import(&empty, &headless);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
-    let store = Store::open(&empty).expect("open");
+    let store = SledStore::open(&empty).expect("open");
     assert_eq!(store.dump(None).count(), 0);
 }
 
@@ -690,8 +696,8 @@ async fn a_csv_suppression_list_quarantines_and_denylists_with_source_import() {
     }
     assert!(err.contains("3 rejected"), "{err}");
 
-    let check = |expect_events: usize| {
-        let store = Store::open(&dir).expect("open");
+    let check = async |expect_events: usize| {
+        let store = SledStore::open(&dir).expect("open");
         let acme = Tenant::parse(TENANT).expect("tenant");
         for (address, status, reason) in [
             // A complaint after a bounce denylists; the reason is the last one.
@@ -706,11 +712,16 @@ async fn a_csv_suppression_list_quarantines_and_denylists_with_source_import() {
             ("+33612345678", DomainStatus::Denylisted, "manual"),
         ] {
             let parsed = Address::parse(None, address).expect("address");
-            let state = store.address_state(&acme, &parsed).expect("state");
+            let state = store
+                .address_state(&acme, &parsed)
+                .await
+                .expect("state")
+                .unwrap_or_default();
             assert_eq!(state.status, status, "{address}");
             assert_eq!(state.last_reason, reason, "{address}");
             let history = store
                 .address_history(&acme, &parsed, None, 100)
+                .await
                 .expect("history");
             for event in &history {
                 assert_eq!(event.context.source, consentd::engine::Source::Import);
@@ -720,6 +731,7 @@ async fn a_csv_suppression_list_quarantines_and_denylists_with_source_import() {
         let bounce = Address::email("bounce@example.com").expect("address");
         let history = store
             .address_history(&acme, &bounce, None, 100)
+            .await
             .expect("history");
         assert_eq!(history.len(), expect_events);
         // The row's date is the event time.
@@ -730,11 +742,12 @@ async fn a_csv_suppression_list_quarantines_and_denylists_with_source_import() {
         );
         let none = Address::email("who@example.com").expect("address");
         assert_eq!(
-            store.address_state(&acme, &none).expect("state").status,
-            DomainStatus::Valid
+            store.address_state(&acme, &none).await.expect("state"),
+            None,
+            "an address never seen has no state"
         );
     };
-    check(2);
+    check(2).await;
     // Again: nothing new is recorded.
     let out = run();
     assert!(
@@ -742,7 +755,7 @@ async fn a_csv_suppression_list_quarantines_and_denylists_with_source_import() {
         "{}",
         stderr(&out)
     );
-    check(2);
+    check(2).await;
 }
 
 /// What the backup must hold: writes acknowledged before it started.
@@ -865,12 +878,13 @@ async fn a_backup_under_write_load_holds_everything_acknowledged_before_it_and_i
     let out = import(&restored, &backup_file);
     assert!(out.status.success(), "restore failed: {}", stderr(&out));
     {
-        let store = Store::open(&restored).expect("open");
+        let store = SledStore::open(&restored).expect("open");
         let acme = Tenant::parse(TENANT).expect("tenant");
         assert!(must_have.len() >= PRELOAD);
         for (id, _event) in &must_have {
             let profile = store
                 .profile(&acme, &ProfileId::parse(id).expect("id"))
+                .await
                 .expect("read")
                 .unwrap_or_else(|| {
                     panic!("{id} was acknowledged before the backup but is missing")
@@ -878,9 +892,13 @@ async fn a_backup_under_write_load_holds_everything_acknowledged_before_it_and_i
             assert!(profile.consent.opted_out_all(), "{id}");
             assert_eq!(profile.history_seq, 1, "{id}");
             let email = Address::email(&format!("{id}@example.com")).expect("address");
-            let state = store.address_state(&acme, &email).expect("state");
+            let state = store
+                .address_state(&acme, &email)
+                .await
+                .expect("state")
+                .unwrap_or_default();
             assert_eq!(state.status, DomainStatus::Quarantined, "{id}");
-            let (users, _) = store.address_users(&acme, &email, 10).expect("users");
+            let (users, _) = store.address_users(&acme, &email, 10).await.expect("users");
             assert_eq!(users.len(), 1, "{id}");
         }
     }

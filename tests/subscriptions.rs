@@ -338,6 +338,7 @@ async fn batch_checks_for_a_service_count_not_subscribed() {
             channel: Channel::Email as i32,
             profile_ids: vec!["p0".to_owned()],
             service_id: "sms-alerts".to_owned(),
+            ..Default::default()
         })
         .await
         .expect_err("e-mail check of an SMS service");

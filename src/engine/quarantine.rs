@@ -622,6 +622,8 @@ mod tests {
             old_status: AddressStatus::Valid,
             new_status: AddressStatus::Valid,
             context: ctx(),
+            folded_at: at,
+            checkpoint: None,
         };
         let in_order: Vec<_> = (0..5)
             .map(|d| {

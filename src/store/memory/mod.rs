@@ -1046,3 +1046,16 @@ impl Txn for MemoryTxn<'_> {
         Ok(position)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::MemoryStore;
+    use crate::store::Store;
+
+    crate::store::conformance::conformance_suite!((
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        ()
+    ));
+}

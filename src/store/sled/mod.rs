@@ -979,3 +979,6 @@ impl Txn for SledTxn<'_> {
         Ok(store.feed.push(changes))
     }
 }
+
+#[cfg(test)]
+mod tests;

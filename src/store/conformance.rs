@@ -1,0 +1,823 @@
+//! The conformance suite: what every [`Store`] must do, checked the same way
+//! against each implementation (after SpiceDB's `pkg/datastore/test`).
+//!
+//! Each check is an `async fn` over a fresh store; [`conformance_suite!`]
+//! makes one `#[tokio::test]` per check for an implementation:
+//!
+//! ```ignore
+//! crate::store::conformance::conformance_suite!(|| MemoryStore::new());
+//! ```
+//!
+//! The rules are not tested here (that is `app`'s model-based test, which
+//! also runs over every store): only the interface's promises.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use super::{Change, Committed, Cursor, Direction, DumpItem, Lock, Loaded, Store};
+use crate::engine::{
+    Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, Change as History,
+    ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, EventId, EventKey, Profile,
+    ProfileAddresses, ProfileId, Regime, Scope, Service, ServiceId, Source, Subscription,
+    SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UsageOptOut, UserId,
+};
+
+pub(crate) fn tenant(name: &str) -> Tenant {
+    Tenant::parse(name).expect("valid tenant")
+}
+
+pub(crate) fn pid(id: &str) -> ProfileId {
+    ProfileId::parse(id).expect("valid id")
+}
+
+pub(crate) fn email(text: &str) -> Address {
+    Address::email(text).expect("valid email")
+}
+
+pub(crate) fn ctx() -> ChangeContext {
+    ChangeContext::new(Source::Api, "conformance", "").expect("valid")
+}
+
+fn profile(id: &str, emails: &[&str]) -> Profile {
+    Profile::new(
+        pid(id),
+        ProfileAddresses {
+            emails: emails.iter().map(|e| email(e)).collect(),
+            ..ProfileAddresses::default()
+        },
+        1,
+    )
+}
+
+fn state(status: AddressStatus) -> AddressState {
+    AddressState {
+        status,
+        ..AddressState::default()
+    }
+}
+
+fn event(sequence: u64, at: i64) -> AddressEvent {
+    AddressEvent {
+        sequence,
+        kind: AddressEventKind::Manual(AddressStatus::Quarantined),
+        occurred_at: at,
+        recorded_at: at,
+        old_status: AddressStatus::Valid,
+        new_status: AddressStatus::Quarantined,
+        context: ctx(),
+        folded_at: at,
+        checkpoint: (sequence % 2 == 0).then(|| Box::new(state(AddressStatus::Quarantined))),
+    }
+}
+
+fn service(id: &str) -> Service {
+    Service {
+        id: ServiceId::parse(id).expect("valid"),
+        name: id.to_owned(),
+        channel: Channel::Email,
+        double_opt_in: true,
+        created_at: 1,
+    }
+}
+
+fn subscription(service: &str, status: SubscriptionStatus) -> Subscription {
+    Subscription {
+        service_id: ServiceId::parse(service).expect("valid"),
+        status,
+        changed_at: 1,
+        pending: None,
+    }
+}
+
+fn token(profile: &str, expires_at: i64) -> TokenRecord {
+    TokenRecord {
+        profile_id: pid(profile),
+        service_id: ServiceId::parse("news").expect("valid"),
+        used_at: None,
+        expires_at,
+    }
+}
+
+/// Everything a listing gives, page after page of `limit`.
+async fn all_pages<T, F, Fut>(limit: usize, mut page: F) -> Vec<T>
+where
+    F: FnMut(Option<Cursor>) -> Fut,
+    Fut: std::future::Future<Output = super::Result<super::Page<T>>>,
+{
+    let mut items = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let got = page(after).await.expect("page");
+        assert!(got.items.len() <= limit, "a page holds at most its limit");
+        items.extend(got.items);
+        match got.next {
+            Some(next) => after = Some(next),
+            None => return items,
+        }
+    }
+    panic!("a listing never ended");
+}
+
+/// Point reads see what a change committed, and only once it committed; a
+/// change reads its own staged writes; a dropped change writes nothing.
+pub(crate) async fn changes_commit_as_one_and_read_their_own_writes(store: &dyn Store) {
+    let t = tenant("t");
+    let p = profile("p1", &["a@x.io"]);
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.put_profile(&t, &p);
+    assert_eq!(tx.profile(&t, &p.id).await.expect("read"), Some(p.clone()));
+    let settings = TenantSettings {
+        updated_at: Some(3),
+        ..TenantSettings::default()
+    };
+    tx.put_tenant_settings(&t, &settings);
+    assert_eq!(
+        tx.tenant_settings(&t).await.expect("read"),
+        Some(settings.clone())
+    );
+    assert_eq!(store.profile(&t, &p.id).await.expect("read"), None, "not yet");
+    drop(tx);
+    assert_eq!(store.profile(&t, &p.id).await.expect("read"), None);
+    assert_eq!(store.tenant_settings(&t).await.expect("read"), None);
+
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.put_profile(&t, &p);
+    tx.put_tenant_settings(&t, &settings);
+    let hash = TokenHash([7; 32]);
+    tx.put_token(&t, &hash, &token("p1", 10));
+    assert_eq!(tx.token(&t, &hash).await.expect("read"), Some(token("p1", 10)));
+    tx.delete_token(&t, &hash);
+    assert_eq!(tx.token(&t, &hash).await.expect("read"), None, "deleted");
+    tx.commit().await.expect("commit");
+    store.sync().await.expect("sync");
+    assert_eq!(store.profile(&t, &p.id).await.expect("read"), Some(p));
+    assert_eq!(store.tenant_settings(&t).await.expect("read"), Some(settings));
+    // Another tenant sees none of it.
+    assert_eq!(store.profile(&tenant("t2"), &pid("p1")).await.expect("read"), None);
+}
+
+/// A change that names a lock another change holds waits for it.
+pub(crate) async fn a_lock_is_held_until_commit(store: Arc<dyn Store>) {
+    let t = tenant("t");
+    let lock = Lock::Profile(t.clone(), pid("p"));
+    let first = store.begin(vec![lock.clone()]).await.expect("begin");
+    let waiting = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let _tx = store.begin(vec![lock]).await.expect("begin");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "the second change must wait");
+    first.commit().await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the second change goes on once the first committed")
+        .expect("no panic");
+    // Different locks do not wait for each other (barring a shared stripe,
+    // which these two do not have).
+    let a = store
+        .begin(vec![Lock::Profile(t.clone(), pid("a"))])
+        .await
+        .expect("a");
+    let b = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.begin(vec![Lock::Address(t.clone(), email("b@x.io"))]),
+    )
+    .await
+    .expect("no wait")
+    .expect("b");
+    drop((a, b));
+}
+
+/// History is listed newest first, below a sequence, and never above the
+/// profile's own count.
+pub(crate) async fn history_pages_newest_first(store: &dyn Store) {
+    let t = tenant("t");
+    let mut p = profile("p1", &[]);
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    for i in 0..5i64 {
+        let status = if i % 2 == 0 {
+            ConsentStatus::OptedOut
+        } else {
+            ConsentStatus::OptedIn
+        };
+        let entry = p
+            .set_consent(Scope::Channel(Channel::Sms), status, &ctx(), i)
+            .expect("a change");
+        tx.append_history(&t, &p.id, &entry);
+    }
+    // One entry beyond the profile's count: never listed.
+    let ahead = ConsentHistoryEntry {
+        sequence: p.history_seq + 1,
+        changed_at: 99,
+        change: History::Consent {
+            scope: Scope::AllChannels,
+            old_status: ConsentStatus::NoPreference,
+            new_status: ConsentStatus::OptedOut,
+        },
+        context: ctx(),
+    };
+    tx.append_history(&t, &p.id, &ahead);
+    tx.put_profile(&t, &p);
+    tx.commit().await.expect("commit");
+    let seqs = |v: Vec<ConsentHistoryEntry>| v.iter().map(|e| e.sequence).collect::<Vec<_>>();
+    let all = store
+        .consent_history(&t, &p.id, None, 100)
+        .await
+        .expect("history");
+    assert_eq!(seqs(all), vec![5, 4, 3, 2, 1]);
+    let page = store
+        .consent_history(&t, &p.id, Some(4), 2)
+        .await
+        .expect("history");
+    assert_eq!(seqs(page), vec![3, 2]);
+    assert!(store
+        .consent_history(&t, &pid("nobody"), None, 10)
+        .await
+        .expect("history")
+        .is_empty());
+}
+
+/// The address → profiles index follows each profile's addresses.
+pub(crate) async fn address_users_follow_profiles(store: &dyn Store) {
+    let t = tenant("t");
+    let put = |p: Profile| async move {
+        let mut tx = store
+            .begin(vec![Lock::Profile(tenant("t"), p.id.clone())])
+            .await
+            .expect("begin");
+        tx.put_profile(&tenant("t"), &p);
+        tx.commit().await.expect("commit");
+    };
+    put(profile("p1", &["shared@x.io", "one@x.io"])).await;
+    put(profile("p2", &["shared@x.io"])).await;
+    put(profile("p3", &["shared@x.io"])).await;
+    let users = |a: &str| {
+        let a = email(a);
+        let t = t.clone();
+        async move { store.address_users(&t, &a, 2).await.expect("users") }
+    };
+    assert_eq!(users("shared@x.io").await, (vec![pid("p1"), pid("p2")], true));
+    assert_eq!(users("one@x.io").await, (vec![pid("p1")], false));
+    put(profile("p1", &["two@x.io"])).await;
+    assert_eq!(users("one@x.io").await, (vec![], false));
+    assert_eq!(users("two@x.io").await, (vec![pid("p1")], false));
+    assert_eq!(users("shared@x.io").await, (vec![pid("p2"), pid("p3")], false));
+}
+
+/// The non-VALID addresses are listed by status then address, page by page,
+/// and follow every status change.
+pub(crate) async fn address_listing_follows_statuses(store: &dyn Store) {
+    let t = tenant("t");
+    let statuses = [
+        ("a@x.io", AddressStatus::Quarantined),
+        ("b@x.io", AddressStatus::Denylisted),
+        ("c@x.io", AddressStatus::WithErrors),
+        ("d@x.io", AddressStatus::Quarantined),
+        ("e@x.io", AddressStatus::Valid),
+    ];
+    for (a, status) in statuses {
+        let mut tx = store
+            .begin(vec![Lock::Address(t.clone(), email(a))])
+            .await
+            .expect("begin");
+        tx.put_address_state(&t, &email(a), &state(status));
+        tx.commit().await.expect("commit");
+    }
+    let listed = |status: Option<AddressStatus>| {
+        let t = t.clone();
+        async move {
+            all_pages(1, |after| {
+                let t = t.clone();
+                async move { store.list_addresses(&t, status, after.as_ref(), 1).await }
+            })
+            .await
+            .into_iter()
+            .map(|(a, s)| (a.as_str().to_owned(), s.status))
+            .collect::<Vec<_>>()
+        }
+    };
+    let all = listed(None).await;
+    assert_eq!(
+        all.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        ["c@x.io", "a@x.io", "d@x.io", "b@x.io"],
+        "by status, then address"
+    );
+    assert_eq!(
+        listed(Some(AddressStatus::Quarantined)).await.len(),
+        2,
+        "one status"
+    );
+    // A release takes it out of the listing.
+    let mut tx = store
+        .begin(vec![Lock::Address(t.clone(), email("a@x.io"))])
+        .await
+        .expect("begin");
+    tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Valid));
+    tx.commit().await.expect("commit");
+    assert_eq!(listed(Some(AddressStatus::Quarantined)).await.len(), 1);
+    assert!(listed(None).await.iter().all(|(a, _)| a != "a@x.io"));
+}
+
+/// An address's log is kept in key order: read after or before a key,
+/// listed newest first, and cut at a key.
+pub(crate) async fn address_logs_read_in_key_order(store: &dyn Store) {
+    let t = tenant("t");
+    let a = email("a@x.io");
+    let mut tx = store
+        .begin(vec![Lock::Address(t.clone(), a.clone())])
+        .await
+        .expect("begin");
+    // Arrival order differs from event-time order; negative times too.
+    for (seq, at) in [(1, 50), (2, -10), (3, 20), (4, 20), (5, 70)] {
+        tx.put_address_event(&t, &a, &event(seq, at));
+    }
+    tx.put_address_event(&t, &email("b@x.io"), &event(9, 0));
+    tx.commit().await.expect("commit");
+    let keys = |v: Vec<AddressEvent>| v.iter().map(|e| e.sequence).collect::<Vec<_>>();
+    let mut tx = store
+        .begin(vec![Lock::Address(t.clone(), a.clone())])
+        .await
+        .expect("begin");
+    let ordered = tx
+        .address_events(&t, &a, None, Direction::After, 100)
+        .await
+        .expect("read");
+    assert_eq!(keys(ordered.clone()), vec![2, 3, 4, 1, 5]);
+    assert_eq!(ordered, {
+        let mut sorted = ordered.clone();
+        sorted.sort_by_key(AddressEvent::key);
+        sorted
+    });
+    let k = |at, sequence| Some(EventKey { at, sequence });
+    let after = tx
+        .address_events(&t, &a, k(20, 3), Direction::After, 2)
+        .await
+        .expect("read");
+    assert_eq!(keys(after), vec![4, 1]);
+    let before = tx
+        .address_events(&t, &a, k(50, 1), Direction::Before, 100)
+        .await
+        .expect("read");
+    assert_eq!(keys(before), vec![4, 3, 2]);
+    let newest = tx
+        .address_events(&t, &a, None, Direction::Before, 2)
+        .await
+        .expect("read");
+    assert_eq!(keys(newest), vec![5, 1]);
+    // The checkpoint travels with its entry.
+    assert!(
+        tx.address_events(&t, &a, None, Direction::After, 100)
+            .await
+            .expect("read")
+            .iter()
+            .all(|e| e.checkpoint.is_some() == (e.sequence % 2 == 0))
+    );
+    tx.delete_address_events(&t, &a, EventKey { at: 20, sequence: 4 });
+    tx.commit().await.expect("commit");
+    let history = store
+        .address_history(&t, &a, None, 100)
+        .await
+        .expect("history");
+    assert_eq!(keys(history), vec![5, 1, 4], "entries before the cut are gone");
+    let page = store
+        .address_history(&t, &a, EventKey { at: 70, sequence: 5 }.into(), 1)
+        .await
+        .expect("history");
+    assert_eq!(keys(page), vec![1]);
+    assert_eq!(
+        keys(store.address_history(&t, &email("b@x.io"), None, 10).await.expect("b")),
+        vec![9],
+        "another address's log is its own"
+    );
+}
+
+/// Subscriptions read back, list by profile and by service, page by page.
+pub(crate) async fn subscriptions_list_both_ways(store: &dyn Store) {
+    let t = tenant("t");
+    for (p, s, status) in [
+        ("p1", "news", SubscriptionStatus::Active),
+        ("p2", "news", SubscriptionStatus::PendingConfirmation),
+        ("p3", "news", SubscriptionStatus::Active),
+        ("p1", "deals", SubscriptionStatus::Unsubscribed),
+    ] {
+        let mut tx = store
+            .begin(vec![Lock::Profile(t.clone(), pid(p))])
+            .await
+            .expect("begin");
+        tx.put_subscription(&t, &pid(p), &subscription(s, status));
+        assert_eq!(
+            tx.subscription(&t, &pid(p), &ServiceId::parse(s).expect("valid"))
+                .await
+                .expect("read")
+                .map(|s| s.status),
+            Some(status)
+        );
+        tx.commit().await.expect("commit");
+    }
+    let mine = store.subscriptions(&t, &pid("p1")).await.expect("read");
+    assert_eq!(
+        mine.iter().map(|s| s.service_id.as_str()).collect::<Vec<_>>(),
+        ["deals", "news"]
+    );
+    let news = ServiceId::parse("news").expect("valid");
+    let subscribers = all_pages(2, |after| {
+        let (t, news) = (t.clone(), news.clone());
+        async move { store.subscribers(&t, &news, after.as_ref(), 2).await }
+    })
+    .await;
+    assert_eq!(
+        subscribers
+            .iter()
+            .map(|(p, s)| (p.as_str(), *s))
+            .collect::<Vec<_>>(),
+        [
+            ("p1", SubscriptionStatus::Active),
+            ("p2", SubscriptionStatus::PendingConfirmation),
+            ("p3", SubscriptionStatus::Active)
+        ]
+    );
+}
+
+/// Services, usage opt-outs and settings: point reads, counts, pages.
+pub(crate) async fn small_records_read_count_and_page(store: &dyn Store) {
+    let t = tenant("t");
+    let mut tx = store
+        .begin(vec![Lock::Services(t.clone())])
+        .await
+        .expect("begin");
+    for id in ["c", "a", "b"] {
+        tx.put_service(&t, &service(id));
+    }
+    assert_eq!(tx.service_count(&t).await.expect("count"), 3);
+    tx.commit().await.expect("commit");
+    let mut tx = store
+        .begin(vec![Lock::Services(t.clone())])
+        .await
+        .expect("begin");
+    tx.put_service(&t, &service("a"));
+    assert_eq!(tx.service_count(&t).await.expect("count"), 3, "a replacement");
+    tx.put_service(&t, &service("d"));
+    assert_eq!(tx.service_count(&t).await.expect("count"), 4);
+    drop(tx);
+    let ids = all_pages(2, |after| {
+        let t = t.clone();
+        async move { store.services(&t, after.as_ref(), 2).await }
+    })
+    .await;
+    assert_eq!(
+        ids.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+
+    for user in ["u2", "u1", "u3"] {
+        let user = UserId::parse(user).expect("valid");
+        let mut tx = store
+            .begin(vec![Lock::UsageUser(t.clone(), user.clone())])
+            .await
+            .expect("begin");
+        tx.put_usage_opt_out(
+            &t,
+            &UsageOptOut {
+                user_id: user,
+                opted_out_at: 5,
+                context: ctx(),
+            },
+        );
+        tx.commit().await.expect("commit");
+    }
+    let u2 = UserId::parse("u2").expect("valid");
+    let mut tx = store
+        .begin(vec![Lock::UsageUser(t.clone(), u2.clone())])
+        .await
+        .expect("begin");
+    tx.delete_usage_opt_out(&t, &u2);
+    assert_eq!(tx.usage_opt_out(&t, &u2).await.expect("read"), None);
+    tx.commit().await.expect("commit");
+    let users = all_pages(1, |after| {
+        let t = t.clone();
+        async move { store.usage_opt_outs(&t, after.as_ref(), 1).await }
+    })
+    .await;
+    assert_eq!(
+        users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(),
+        ["u1", "u3"]
+    );
+}
+
+/// Markers and token records expire by their times, within the limit.
+pub(crate) async fn markers_and_tokens_expire(store: &dyn Store) {
+    let t = tenant("t");
+    let mut tx = store
+        .begin(vec![Lock::Address(t.clone(), email("a@x.io"))])
+        .await
+        .expect("begin");
+    for (id, at) in [("e1", 10), ("e2", 20), ("e3", 30)] {
+        let id = EventId::parse(id).expect("valid");
+        tx.put_event_marker(&t, &id, &email("a@x.io"), at);
+        assert!(tx.event_marker(&t, &id).await.expect("read"));
+    }
+    tx.put_token(&t, &TokenHash([1; 32]), &token("p", 15));
+    tx.put_token(&t, &TokenHash([2; 32]), &token("p", 100));
+    tx.commit().await.expect("commit");
+    let expired = store.expire(25, 50, 100).await.expect("expire");
+    assert_eq!((expired.event_markers, expired.tokens), (2, 1));
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    let marked = |id: &str| EventId::parse(id).expect("valid");
+    assert!(!tx.event_marker(&t, &marked("e1")).await.expect("read"));
+    assert!(!tx.event_marker(&t, &marked("e2")).await.expect("read"));
+    assert!(tx.event_marker(&t, &marked("e3")).await.expect("read"));
+    assert_eq!(tx.token(&t, &TokenHash([1; 32])).await.expect("read"), None);
+    assert!(tx.token(&t, &TokenHash([2; 32])).await.expect("read").is_some());
+    drop(tx);
+    // The limit holds.
+    let expired = store.expire(1000, 1000, 1).await.expect("expire");
+    assert_eq!(expired.event_markers + expired.tokens, 1);
+    assert!(store.dump(None).all(|item| !matches!(
+        item,
+        Ok(DumpItem::FeedbackEventId { ref event_id, .. }) if event_id.as_str() == "e1"
+    )));
+}
+
+/// The feed: committed changes, numbered in commit order, handed on once
+/// durable, each the state after the change; changes without
+/// decision-relevant writes take no position.
+pub(crate) async fn the_feed_carries_every_committed_change_in_order(store: &dyn Store) {
+    let t = tenant("t");
+    let seen: Arc<Mutex<Vec<Committed>>> = Arc::default();
+    let sink_seen = Arc::clone(&seen);
+    let start = store.position();
+    store
+        .follow(
+            start,
+            Box::new(move |batch: &[Committed]| {
+                sink_seen.lock().expect("lock").extend_from_slice(batch);
+            }),
+        )
+        .expect("follow");
+    assert!(
+        store.follow(start, Box::new(|_: &[Committed]| {})).is_err(),
+        "one follower"
+    );
+    let p = profile("p1", &["a@x.io"]);
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.put_profile(&t, &p);
+    tx.put_subscription(&t, &p.id, &subscription("news", SubscriptionStatus::Active));
+    let first = tx.commit().await.expect("commit");
+    // A marker alone decides nothing: no position.
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    tx.put_event_marker(&t, &EventId::parse("e").expect("valid"), &email("a@x.io"), 1);
+    assert_eq!(tx.commit().await.expect("commit"), first);
+    let mut tx = store
+        .begin(vec![Lock::Address(t.clone(), email("a@x.io"))])
+        .await
+        .expect("begin");
+    tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Denylisted));
+    let second = tx.commit().await.expect("commit");
+    // The same status again is no change of status.
+    let mut tx = store
+        .begin(vec![Lock::Address(t.clone(), email("a@x.io"))])
+        .await
+        .expect("begin");
+    tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Denylisted));
+    assert_eq!(tx.commit().await.expect("commit"), second);
+    assert!(start < first && first < second);
+    assert_eq!(store.position(), second);
+    store.sync().await.expect("sync");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen.iter().map(|c| c.position).collect::<Vec<_>>(),
+        vec![first, second]
+    );
+    assert_eq!(
+        seen[0].changes,
+        vec![
+            Change::Profile {
+                tenant: t.clone(),
+                profile: p.clone()
+            },
+            Change::Subscription {
+                tenant: t.clone(),
+                profile_id: p.id.clone(),
+                service_id: ServiceId::parse("news").expect("valid"),
+                status: SubscriptionStatus::Active,
+            }
+        ]
+    );
+    assert_eq!(
+        seen[1].changes,
+        vec![Change::Address {
+            tenant: t,
+            address: email("a@x.io"),
+            status: AddressStatus::Denylisted
+        }]
+    );
+}
+
+/// What the index is built from: settings, services, profiles, non-VALID
+/// addresses and subscriptions, as of the position returned.
+pub(crate) async fn the_decision_state_loads_whole(store: &dyn Store) {
+    let t = tenant("t");
+    let p = profile("p1", &["a@x.io"]);
+    let settings = TenantSettings {
+        regimes: [Regime::OptIn; 5],
+        ..TenantSettings::default()
+    };
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.put_profile(&t, &p);
+    tx.put_tenant_settings(&t, &settings);
+    tx.put_service(&t, &service("news"));
+    tx.put_subscription(&t, &p.id, &subscription("news", SubscriptionStatus::Active));
+    tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Quarantined));
+    tx.put_address_state(&t, &email("v@x.io"), &state(AddressStatus::Valid));
+    let position = tx.commit().await.expect("commit");
+    let mut loaded = Vec::new();
+    let at = store
+        .load_decision_state(&mut |item| loaded.push(item))
+        .await
+        .expect("load");
+    assert_eq!(at, position);
+    let expected = [
+        Loaded::TenantSettings(t.clone(), settings),
+        Loaded::Service(t.clone(), service("news")),
+        Loaded::Profile(t.clone(), p.clone()),
+        Loaded::Address(t.clone(), email("a@x.io"), AddressStatus::Quarantined),
+        Loaded::Subscription(
+            t.clone(),
+            p.id.clone(),
+            ServiceId::parse("news").expect("valid"),
+            SubscriptionStatus::Active,
+        ),
+    ];
+    assert_eq!(loaded.len(), expected.len(), "{loaded:?}");
+    for item in expected {
+        assert!(loaded.contains(&item), "{item:?} missing from {loaded:?}");
+    }
+}
+
+/// A dump restored into an empty store dumps the same, with every derived
+/// index rebuilt; restoring twice equals once; a snapshot is a dump.
+pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: &dyn Store) {
+    let t = tenant("t");
+    let p = profile("p1", &["a@x.io"]);
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.put_profile(&t, &p);
+    tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Denylisted));
+    tx.put_address_event(&t, &email("a@x.io"), &event(2, 7));
+    tx.put_event_marker(&t, &EventId::parse("e").expect("valid"), &email("a@x.io"), 9);
+    tx.put_subscription(&t, &p.id, &subscription("news", SubscriptionStatus::Active));
+    tx.put_service(&t, &service("news"));
+    tx.put_token(&t, &TokenHash([3; 32]), &token("p1", 77));
+    tx.put_tenant_settings(&t, &TenantSettings::default());
+    tx.commit().await.expect("commit");
+    let items: Vec<DumpItem> = store.dump(None).map(|i| i.expect("item")).collect();
+    let snapshot = store.snapshot(None).await.expect("snapshot");
+    let snapped: Vec<DumpItem> = snapshot.items().map(|i| i.expect("item")).collect();
+    let as_set = |v: &[DumpItem]| v.iter().map(|i| format!("{i:?}")).collect::<BTreeSet<_>>();
+    assert_eq!(as_set(&items), as_set(&snapped));
+    assert_eq!(items.len(), 8, "{items:?}");
+    let twice: Vec<DumpItem> = items.iter().chain(&items).cloned().collect();
+    empty.restore(&twice).await.expect("restore");
+    empty.sync().await.expect("sync");
+    let again: Vec<DumpItem> = empty.dump(None).map(|i| i.expect("item")).collect();
+    assert_eq!(as_set(&again), as_set(&items));
+    assert_eq!(
+        empty.address_users(&t, &email("a@x.io"), 10).await.expect("users"),
+        (vec![p.id.clone()], false)
+    );
+    assert_eq!(
+        empty
+            .list_addresses(&t, Some(AddressStatus::Denylisted), None, 10)
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    let news = ServiceId::parse("news").expect("valid");
+    assert_eq!(
+        empty
+            .subscribers(&t, &news, None, 10)
+            .await
+            .expect("subscribers")
+            .items,
+        vec![(p.id, SubscriptionStatus::Active)]
+    );
+    assert_eq!(
+        empty.dump(Some(&tenant("other"))).count(),
+        0,
+        "a tenant's dump holds only its own"
+    );
+    // A restored marker expires by its time.
+    assert_eq!(empty.expire(10, 0, 10).await.expect("expire").event_markers, 1);
+}
+
+/// One `#[tokio::test]` per check, over stores made by `$make` (an
+/// expression giving `(Arc<dyn Store>, guard)`; the guard lives as long as
+/// the test, e.g. a temporary directory).
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::store::conformance as suite;
+
+            #[tokio::test]
+            async fn changes_commit_as_one_and_read_their_own_writes() {
+                let (store, _guard) = $make;
+                suite::changes_commit_as_one_and_read_their_own_writes(store.as_ref()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_lock_is_held_until_commit() {
+                let (store, _guard) = $make;
+                suite::a_lock_is_held_until_commit(store).await;
+            }
+
+            #[tokio::test]
+            async fn history_pages_newest_first() {
+                let (store, _guard) = $make;
+                suite::history_pages_newest_first(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn address_users_follow_profiles() {
+                let (store, _guard) = $make;
+                suite::address_users_follow_profiles(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn address_listing_follows_statuses() {
+                let (store, _guard) = $make;
+                suite::address_listing_follows_statuses(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn address_logs_read_in_key_order() {
+                let (store, _guard) = $make;
+                suite::address_logs_read_in_key_order(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn subscriptions_list_both_ways() {
+                let (store, _guard) = $make;
+                suite::subscriptions_list_both_ways(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn small_records_read_count_and_page() {
+                let (store, _guard) = $make;
+                suite::small_records_read_count_and_page(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn markers_and_tokens_expire() {
+                let (store, _guard) = $make;
+                suite::markers_and_tokens_expire(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn the_feed_carries_every_committed_change_in_order() {
+                let (store, _guard) = $make;
+                suite::the_feed_carries_every_committed_change_in_order(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn the_decision_state_loads_whole() {
+                let (store, _guard) = $make;
+                suite::the_decision_state_loads_whole(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn dumps_restore_into_the_same_store() {
+                let (store, _guard) = $make;
+                let (empty, _empty_guard) = $make;
+                suite::dumps_restore_into_the_same_store(store.as_ref(), empty.as_ref()).await;
+            }
+        }
+    };
+}
+
+pub(crate) use conformance_suite;

@@ -1,0 +1,230 @@
+//! The sled store: the conformance suite, and what only a store on disk has
+//! to show (reopening, the directory lock, crash leftovers, migration, a
+//! failed flush).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use super::{SledOptions, SledStore, codec, keys};
+use crate::{
+    engine::{ConsentStatus, ProfileAddresses, Scope, Channel, Profile},
+    store::{
+        Lock, Store, StoreError,
+        conformance::{ctx, email, pid, tenant},
+    },
+};
+
+fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    (Arc::new(store) as Arc<dyn Store>, dir)
+}
+
+crate::store::conformance::conformance_suite!(open());
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_with_the_holder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = SledStore::open(dir.path()).expect("first open");
+    let second = SledStore::open(dir.path());
+    let Err(StoreError::InUse { holder, .. }) = second else {
+        panic!("second open must fail with InUse, got {second:?}");
+    };
+    assert_eq!(holder, format!("pid {}", std::process::id()));
+}
+
+#[tokio::test]
+async fn what_was_synced_is_there_after_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t");
+    let p = Profile::new(
+        pid("p1"),
+        ProfileAddresses {
+            emails: vec![email("a@x.io")],
+            ..ProfileAddresses::default()
+        },
+        1,
+    );
+    {
+        let store = SledStore::open(dir.path()).expect("open");
+        let mut tx = store
+            .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+            .await
+            .expect("begin");
+        tx.put_profile(&t, &p);
+        tx.commit().await.expect("commit");
+        store.sync().await.expect("sync");
+    }
+    let store = SledStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.profile(&t, &p.id).await.expect("read"), Some(p));
+    assert_eq!(
+        store.address_users(&t, &email("a@x.io"), 10).await.expect("users"),
+        (vec![pid("p1")], false)
+    );
+}
+
+/// What a crash between the two inserts of a consent change leaves: the
+/// history entry without the profile record that counts it. It is never
+/// listed, and the next change takes its sequence.
+#[tokio::test]
+async fn a_history_entry_whose_profile_write_is_missing_is_not_listed_and_is_overwritten() {
+    let (store, _dir) = open();
+    let t = tenant("t");
+    let mut p = Profile::new(pid("p0"), ProfileAddresses::default(), 1);
+    let out = Scope::Channel(Channel::Email);
+    let entry = p
+        .set_consent(out, ConsentStatus::OptedOut, &ctx(), 2)
+        .expect("a change");
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.append_history(&t, &p.id, &entry);
+    tx.put_profile(&t, &p);
+    tx.commit().await.expect("commit");
+    // The orphan: an entry with the next sequence, its profile never written.
+    let mut ahead = p.clone();
+    let orphan = ahead
+        .set_consent(out, ConsentStatus::OptedIn, &ctx(), 3)
+        .expect("a change");
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.append_history(&t, &p.id, &orphan);
+    tx.commit().await.expect("commit");
+    let listed = store.consent_history(&t, &p.id, None, 10).await.expect("history");
+    assert_eq!(listed.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1]);
+    let next = p
+        .set_consent(out, ConsentStatus::OptedIn, &ctx(), 4)
+        .expect("a change");
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.append_history(&t, &p.id, &next);
+    tx.put_profile(&t, &p);
+    tx.commit().await.expect("commit");
+    let listed = store.consent_history(&t, &p.id, None, 10).await.expect("history");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|e| (e.sequence, e.changed_at))
+            .collect::<Vec<_>>(),
+        vec![(2, 4), (1, 2)]
+    );
+}
+
+/// From the first failed sync on, nothing is acknowledged and no change is
+/// accepted, even when the disk would let a later flush through (Linux
+/// reports a writeback error once).
+#[tokio::test]
+async fn a_failed_sync_refuses_every_write_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fail = Arc::new(AtomicBool::new(false));
+    let failing = Arc::clone(&fail);
+    let store = SledStore::open_with(
+        dir.path(),
+        SledOptions {
+            sync_fault: Some(Arc::new(move || {
+                if failing.swap(false, Ordering::SeqCst) {
+                    Err(std::io::Error::other("injected: EIO on fdatasync"))
+                } else {
+                    Ok(())
+                }
+            })),
+            ..SledOptions::default()
+        },
+    )
+    .expect("open");
+    let t = tenant("t");
+    let put = |id: &str| {
+        let (store, t, id) = (&store, t.clone(), pid(id));
+        async move {
+            let mut tx = store
+                .begin(vec![Lock::Profile(t.clone(), id.clone())])
+                .await?;
+            tx.put_profile(&t, &Profile::new(id, ProfileAddresses::default(), 1));
+            tx.commit().await?;
+            store.sync().await
+        }
+    };
+    put("before").await.expect("a healthy write");
+    assert!(store.failure().is_none());
+    fail.store(true, Ordering::SeqCst);
+    let failed = put("during").await;
+    assert!(matches!(failed, Err(StoreError::Failed(_))), "{failed:?}");
+    // The fault is gone, the next fdatasync would succeed: still refused.
+    assert!(!fail.load(Ordering::SeqCst));
+    let refused = put("after").await;
+    assert!(matches!(refused, Err(StoreError::Failed(_))), "{refused:?}");
+    assert!(matches!(store.sync().await, Err(StoreError::Failed(_))));
+    let why = store.failure().expect("failed");
+    assert!(why.contains("injected"), "{why}");
+    // Reads go on.
+    assert!(store.profile(&t, &pid("before")).await.expect("read").is_some());
+}
+
+/// A data directory of format 2 (address log by arrival, markers without a
+/// time, tokens without an expiry) is brought to format 3 at open.
+#[tokio::test]
+async fn a_format_2_directory_is_migrated_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t");
+    let a = email("a@x.io");
+    {
+        let db = sled::Config::new().path(dir.path()).open().expect("sled");
+        // Two log entries under `l`, by sequence, whose event times are out of order.
+        for (seq, at) in [(1u64, 50i64), (2, 10)] {
+            let mut key = vec![b'l', 1, b't'];
+            key.push(codec::address_kind_byte(a.kind()));
+            key.extend_from_slice(&u16::try_from(a.as_str().len()).expect("short").to_be_bytes());
+            key.extend_from_slice(a.as_str().as_bytes());
+            key.extend_from_slice(&seq.to_be_bytes());
+            let event = crate::engine::AddressEvent {
+                sequence: seq,
+                kind: crate::engine::AddressEventKind::Release,
+                occurred_at: at,
+                recorded_at: at,
+                old_status: crate::engine::AddressStatus::Valid,
+                new_status: crate::engine::AddressStatus::Valid,
+                context: ctx(),
+                folded_at: at,
+                checkpoint: None,
+            };
+            let mut value = codec::encode_address_event(&event);
+            value[0] = 2;
+            // A V2 entry ends after its context: no folded time, no checkpoint.
+            value.truncate(value.len() - 9);
+            db.insert(key, value).expect("insert");
+        }
+        // A marker whose value is the address key alone.
+        db.insert(keys::event_id(&t, "ev"), keys::address(&t, &a))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = SledStore::open(dir.path()).expect("open migrates");
+    let history = store.address_history(&t, &a, None, 10).await.expect("history");
+    assert_eq!(
+        history.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![1, 2],
+        "newest event time first"
+    );
+    let state = store.address_state(&t, &a).await.expect("read").expect("state");
+    assert_eq!(state.log.len, 2);
+    let markers: Vec<_> = store
+        .dump(None)
+        .filter_map(|i| match i.expect("item") {
+            crate::store::DumpItem::FeedbackEventId { recorded_at, .. } => Some(recorded_at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(markers.len(), 1);
+    assert!(markers[0] > 1_700_000_000_000, "dated at the upgrade");
+    drop(store);
+    // Opening again changes nothing more.
+    let store = SledStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.address_history(&t, &a, None, 10).await.expect("history").len(), 2);
+}
