@@ -14,8 +14,8 @@ use consentd::{
     app::{App, DecisionSink, Ids, Settings},
     clock::SystemClock,
     engine::{
-        self, Address, AddressState, AddressStatus, ChangeContext, Channel, ConsentStatus,
-        Profile, ProfileAddresses, ProfileId, Scope, Source, Tenant,
+        self, Address, AddressState, AddressStatus, ChangeContext, Channel, ConsentStatus, Profile,
+        ProfileAddresses, ProfileId, Scope, Source, Tenant,
     },
     index::Verdict,
     pb::{self, eligibility_service_client::EligibilityServiceClient},
@@ -128,7 +128,13 @@ fn benches(c: &mut Criterion) {
                 .await
                 .expect("check");
             assert_eq!(decided.summary.total, BATCH as u64);
-            black_box(decided.parts.iter().map(|c| c.eligible + c.address_bytes).sum::<usize>())
+            black_box(
+                decided
+                    .parts
+                    .iter()
+                    .map(|c| c.eligible + c.address_bytes)
+                    .sum::<usize>(),
+            )
         });
     });
 

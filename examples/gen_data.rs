@@ -71,12 +71,8 @@ fn profiles(count: u64, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 ])
                 .await?;
             if i % 10 == 0
-                && let Some(entry) = profile.set_consent(
-                    Scope::AllChannels,
-                    ConsentStatus::OptedOut,
-                    &context,
-                    1,
-                )
+                && let Some(entry) =
+                    profile.set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &context, 1)
             {
                 tx.append_history(&tenant, &profile.id, &entry);
             }

@@ -20,8 +20,8 @@ use crate::{
 };
 
 pub use crate::app::{App, Settings};
-use crate::{app::RETENTION_SWEEP_EVERY, index::Readiness};
 pub use crate::store::StoreError as StartupError;
+use crate::{app::RETENTION_SWEEP_EVERY, index::Readiness};
 
 /// HTTP/2 flow-control window per stream: a 10,000-decision batch answer
 /// (about 0.5 MB) then needs no window-update round trips.
@@ -122,7 +122,11 @@ async fn follow_health(app: App, health: tonic_health::server::HealthReporter) {
         let failed = app.store_failure().is_some();
         let state = (ready, failed);
         if shown != Some(state) {
-            let overall = if ready && !failed { Serving } else { NotServing };
+            let overall = if ready && !failed {
+                Serving
+            } else {
+                NotServing
+            };
             health.set_service_status("", overall).await;
             for name in SERVICE_NAMES {
                 let serving = ready && (!failed || READ_SERVICES.contains(&name));
@@ -130,7 +134,9 @@ async fn follow_health(app: App, health: tonic_health::server::HealthReporter) {
                 health.set_service_status(name, status).await;
             }
             if failed {
-                tracing::error!("the store refuses writes after a failed flush: health NOT_SERVING; restart the server");
+                tracing::error!(
+                    "the store refuses writes after a failed flush: health NOT_SERVING; restart the server"
+                );
             }
             shown = Some(state);
         }

@@ -939,6 +939,25 @@ async fn list_subscriptions(
         .collect()
 }
 
+/// Confirms with a token whose record must be gone (superseded): NOT_FOUND.
+async fn assert_token_gone(clients: &mut Clients, what: &str, token: &str) {
+    let refused = clients
+        .subscriptions
+        .confirm_subscription(pb::ConfirmSubscriptionRequest {
+            tenant: TENANT.into(),
+            token: token.into(),
+            context: context(Source::Api),
+        })
+        .await
+        .expect_err(what);
+    assert_eq!(refused.code(), Code::NotFound, "{what}: {refused:?}");
+    assert_eq!(
+        error_info(&refused).reason,
+        "TOKEN_NOT_FOUND",
+        "{what}: {refused:?}"
+    );
+}
+
 /// Confirms with a token that must be refused, changing nothing, for
 /// `reason`.
 async fn assert_token_refused(clients: &mut Clients, what: &str, token: &str, reason: &str) {
@@ -1187,8 +1206,9 @@ async fn check_pending_subscription(
             "{id}: in-flight {write:?}, newest entry {newest:?}"
         );
     }
-    // The token held before is used up by the confirmation, superseded by a
-    // new token or by the unsubscription.
+    // The token held before is used up by the confirmation (its record is
+    // kept until it expires, to say so), or superseded by a new token or by
+    // the unsubscription (its record is deleted with that change).
     let held = observed.tokens.remove(service);
     match (write, held) {
         (Write::Confirm { token, .. }, _) => {
@@ -1197,7 +1217,7 @@ async fn check_pending_subscription(
         }
         (_, Some(token)) => {
             let what = format!("{id}: a token replaced by an applied {write:?}");
-            assert_token_refused(clients, &what, &token, "TOKEN_SUPERSEDED").await;
+            assert_token_gone(clients, &what, &token).await;
         }
         (_, None) => {}
     }

@@ -473,7 +473,10 @@ async fn export_import_export_gives_the_same_records_and_rebuilds_the_indexes() 
     let store = SledStore::open(&restored).expect("open the restored store");
     let acme = Tenant::parse(TENANT).expect("tenant");
     let shared = Address::email("shared@example.com").expect("address");
-    let (users, _) = store.address_users(&acme, &shared, 10).await.expect("users");
+    let (users, _) = store
+        .address_users(&acme, &shared, 10)
+        .await
+        .expect("users");
     let users: Vec<&str> = users.iter().map(ProfileId::as_str).collect();
     assert_eq!(users, ["alice", "bob"]);
     let listed = store
@@ -575,7 +578,10 @@ async fn importing_twice_gives_the_same_state_as_once() {
     let store = SledStore::open(&fresh).expect("open");
     let acme = Tenant::parse(TENANT).expect("tenant");
     let shared = Address::email("shared@example.com").expect("address");
-    let (users, _) = store.address_users(&acme, &shared, 10).await.expect("users");
+    let (users, _) = store
+        .address_users(&acme, &shared, 10)
+        .await
+        .expect("users");
     assert_eq!(users.len(), 2, "index entries are not duplicated");
 }
 

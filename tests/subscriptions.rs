@@ -196,8 +196,9 @@ async fn expired_unknown_superseded_and_malformed_tokens_change_nothing() {
     let second = subscribe(&app, "jane", "weekly").await;
     assert!(!second.confirmation_token.is_empty());
     assert_ne!(first, second.confirmation_token);
+    // A superseded token's record is deleted with the change that replaced it.
     let superseded = try_confirm(&app, &first).await.expect_err("superseded");
-    assert_refused(&superseded, Code::FailedPrecondition, "TOKEN_SUPERSEDED");
+    assert_refused(&superseded, Code::NotFound, "TOKEN_NOT_FOUND");
 
     let unknown = try_confirm(&app, &"ab".repeat(32))
         .await

@@ -2,7 +2,9 @@
 
 use super::{App, Page, Written, page_by_key};
 use crate::{
-    engine::{ChangeContext, ConsentHistoryEntry, ConsentStatus, Profile, ProfileId, Scope, Tenant},
+    engine::{
+        ChangeContext, ConsentHistoryEntry, ConsentStatus, Profile, ProfileId, Scope, Tenant,
+    },
     error::{Error, Result},
     store::Lock,
 };

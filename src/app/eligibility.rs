@@ -165,7 +165,8 @@ impl App {
                     let span = tracing::Span::current();
                     tokio::task::spawn_blocking(move || {
                         let _entered = span.enter();
-                        let summary = decide_part(&index, &delivery, ids.as_ref(), range, &mut part);
+                        let summary =
+                            decide_part(&index, &delivery, ids.as_ref(), range, &mut part);
                         (part, summary)
                     })
                 })

@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use eligibility::{BATCH_PART_MIN, DecisionSink, Decided, Ids};
+pub use eligibility::{BATCH_PART_MIN, Decided, DecisionSink, Ids};
 pub(crate) use quarantine::record_manual;
 pub use quarantine::{ManualEvent, Recorded, Recording};
 pub use subscriptions::{Confirmed, SERVICES_PER_TENANT_MAX};
@@ -323,9 +323,7 @@ impl App {
     {
         let span = tracing::Span::current();
         let handle = tokio::runtime::Handle::current();
-        joined(
-            tokio::task::spawn_blocking(move || span.in_scope(|| handle.block_on(work()))).await,
-        )
+        joined(tokio::task::spawn_blocking(move || span.in_scope(|| handle.block_on(work()))).await)
     }
 
     /// Deletes what retention lets go of: feedback event-id markers older

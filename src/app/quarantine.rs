@@ -17,8 +17,8 @@ use super::{ADDRESS_USERS_MAX, App, Page, Written, page_by_key};
 use crate::{
     engine::{
         Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, CHECKPOINT_EVERY,
-        ChangeContext, ErrorReason, EventId, EventKey, FeedbackKind, LogLimits, LogMeta,
-        Placement, ProfileId, QuarantineRules, Tenant, UnixMillis, refold,
+        ChangeContext, ErrorReason, EventId, EventKey, FeedbackKind, LogLimits, LogMeta, Placement,
+        ProfileId, QuarantineRules, Tenant, UnixMillis, refold,
     },
     error::{Error, Result},
     store::{Cursor, Direction, Lock, Store, Txn},
@@ -113,7 +113,8 @@ pub(crate) async fn record_in(
         } < start
     });
     let folded_at = if beyond {
-        old.last_event_at.map_or(occurred_at, |last| last.max(occurred_at))
+        old.last_event_at
+            .map_or(occurred_at, |last| last.max(occurred_at))
     } else {
         occurred_at
     };

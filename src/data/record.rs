@@ -22,10 +22,10 @@ use crate::{
         ACTOR_LEN_MAX, ADDRESSES_PER_KIND_MAX, Address, AddressEvent, AddressEventKind,
         AddressKind, AddressState, AddressStatus, Change, ChangeContext, Channel,
         ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, ErrorReason, EventId,
-        EventKey, FeedbackKind, LogMeta, PendingConfirmation, REASON_LEN_MAX, TokenRecord, Profile, ProfileId, Proof, Regime, RuleOverrides,
-        SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
-        SubscriptionStatus, Tenant, TenantSettings, TokenHash, UnixMillis, UsageOptOut, UserId,
-        parse_name, parse_postal_address,
+        EventKey, FeedbackKind, LogMeta, PendingConfirmation, Profile, ProfileId, Proof,
+        REASON_LEN_MAX, Regime, RuleOverrides, SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId,
+        Source, Subscription, SubscriptionChange, SubscriptionStatus, Tenant, TenantSettings,
+        TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId, parse_name, parse_postal_address,
     },
     store::DumpItem,
 };
@@ -1079,8 +1079,9 @@ impl Record {
                             (Some(at), Some(sequence)) => Some(EventKey { at, sequence }),
                             (None, None) => None,
                             _ => {
-                                return Err("log: start_at_ms and start_sequence go together"
-                                    .to_owned());
+                                return Err(
+                                    "log: start_at_ms and start_sequence go together".to_owned()
+                                );
                             }
                         },
                     },

@@ -34,8 +34,8 @@ use tokio::sync::watch;
 use crate::{
     engine::{
         Address, AddressKind, AddressStatus, Channel, ConsentState, ConsentStatus, Facts, Policy,
-        Profile, ProfileId, Reach, Reasons, Regime, Service, ServiceId, SubscriptionStatus,
-        Tenant, TenantSettings, judge,
+        Profile, ProfileId, Reach, Reasons, Regime, Service, ServiceId, SubscriptionStatus, Tenant,
+        TenantSettings, judge,
     },
     store::{Change, Committed, Loaded, Position},
 };
@@ -364,19 +364,17 @@ impl<'a> Verdict<'a> {
             (true, Some(kind)) => Some((state.profile_addresses(self.slot), kind)),
             _ => None,
         };
-        postal.into_iter().chain(
-            listed
-                .into_iter()
-                .flat_map(move |(slots, kind)| {
-                    slots.filter_map(move |a| {
-                        state
-                            .addresses
-                            .get(a)
-                            .filter(|a| a.kind == kind && a.status.is_usable())
-                            .map(|a| &*a.text)
-                    })
-                }),
-        )
+        postal
+            .into_iter()
+            .chain(listed.into_iter().flat_map(move |(slots, kind)| {
+                slots.filter_map(move |a| {
+                    state
+                        .addresses
+                        .get(a)
+                        .filter(|a| a.kind == kind && a.status.is_usable())
+                        .map(|a| &*a.text)
+                })
+            }))
     }
 }
 
@@ -491,7 +489,8 @@ impl Index {
 
     /// The load failed; decisions are refused.
     pub fn failed(&self, why: &str) {
-        self.readiness.send_replace(Readiness::Failed(Arc::from(why)));
+        self.readiness
+            .send_replace(Readiness::Failed(Arc::from(why)));
     }
 
     /// Applies durable changes, in position order.
@@ -523,7 +522,11 @@ impl Index {
                 service_id,
                 status,
             } => self.write(tenant, |s| {
-                s.put_subscription(profile_id, service_id, *status == SubscriptionStatus::Active);
+                s.put_subscription(
+                    profile_id,
+                    service_id,
+                    *status == SubscriptionStatus::Active,
+                );
             }),
             Change::TenantSettings { tenant, settings } => {
                 self.write(tenant, |s| s.settings = settings.clone());
@@ -566,13 +569,14 @@ impl Index {
 
     /// A tenant's settings as the index holds them (defaults when none).
     pub fn tenant_settings(&self, tenant: &Tenant) -> TenantSettings {
-        self.tenant(tenant).map_or_else(TenantSettings::default, |t| {
-            t.state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .settings
-                .clone()
-        })
+        self.tenant(tenant)
+            .map_or_else(TenantSettings::default, |t| {
+                t.state
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .settings
+                    .clone()
+            })
     }
 
     /// A service as the index holds it.

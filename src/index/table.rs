@@ -79,9 +79,8 @@ impl<S: Keyed> Table<S> {
         };
         let hash = self.hash(key);
         let (hasher, slots) = (&self.hasher, &self.slots);
-        self.table.insert_unique(hash, slot, |&s| {
-            hasher.hash_one(slots[index(s)].key())
-        });
+        self.table
+            .insert_unique(hash, slot, |&s| hasher.hash_one(slots[index(s)].key()));
         slot
     }
 

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Change, Committed, Cursor, Direction, DumpItem, Lock, Loaded, Store};
+use super::{Change, Committed, Cursor, Direction, DumpItem, Loaded, Lock, Store};
 use crate::engine::{
     Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, Change as History,
     ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, EventId, EventKey, Profile,
@@ -141,7 +141,11 @@ pub(crate) async fn changes_commit_as_one_and_read_their_own_writes(store: &dyn 
         tx.tenant_settings(&t).await.expect("read"),
         Some(settings.clone())
     );
-    assert_eq!(store.profile(&t, &p.id).await.expect("read"), None, "not yet");
+    assert_eq!(
+        store.profile(&t, &p.id).await.expect("read"),
+        None,
+        "not yet"
+    );
     drop(tx);
     assert_eq!(store.profile(&t, &p.id).await.expect("read"), None);
     assert_eq!(store.tenant_settings(&t).await.expect("read"), None);
@@ -154,15 +158,27 @@ pub(crate) async fn changes_commit_as_one_and_read_their_own_writes(store: &dyn 
     tx.put_tenant_settings(&t, &settings);
     let hash = TokenHash([7; 32]);
     tx.put_token(&t, &hash, &token("p1", 10));
-    assert_eq!(tx.token(&t, &hash).await.expect("read"), Some(token("p1", 10)));
+    assert_eq!(
+        tx.token(&t, &hash).await.expect("read"),
+        Some(token("p1", 10))
+    );
     tx.delete_token(&t, &hash);
     assert_eq!(tx.token(&t, &hash).await.expect("read"), None, "deleted");
     tx.commit().await.expect("commit");
     store.sync().await.expect("sync");
     assert_eq!(store.profile(&t, &p.id).await.expect("read"), Some(p));
-    assert_eq!(store.tenant_settings(&t).await.expect("read"), Some(settings));
+    assert_eq!(
+        store.tenant_settings(&t).await.expect("read"),
+        Some(settings)
+    );
     // Another tenant sees none of it.
-    assert_eq!(store.profile(&tenant("t2"), &pid("p1")).await.expect("read"), None);
+    assert_eq!(
+        store
+            .profile(&tenant("t2"), &pid("p1"))
+            .await
+            .expect("read"),
+        None
+    );
 }
 
 /// A change that names a lock another change holds waits for it.
@@ -244,11 +260,13 @@ pub(crate) async fn history_pages_newest_first(store: &dyn Store) {
         .await
         .expect("history");
     assert_eq!(seqs(page), vec![3, 2]);
-    assert!(store
-        .consent_history(&t, &pid("nobody"), None, 10)
-        .await
-        .expect("history")
-        .is_empty());
+    assert!(
+        store
+            .consent_history(&t, &pid("nobody"), None, 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
 }
 
 /// The address → profiles index follows each profile's addresses.
@@ -270,12 +288,18 @@ pub(crate) async fn address_users_follow_profiles(store: &dyn Store) {
         let t = t.clone();
         async move { store.address_users(&t, &a, 2).await.expect("users") }
     };
-    assert_eq!(users("shared@x.io").await, (vec![pid("p1"), pid("p2")], true));
+    assert_eq!(
+        users("shared@x.io").await,
+        (vec![pid("p1"), pid("p2")], true)
+    );
     assert_eq!(users("one@x.io").await, (vec![pid("p1")], false));
     put(profile("p1", &["two@x.io"])).await;
     assert_eq!(users("one@x.io").await, (vec![], false));
     assert_eq!(users("two@x.io").await, (vec![pid("p1")], false));
-    assert_eq!(users("shared@x.io").await, (vec![pid("p2"), pid("p3")], false));
+    assert_eq!(
+        users("shared@x.io").await,
+        (vec![pid("p2"), pid("p3")], false)
+    );
 }
 
 /// The non-VALID addresses are listed by status then address, page by page,
@@ -386,20 +410,45 @@ pub(crate) async fn address_logs_read_in_key_order(store: &dyn Store) {
             .iter()
             .all(|e| e.checkpoint.is_some() == (e.sequence % 2 == 0))
     );
-    tx.delete_address_events(&t, &a, EventKey { at: 20, sequence: 4 });
+    tx.delete_address_events(
+        &t,
+        &a,
+        EventKey {
+            at: 20,
+            sequence: 4,
+        },
+    );
     tx.commit().await.expect("commit");
     let history = store
         .address_history(&t, &a, None, 100)
         .await
         .expect("history");
-    assert_eq!(keys(history), vec![5, 1, 4], "entries before the cut are gone");
+    assert_eq!(
+        keys(history),
+        vec![5, 1, 4],
+        "entries before the cut are gone"
+    );
     let page = store
-        .address_history(&t, &a, EventKey { at: 70, sequence: 5 }.into(), 1)
+        .address_history(
+            &t,
+            &a,
+            EventKey {
+                at: 70,
+                sequence: 5,
+            }
+            .into(),
+            1,
+        )
         .await
         .expect("history");
     assert_eq!(keys(page), vec![1]);
     assert_eq!(
-        keys(store.address_history(&t, &email("b@x.io"), None, 10).await.expect("b")),
+        keys(
+            store
+                .address_history(&t, &email("b@x.io"), None, 10)
+                .await
+                .expect("b")
+        ),
         vec![9],
         "another address's log is its own"
     );
@@ -430,7 +479,9 @@ pub(crate) async fn subscriptions_list_both_ways(store: &dyn Store) {
     }
     let mine = store.subscriptions(&t, &pid("p1")).await.expect("read");
     assert_eq!(
-        mine.iter().map(|s| s.service_id.as_str()).collect::<Vec<_>>(),
+        mine.iter()
+            .map(|s| s.service_id.as_str())
+            .collect::<Vec<_>>(),
         ["deals", "news"]
     );
     let news = ServiceId::parse("news").expect("valid");
@@ -469,7 +520,11 @@ pub(crate) async fn small_records_read_count_and_page(store: &dyn Store) {
         .await
         .expect("begin");
     tx.put_service(&t, &service("a"));
-    assert_eq!(tx.service_count(&t).await.expect("count"), 3, "a replacement");
+    assert_eq!(
+        tx.service_count(&t).await.expect("count"),
+        3,
+        "a replacement"
+    );
     tx.put_service(&t, &service("d"));
     assert_eq!(tx.service_count(&t).await.expect("count"), 4);
     drop(tx);
@@ -541,7 +596,12 @@ pub(crate) async fn markers_and_tokens_expire(store: &dyn Store) {
     assert!(!tx.event_marker(&t, &marked("e2")).await.expect("read"));
     assert!(tx.event_marker(&t, &marked("e3")).await.expect("read"));
     assert_eq!(tx.token(&t, &TokenHash([1; 32])).await.expect("read"), None);
-    assert!(tx.token(&t, &TokenHash([2; 32])).await.expect("read").is_some());
+    assert!(
+        tx.token(&t, &TokenHash([2; 32]))
+            .await
+            .expect("read")
+            .is_some()
+    );
     drop(tx);
     // The limit holds.
     let expired = store.expire(1000, 1000, 1).await.expect("expire");
@@ -582,7 +642,12 @@ pub(crate) async fn the_feed_carries_every_committed_change_in_order(store: &dyn
     let first = tx.commit().await.expect("commit");
     // A marker alone decides nothing: no position.
     let mut tx = store.begin(Vec::new()).await.expect("begin");
-    tx.put_event_marker(&t, &EventId::parse("e").expect("valid"), &email("a@x.io"), 1);
+    tx.put_event_marker(
+        &t,
+        &EventId::parse("e").expect("valid"),
+        &email("a@x.io"),
+        1,
+    );
     assert_eq!(tx.commit().await.expect("commit"), first);
     let mut tx = store
         .begin(vec![Lock::Address(t.clone(), email("a@x.io"))])
@@ -686,7 +751,12 @@ pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: 
     tx.put_profile(&t, &p);
     tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Denylisted));
     tx.put_address_event(&t, &email("a@x.io"), &event(2, 7));
-    tx.put_event_marker(&t, &EventId::parse("e").expect("valid"), &email("a@x.io"), 9);
+    tx.put_event_marker(
+        &t,
+        &EventId::parse("e").expect("valid"),
+        &email("a@x.io"),
+        9,
+    );
     tx.put_subscription(&t, &p.id, &subscription("news", SubscriptionStatus::Active));
     tx.put_service(&t, &service("news"));
     tx.put_token(&t, &TokenHash([3; 32]), &token("p1", 77));
@@ -704,7 +774,10 @@ pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: 
     let again: Vec<DumpItem> = empty.dump(None).map(|i| i.expect("item")).collect();
     assert_eq!(as_set(&again), as_set(&items));
     assert_eq!(
-        empty.address_users(&t, &email("a@x.io"), 10).await.expect("users"),
+        empty
+            .address_users(&t, &email("a@x.io"), 10)
+            .await
+            .expect("users"),
         (vec![p.id.clone()], false)
     );
     assert_eq!(
@@ -731,7 +804,10 @@ pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: 
         "a tenant's dump holds only its own"
     );
     // A restored marker expires by its time.
-    assert_eq!(empty.expire(10, 0, 10).await.expect("expire").event_markers, 1);
+    assert_eq!(
+        empty.expire(10, 0, 10).await.expect("expire").event_markers,
+        1
+    );
 }
 
 /// One `#[tokio::test]` per check, over stores made by `$make` (an

@@ -158,11 +158,7 @@ impl FeedQueue {
     pub(crate) fn deliver_through(&self, through: Position) {
         let mut queue = self.lock();
         let mut ready = Vec::new();
-        while queue
-            .pending
-            .front()
-            .is_some_and(|c| c.position <= through)
-        {
+        while queue.pending.front().is_some_and(|c| c.position <= through) {
             if let Some(committed) = queue.pending.pop_front() {
                 ready.push(committed);
             }

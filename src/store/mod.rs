@@ -315,8 +315,11 @@ pub trait Store: Send + Sync + fmt::Debug {
         limit: usize,
     ) -> Result<Page<(ProfileId, SubscriptionStatus)>>;
     /// An address's stored state (not "as of now").
-    async fn address_state(&self, tenant: &Tenant, address: &Address)
-    -> Result<Option<AddressState>>;
+    async fn address_state(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressState>>;
     /// The profiles that use an address, by id: at most `limit`, and whether
     /// there were more.
     async fn address_users(
@@ -371,10 +374,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// profiles, non-VALID addresses, subscriptions), as of the returned
     /// position. For start-up, before any change is made: the caller holds
     /// writes back until it has followed the feed from that position.
-    async fn load_decision_state(
-        &self,
-        visit: &mut (dyn FnMut(Loaded) + Send),
-    ) -> Result<Position>;
+    async fn load_decision_state(&self, visit: &mut (dyn FnMut(Loaded) + Send))
+    -> Result<Position>;
     /// From now on, hands every committed change after `after` to `sink`,
     /// once it is durable, in position order. Set once.
     fn follow(&self, after: Position, sink: FeedSink) -> Result<()>;
@@ -459,8 +460,11 @@ pub trait Txn: Send {
     /// How many services a tenant has.
     async fn service_count(&mut self, tenant: &Tenant) -> Result<usize>;
     /// A user's usage opt-out.
-    async fn usage_opt_out(&mut self, tenant: &Tenant, user: &UserId)
-    -> Result<Option<UsageOptOut>>;
+    async fn usage_opt_out(
+        &mut self,
+        tenant: &Tenant,
+        user: &UserId,
+    ) -> Result<Option<UsageOptOut>>;
 
     /// Writes a profile (the address → profile index follows its addresses).
     fn put_profile(&mut self, tenant: &Tenant, profile: &Profile);

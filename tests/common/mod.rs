@@ -154,6 +154,7 @@ async fn start(
     .connect()
     .await
     .expect("connect to the test server");
+    wait_until_serving(&channel).await;
     TestApp {
         addr,
         clock,
@@ -167,6 +168,30 @@ async fn start(
         data_dir,
         shutdown,
         server,
+    }
+}
+
+/// Waits until the server's health says SERVING (its decision index is
+/// built), as a client that waits for readiness does.
+async fn wait_until_serving(channel: &GrpcChannel) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|r| r.into_inner().status());
+        if matches!(status, Ok(ServingStatus::Serving)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not become ready: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

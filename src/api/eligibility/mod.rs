@@ -360,7 +360,10 @@ where
                 Box::pin(async move { Ok(grpc.streaming(Streamed(api), request).await) })
             }
             _ => Box::pin(async move {
-                Ok(Status::unimplemented("no such method in consent.v1.EligibilityService").into_http())
+                Ok(
+                    Status::unimplemented("no such method in consent.v1.EligibilityService")
+                        .into_http(),
+                )
             }),
         }
     }

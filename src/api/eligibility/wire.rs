@@ -13,8 +13,8 @@
 use std::ops::Range;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use prost::{
-    encoding::{DecodeContext, WireType, decode_key, decode_varint, encode_varint, skip_field},
+use prost::encoding::{
+    DecodeContext, WireType, decode_key, decode_varint, encode_varint, skip_field,
 };
 use tonic::{
     Status,
@@ -59,7 +59,8 @@ impl IdsRequest {
         let mut cursor = buf.clone();
         let start = cursor.remaining();
         let at = |c: &Bytes| start - c.remaining();
-        let malformed = |e: prost::DecodeError| invalid("request", &format!("is not a valid message: {e}"));
+        let malformed =
+            |e: prost::DecodeError| invalid("request", &format!("is not a valid message: {e}"));
         while cursor.has_remaining() {
             let (tag, wire) = decode_key(&mut cursor).map_err(malformed)?;
             match (tag, wire) {
@@ -67,7 +68,10 @@ impl IdsRequest {
                     let len = usize::try_from(decode_varint(&mut cursor).map_err(malformed)?)
                         .unwrap_or(usize::MAX);
                     if len > cursor.remaining() {
-                        return Err(invalid("request", "is not a valid message: a string runs past its end"));
+                        return Err(invalid(
+                            "request",
+                            "is not a valid message: a string runs past its end",
+                        ));
                     }
                     let from = at(&cursor);
                     let range = from..from + len;
@@ -194,10 +198,11 @@ impl PartEncoder {
 impl crate::app::DecisionSink for PartEncoder {
     fn decided(&mut self, id: &str, verdict: &Verdict<'_>) {
         let eligible = verdict.reasons.is_empty();
-        let reasons = verdict
-            .reasons
-            .iter()
-            .take(if self.view == View::Basic { 1 } else { usize::MAX });
+        let reasons = verdict.reasons.iter().take(if self.view == View::Basic {
+            1
+        } else {
+            usize::MAX
+        });
         // Every reason's number is below 128: one byte each.
         let n_reasons = reasons.clone().count();
         let full = self.view == View::Full && eligible;
@@ -371,8 +376,8 @@ mod tests {
         );
         let mut out = profile.clone();
         out.id = ProfileId::parse("p2").expect("valid");
-        let ctx = crate::engine::ChangeContext::new(crate::engine::Source::Api, "", "")
-            .expect("valid");
+        let ctx =
+            crate::engine::ChangeContext::new(crate::engine::Source::Api, "", "").expect("valid");
         out.set_consent(
             crate::engine::Scope::AllChannels,
             crate::engine::ConsentStatus::OptedOut,

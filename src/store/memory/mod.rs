@@ -15,7 +15,7 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    Change, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver, Lock, Loaded, Page,
+    Change, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver, Loaded, Lock, Page,
     Position, Result, Snapshot, Store, StoreError, Txn,
     feed::FeedQueue,
     locks::{Held, LockTable},
@@ -700,7 +700,9 @@ impl Txn for MemoryTxn<'_> {
         service: &ServiceId,
     ) -> Result<Option<Subscription>> {
         if let Some(staged) = self.staged(|op| match op {
-            Op::Subscription(t, p, s) if t == tenant && p == profile && &s.service_id == service => {
+            Op::Subscription(t, p, s)
+                if t == tenant && p == profile && &s.service_id == service =>
+            {
                 Some(Some(s.clone()))
             }
             _ => None,
@@ -935,8 +937,7 @@ impl Txn for MemoryTxn<'_> {
     }
 
     fn delete_usage_opt_out(&mut self, tenant: &Tenant, user: &UserId) {
-        self.ops
-            .push(Op::Usage(tenant.clone(), user.clone(), None));
+        self.ops.push(Op::Usage(tenant.clone(), user.clone(), None));
     }
 
     async fn commit(self: Box<Self>) -> Result<Position> {
@@ -1001,9 +1002,7 @@ impl Txn for MemoryTxn<'_> {
                         service_id: s.service_id.clone(),
                         status: s.status,
                     });
-                    state
-                        .subscriptions
-                        .insert((t, p, s.service_id.clone()), s);
+                    state.subscriptions.insert((t, p, s.service_id.clone()), s);
                 }
                 Op::Token(t, h, Some(r)) => {
                     state.tokens.insert((t, h), r);

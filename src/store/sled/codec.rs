@@ -691,7 +691,10 @@ pub(crate) fn encode_token(t: &TokenRecord) -> Vec<u8> {
 
 /// Decodes a token record. Records written before V3 have no expiry: they
 /// read as expiring at `legacy_expiry` (the migration at open rewrites them).
-pub(crate) fn decode_token(bytes: &[u8], legacy_expiry: UnixMillis) -> Result<TokenRecord, CodecError> {
+pub(crate) fn decode_token(
+    bytes: &[u8],
+    legacy_expiry: UnixMillis,
+) -> Result<TokenRecord, CodecError> {
     let mut r = Reader::new(bytes)?;
     Ok(TokenRecord {
         profile_id: ProfileId::from_trusted(r.string()?),

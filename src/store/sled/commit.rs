@@ -149,11 +149,7 @@ struct Committer {
 }
 
 impl Committer {
-    fn run(
-        &self,
-        pending: &mpsc::Receiver<oneshot::Sender<FlushResult>>,
-        observer: &ObserverSlot,
-    ) {
+    fn run(&self, pending: &mpsc::Receiver<oneshot::Sender<FlushResult>>, observer: &ObserverSlot) {
         // How many waiters the last flush answered: the concurrency to expect.
         let mut last_group = 1;
         // Ends when the `GroupCommit` is dropped.
@@ -216,7 +212,11 @@ impl Committer {
 }
 
 /// Makes everything written to `db` so far durable.
-fn flush_and_sync(db: &sled::Db, data_file: &File, fault: Option<&SyncFault>) -> std::io::Result<()> {
+fn flush_and_sync(
+    db: &sled::Db,
+    data_file: &File,
+    fault: Option<&SyncFault>,
+) -> std::io::Result<()> {
     db.flush().map_err(std::io::Error::other)?;
     if let Some(fault) = fault {
         fault()?;

@@ -25,13 +25,11 @@ use super::{
     CodecError, Result, StoreError, address_of, codec, corrupt, keys, keys::KeyParts, migrate,
     tenant_of, utf8,
 };
-use crate::{
-    engine::{
-        AddressStatus, EventId, ProfileId, ServiceId, TokenHash, UnixMillis, UserId,
-    },
-    store::{DumpItem, Expired, Lock, Loaded, Snapshot},
-};
 use crate::engine::Tenant;
+use crate::{
+    engine::{AddressStatus, EventId, ProfileId, ServiceId, TokenHash, UnixMillis, UserId},
+    store::{DumpItem, Expired, Loaded, Lock, Snapshot},
+};
 
 /// The raw records of a dump, copied while writes were paused.
 #[derive(Debug)]
@@ -68,7 +66,10 @@ fn decode_marker(key: &[u8], value: &[u8]) -> Result<(Vec<u8>, UnixMillis)> {
     };
     let (address, at) = value.split_at(split);
     if matches!(keys::parse(address), Some(KeyParts::Address { .. })) {
-        let at = i64::from_be_bytes(at.try_into().map_err(|_| corrupt(key)(CodecError::Truncated))?);
+        let at = i64::from_be_bytes(
+            at.try_into()
+                .map_err(|_| corrupt(key)(CodecError::Truncated))?,
+        );
         return Ok((address.to_vec(), at));
     }
     // A format-2 marker: the address key alone (the migration rewrites these).
@@ -217,11 +218,9 @@ pub(crate) fn load_decision_state(
     for item in db.scan_prefix([keys::PROFILE_TYPE]) {
         let (key, value) = item?;
         if let Some(KeyParts::Profile { tenant, id }) = keys::parse(&key) {
-            let profile = codec::decode_profile(
-                ProfileId::from_trusted(utf8(&key, id)?.to_owned()),
-                &value,
-            )
-            .map_err(corrupt(&key))?;
+            let profile =
+                codec::decode_profile(ProfileId::from_trusted(utf8(&key, id)?.to_owned()), &value)
+                    .map_err(corrupt(&key))?;
             visit(Loaded::Profile(tenant_of(&key, tenant)?, profile));
         }
     }
@@ -258,7 +257,10 @@ pub(crate) fn load_decision_state(
     Ok(())
 }
 
-fn dump_types<'a>(db: &'a sled::Db, types: &'a [u8]) -> impl Iterator<Item = Result<DumpItem>> + 'a {
+fn dump_types<'a>(
+    db: &'a sled::Db,
+    types: &'a [u8],
+) -> impl Iterator<Item = Result<DumpItem>> + 'a {
     types
         .iter()
         .flat_map(move |t| db.scan_prefix([*t]))
@@ -348,7 +350,8 @@ fn restore_into(db: &sled::Db, item: &DumpItem, batch: &mut sled::Batch) -> Resu
         DumpItem::Profile { tenant, profile } => {
             let key = keys::profile(tenant, &profile.id);
             if let Some(bytes) = db.get(&key)? {
-                let old = codec::decode_profile(profile.id.clone(), &bytes).map_err(corrupt(&key))?;
+                let old =
+                    codec::decode_profile(profile.id.clone(), &bytes).map_err(corrupt(&key))?;
                 for address in old.all_addresses() {
                     batch.remove(keys::address_user(tenant, address, &old.id));
                 }

@@ -524,12 +524,24 @@ mod tests {
     fn log_keys_sort_by_event_time_then_sequence() {
         let a = Address::email("a@b.io").expect("valid");
         let keys = [
-            EventKey { at: i64::MIN, sequence: 9 },
-            EventKey { at: -1, sequence: 1 },
+            EventKey {
+                at: i64::MIN,
+                sequence: 9,
+            },
+            EventKey {
+                at: -1,
+                sequence: 1,
+            },
             EventKey { at: 0, sequence: 0 },
-            EventKey { at: 0, sequence: 256 },
+            EventKey {
+                at: 0,
+                sequence: 256,
+            },
             EventKey { at: 1, sequence: 2 },
-            EventKey { at: i64::MAX, sequence: 0 },
+            EventKey {
+                at: i64::MAX,
+                sequence: 0,
+            },
         ];
         let bytes: Vec<_> = keys.iter().map(|k| event_log(&t("a"), &a, *k)).collect();
         let mut sorted = bytes.clone();
@@ -585,7 +597,14 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(&event_log(&tenant, &a, EventKey { at: -5, sequence: 3 })),
+            parse(&event_log(
+                &tenant,
+                &a,
+                EventKey {
+                    at: -5,
+                    sequence: 3
+                }
+            )),
             Some(KeyParts::EventLog {
                 tenant: b"acme",
                 kind,

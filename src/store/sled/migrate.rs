@@ -122,7 +122,10 @@ fn date_markers(db: &sled::Db, now: UnixMillis) -> Result<()> {
         let mut dated = value.to_vec();
         dated.extend_from_slice(&now.to_be_bytes());
         batch.insert(key, dated);
-        batch.insert(keys::event_id_expiry(&tenant, &event_id, now), IVec::default());
+        batch.insert(
+            keys::event_id_expiry(&tenant, &event_id, now),
+            IVec::default(),
+        );
         ops += 2;
         flush_if_full(db, &mut batch, &mut ops)?;
     }

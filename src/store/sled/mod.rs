@@ -34,7 +34,7 @@ use ::sled::IVec;
 use async_trait::async_trait;
 
 use super::{
-    Change, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver, Lock, Loaded, Page,
+    Change, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver, Loaded, Lock, Page,
     Position, Result, Snapshot, Store, StoreError, Txn,
     feed::FeedQueue,
     locks::{Held, LockTable},
@@ -230,7 +230,9 @@ impl SledStore {
                 break;
             }
             if found.len() == limit {
-                let next = found.last().map(|(k, _)| Cursor(k[prefix.len()..].to_vec()));
+                let next = found
+                    .last()
+                    .map(|(k, _)| Cursor(k[prefix.len()..].to_vec()));
                 return Ok((found, next));
             }
             found.push((key, value));
@@ -499,8 +501,7 @@ impl Store for SledStore {
             .into_iter()
             .map(|(key, value)| {
                 let id = utf8_tail(&key, prefix.len())?;
-                codec::decode_usage_opt_out(UserId::from_trusted(id), &value)
-                    .map_err(corrupt(&key))
+                codec::decode_usage_opt_out(UserId::from_trusted(id), &value).map_err(corrupt(&key))
             })
             .collect::<Result<_>>()?;
         Ok(Page { items, next })
@@ -781,7 +782,11 @@ impl Txn for SledTxn<'_> {
             .unwrap_or(AddressStatus::Valid);
         if old != state.status {
             if old != AddressStatus::Valid {
-                self.stage(keys::status_index(tenant, old, address), None, OpKind::Other);
+                self.stage(
+                    keys::status_index(tenant, old, address),
+                    None,
+                    OpKind::Other,
+                );
             }
             self.changes.push(Change::Address {
                 tenant: tenant.clone(),

@@ -9,7 +9,7 @@ use std::sync::{
 
 use super::{SledOptions, SledStore, codec, keys};
 use crate::{
-    engine::{ConsentStatus, ProfileAddresses, Scope, Channel, Profile},
+    engine::{Channel, ConsentStatus, Profile, ProfileAddresses, Scope},
     store::{
         Lock, Store, StoreError,
         conformance::{ctx, email, pid, tenant},
@@ -60,7 +60,10 @@ async fn what_was_synced_is_there_after_a_reopen() {
     let store = SledStore::open(dir.path()).expect("reopen");
     assert_eq!(store.profile(&t, &p.id).await.expect("read"), Some(p));
     assert_eq!(
-        store.address_users(&t, &email("a@x.io"), 10).await.expect("users"),
+        store
+            .address_users(&t, &email("a@x.io"), 10)
+            .await
+            .expect("users"),
         (vec![pid("p1")], false)
     );
 }
@@ -95,8 +98,14 @@ async fn a_history_entry_whose_profile_write_is_missing_is_not_listed_and_is_ove
         .expect("begin");
     tx.append_history(&t, &p.id, &orphan);
     tx.commit().await.expect("commit");
-    let listed = store.consent_history(&t, &p.id, None, 10).await.expect("history");
-    assert_eq!(listed.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1]);
+    let listed = store
+        .consent_history(&t, &p.id, None, 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        listed.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![1]
+    );
     let next = p
         .set_consent(out, ConsentStatus::OptedIn, &ctx(), 4)
         .expect("a change");
@@ -107,7 +116,10 @@ async fn a_history_entry_whose_profile_write_is_missing_is_not_listed_and_is_ove
     tx.append_history(&t, &p.id, &next);
     tx.put_profile(&t, &p);
     tx.commit().await.expect("commit");
-    let listed = store.consent_history(&t, &p.id, None, 10).await.expect("history");
+    let listed = store
+        .consent_history(&t, &p.id, None, 10)
+        .await
+        .expect("history");
     assert_eq!(
         listed
             .iter()
@@ -164,7 +176,13 @@ async fn a_failed_sync_refuses_every_write_after_it() {
     let why = store.failure().expect("failed");
     assert!(why.contains("injected"), "{why}");
     // Reads go on.
-    assert!(store.profile(&t, &pid("before")).await.expect("read").is_some());
+    assert!(
+        store
+            .profile(&t, &pid("before"))
+            .await
+            .expect("read")
+            .is_some()
+    );
 }
 
 /// A data directory of format 2 (address log by arrival, markers without a
@@ -180,7 +198,11 @@ async fn a_format_2_directory_is_migrated_at_open() {
         for (seq, at) in [(1u64, 50i64), (2, 10)] {
             let mut key = vec![b'l', 1, b't'];
             key.push(codec::address_kind_byte(a.kind()));
-            key.extend_from_slice(&u16::try_from(a.as_str().len()).expect("short").to_be_bytes());
+            key.extend_from_slice(
+                &u16::try_from(a.as_str().len())
+                    .expect("short")
+                    .to_be_bytes(),
+            );
             key.extend_from_slice(a.as_str().as_bytes());
             key.extend_from_slice(&seq.to_be_bytes());
             let event = crate::engine::AddressEvent {
@@ -206,13 +228,20 @@ async fn a_format_2_directory_is_migrated_at_open() {
         db.flush().expect("flush");
     }
     let store = SledStore::open(dir.path()).expect("open migrates");
-    let history = store.address_history(&t, &a, None, 10).await.expect("history");
+    let history = store
+        .address_history(&t, &a, None, 10)
+        .await
+        .expect("history");
     assert_eq!(
         history.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         vec![1, 2],
         "newest event time first"
     );
-    let state = store.address_state(&t, &a).await.expect("read").expect("state");
+    let state = store
+        .address_state(&t, &a)
+        .await
+        .expect("read")
+        .expect("state");
     assert_eq!(state.log.len, 2);
     let markers: Vec<_> = store
         .dump(None)
@@ -226,5 +255,12 @@ async fn a_format_2_directory_is_migrated_at_open() {
     drop(store);
     // Opening again changes nothing more.
     let store = SledStore::open(dir.path()).expect("reopen");
-    assert_eq!(store.address_history(&t, &a, None, 10).await.expect("history").len(), 2);
+    assert_eq!(
+        store
+            .address_history(&t, &a, None, 10)
+            .await
+            .expect("history")
+            .len(),
+        2
+    );
 }
