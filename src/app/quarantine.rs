@@ -174,7 +174,7 @@ pub(crate) async fn record_in(
         tx.put_event_marker(tenant, &event_id, address, now);
     }
     if event.checkpoint.is_some() || new.log.len > limits.events_max {
-        prune(tx, tenant, address, &mut new, &limits, now).await?;
+        prune(tx, tenant, address, &mut new, &how).await?;
     }
     tx.put_address_state(tenant, address, &new);
     Ok(Recorded {
@@ -256,63 +256,72 @@ async fn nearest_checkpoint(
     }
 }
 
-/// Drops the oldest entries of an address's log up to a checkpoint: those
-/// older than the late-event horizon, and those beyond the most kept. The
-/// checkpoint's entry becomes the oldest kept (`log.start`).
+/// Drops the oldest entries of an address's log: those older than the
+/// late-event horizon, and those beyond the most kept. The oldest entry
+/// kept gets a checkpoint (the entries dropped are folded into it) and
+/// becomes the log's start.
 async fn prune(
     tx: &mut (dyn Txn + '_),
     tenant: &Tenant,
     address: &Address,
     state: &mut AddressState,
-    limits: &LogLimits,
-    now: UnixMillis,
+    how: &Recording,
 ) -> Result<()> {
-    let cutoff = limits.cutoff(now);
+    let cutoff = how.limits.cutoff(how.now);
     let len = usize::try_from(state.log.len).unwrap_or(usize::MAX);
-    let must = len.saturating_sub(usize::try_from(limits.events_max).unwrap_or(usize::MAX));
-    // Walk from the oldest while entries may go; the newest checkpoint
-    // reached becomes the new start.
+    let must = len.saturating_sub(usize::try_from(how.limits.events_max).unwrap_or(usize::MAX));
+    // Walk from the oldest, folding, while entries may go; the first that
+    // may not (or the newest) is kept, with the state after it.
     let mut seen = 0usize;
     let mut from = None;
-    let mut new_start: Option<(usize, EventKey)> = None;
-    loop {
+    let mut folded = AddressState::default();
+    let mut keep: Option<(usize, AddressEvent, AddressState)> = None;
+    'walk: loop {
         let chunk = tx
             .address_events(tenant, address, from, Direction::After, LOG_READ_CHUNK)
             .await?;
         let done = chunk.len() < LOG_READ_CHUNK;
         for entry in chunk {
-            // Every entry before this one may go: it can be the new start.
-            if entry.checkpoint.is_some() && seen > 0 {
-                new_start = Some((seen, entry.key()));
-            }
-            let droppable = seen < must || entry.folded_at < cutoff;
-            if !droppable {
-                return finish(tx, tenant, address, state, new_start);
-            }
-            seen += 1;
+            folded = match &entry.checkpoint {
+                Some(state) => (**state).clone(),
+                None => {
+                    let mut next = folded;
+                    next.apply(&entry.kind, entry.folded_at, &entry.context, &how.rules);
+                    next.log_seq = next.log_seq.max(entry.sequence);
+                    next
+                }
+            };
             from = Some(entry.key());
+            let droppable = seen < must || entry.folded_at < cutoff;
+            keep = Some((seen, entry, folded.clone()));
+            seen += 1;
+            if !droppable {
+                break 'walk;
+            }
         }
         if done {
-            return finish(tx, tenant, address, state, new_start);
+            break;
         }
     }
-}
-
-fn finish(
-    tx: &mut (dyn Txn + '_),
-    tenant: &Tenant,
-    address: &Address,
-    state: &mut AddressState,
-    new_start: Option<(usize, EventKey)>,
-) -> Result<()> {
-    if let Some((dropped, key)) = new_start {
-        tx.delete_address_events(tenant, address, key);
-        state.log.len = state
-            .log
-            .len
-            .saturating_sub(u32::try_from(dropped).unwrap_or(u32::MAX));
-        state.log.start = Some(key);
+    let Some((dropped, mut first, after)) = keep else {
+        return Ok(());
+    };
+    if dropped == 0 {
+        return Ok(());
     }
+    first.checkpoint = Some(checkpoint(&after));
+    tx.put_address_event(tenant, address, &first);
+    tx.delete_address_events(tenant, address, first.key());
+    state.log.len = state
+        .log
+        .len
+        .saturating_sub(u32::try_from(dropped).unwrap_or(u32::MAX));
+    state.log.start = Some(first.key());
+    // The newest checkpoint is the new start's or a later one.
+    state.log.since_checkpoint = state
+        .log
+        .since_checkpoint
+        .min(state.log.len.saturating_sub(1));
     Ok(())
 }
 

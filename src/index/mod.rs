@@ -264,6 +264,12 @@ impl TenantState {
     }
 
     fn put_address(&mut self, address: &Address, status: AddressStatus) {
+        // Decisions tell usable from not; WITH_ERRORS is kept as VALID.
+        let status = if status.is_usable() {
+            AddressStatus::Valid
+        } else {
+            status
+        };
         let slot = if status.is_usable() {
             match self
                 .addresses
@@ -598,6 +604,84 @@ impl Index {
             let state = t.state.read().unwrap_or_else(|p| p.into_inner());
             (p + state.profiles.len(), a + state.addresses.len())
         })
+    }
+}
+
+/// What the index holds, in a form two indexes can be compared by: per
+/// tenant, its regimes, each service's ACTIVE subscribers, each profile's
+/// consent and addresses with their statuses, and every address kept for
+/// its status alone.
+#[cfg(test)]
+pub(crate) type Canonical = std::collections::BTreeMap<String, CanonicalTenant>;
+
+/// One tenant of [`Canonical`].
+#[cfg(test)]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct CanonicalTenant {
+    pub(crate) regimes: Vec<Regime>,
+    pub(crate) services: std::collections::BTreeMap<String, Vec<String>>,
+    pub(crate) profiles: std::collections::BTreeMap<
+        String,
+        (u16, Vec<(AddressKind, String, AddressStatus)>, String),
+    >,
+    pub(crate) unused: std::collections::BTreeSet<(AddressKind, String, AddressStatus)>,
+}
+
+#[cfg(test)]
+impl Index {
+    /// The index in comparable form.
+    pub(crate) fn canonical(&self) -> Canonical {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Canonical::new();
+        for (tenant, index) in tenants.iter() {
+            let state = index.state.read().unwrap_or_else(|p| p.into_inner());
+            let mut c = CanonicalTenant {
+                regimes: Channel::ALL
+                    .iter()
+                    .map(|ch| state.settings.regime(*ch))
+                    .collect(),
+                ..CanonicalTenant::default()
+            };
+            let id_of = |slot: u32| state.profiles.get(slot).map(|p| p.id.to_string());
+            for (id, entry) in &state.services {
+                let mut active: Vec<String> =
+                    entry.active.iter().filter_map(|s| id_of(*s)).collect();
+                active.sort();
+                c.services.insert(id.as_str().to_owned(), active);
+            }
+            for slot in 0..u32::try_from(state.profiles.slot_count()).unwrap_or(0) {
+                let Some(p) = state.profiles.get(slot) else {
+                    continue;
+                };
+                let addresses = state
+                    .profile_addresses(slot)
+                    .filter_map(|a| state.addresses.get(a))
+                    .map(|a| (a.kind, a.text.to_string(), a.status))
+                    .collect();
+                let postal = state
+                    .postal
+                    .get(&slot)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                c.profiles
+                    .insert(p.id.to_string(), (p.consent, addresses, postal));
+            }
+            for slot in 0..u32::try_from(state.addresses.slot_count()).unwrap_or(0) {
+                if let Some(a) = state.addresses.get(slot)
+                    && a.users == 0
+                {
+                    c.unused.insert((a.kind, a.text.to_string(), a.status));
+                }
+            }
+            let empty = c.services.is_empty()
+                && c.profiles.is_empty()
+                && c.unused.is_empty()
+                && c.regimes.iter().all(|r| *r == Regime::default());
+            if !empty {
+                out.insert(tenant.as_str().to_owned(), c);
+            }
+        }
+        out
     }
 }
 

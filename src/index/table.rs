@@ -114,4 +114,10 @@ impl<S: Keyed> Table<S> {
     pub(super) fn len(&self) -> usize {
         self.table.len()
     }
+
+    /// Slots made so far, in use or free (slot numbers are below it).
+    #[cfg(test)]
+    pub(super) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
 }
