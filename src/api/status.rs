@@ -137,6 +137,18 @@ impl From<Error> for Status {
 fn storage_status(error: &StoreError) -> Status {
     // The cause chain goes to the log, not to the client.
     tracing::error!(error = %error, debug = ?error, "storage failure");
+    if let StoreError::Failed(_) = error {
+        return status(
+            Code::Unavailable,
+            "a flush to disk failed earlier: this server accepts no write until it is \
+             restarted (writes not acknowledged may be lost; acknowledged ones are safe); \
+             reads and eligibility checks go on"
+                .to_owned(),
+            "STORAGE_FAILED",
+            HashMap::new(),
+            ErrorDetails::new(),
+        );
+    }
     if error.is_transient() {
         status(
             Code::Unavailable,

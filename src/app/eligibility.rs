@@ -74,12 +74,14 @@ fn decide_part<S: DecisionSink>(
             Some(index) => index.lookup(delivery),
             None => empty_lookup(delivery),
         };
-        for j in stretch.clone() {
-            let id = ids.id(j);
-            let verdict = lookup.decide(id);
-            summary.count(verdict.reasons.primary());
-            sink.decided(id, &verdict);
-        }
+        lookup.decide_each(
+            stretch.len(),
+            |k| ids.id(stretch.start + k),
+            |id, verdict| {
+                summary.count(verdict.reasons.primary());
+                sink.decided(id, verdict);
+            },
+        );
         i = stretch.end;
     }
     summary

@@ -20,6 +20,7 @@
 //! stretch of a batch ([`Lookup`]), so a change waits at most that long.
 
 mod table;
+mod text;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -41,6 +42,7 @@ use crate::{
 };
 
 use table::{NONE, Table};
+use text::Text;
 
 /// Whether the index can answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +78,7 @@ pub struct TenantIndex {
 #[derive(Debug, Default)]
 struct ProfileSlot {
     /// The id (empty: a free slot).
-    id: Box<str>,
+    id: Text,
     /// Consent, two bits per scope: all channels, then each channel.
     consent: u16,
     /// The first address's slot, or [`NONE`].
@@ -93,7 +95,7 @@ const HAS_POSTAL: u8 = 2;
 #[derive(Debug)]
 struct AddressSlot {
     /// The normalised text (empty: a free slot).
-    text: Box<str>,
+    text: Text,
     /// Its kind.
     kind: AddressKind,
     /// Its stored status.
@@ -106,7 +108,7 @@ struct AddressSlot {
 impl Default for AddressSlot {
     fn default() -> Self {
         Self {
-            text: Box::default(),
+            text: Text::default(),
             kind: AddressKind::Email,
             status: AddressStatus::Valid,
             users: 0,
@@ -136,7 +138,10 @@ struct TenantState {
 
 impl table::Keyed for ProfileSlot {
     fn key(&self) -> (u8, &str) {
-        (0, &self.id)
+        (0, self.id.as_str())
+    }
+    fn is(&self, key: (u8, &str)) -> bool {
+        key.0 == 0 && self.id.is(key.1)
     }
     fn is_free(&self) -> bool {
         self.id.is_empty()
@@ -145,7 +150,10 @@ impl table::Keyed for ProfileSlot {
 
 impl table::Keyed for AddressSlot {
     fn key(&self) -> (u8, &str) {
-        (kind_byte(self.kind), &self.text)
+        (kind_byte(self.kind), self.text.as_str())
+    }
+    fn is(&self, key: (u8, &str)) -> bool {
+        key.0 == kind_byte(self.kind) && self.text.is(key.1)
     }
     fn is_free(&self) -> bool {
         self.text.is_empty()
@@ -378,7 +386,7 @@ impl<'a> Verdict<'a> {
                         .addresses
                         .get(a)
                         .filter(|a| a.kind == kind && a.status.is_usable())
-                        .map(|a| &*a.text)
+                        .map(|a| a.text.as_str())
                 })
             }))
     }
@@ -392,36 +400,73 @@ pub struct Lookup<'a> {
     delivery: &'a Delivery,
 }
 
+/// Lookups started together in [`Lookup::decide_each`]: their memory
+/// reads do not depend on each other, so the processor overlaps them.
+const LOOKUP_GROUP: usize = 16;
+
+static EMPTY_TENANT: std::sync::LazyLock<TenantState> =
+    std::sync::LazyLock::new(TenantState::default);
+
 impl Lookup<'_> {
+    fn state(&self) -> &TenantState {
+        self.state.as_deref().unwrap_or(&EMPTY_TENANT)
+    }
+
     /// Decides for one profile id.
     pub fn decide(&self, id: &str) -> Verdict<'_> {
-        let Some(state) = self.state.as_deref() else {
-            static EMPTY: std::sync::LazyLock<TenantState> =
-                std::sync::LazyLock::new(TenantState::default);
-            return Verdict {
-                reasons: judge(None, Policy::default()),
-                state: &EMPTY,
-                slot: NONE,
-                channel: self.delivery.channel,
-            };
-        };
-        let slot = state.profiles.find((0, id)).unwrap_or(NONE);
-        let subscribed = self.delivery.service.as_ref().map(|service| {
-            state
-                .services
-                .get(service)
-                .is_some_and(|s| s.active.contains(&slot))
-        });
-        let policy = Policy {
-            regime: self.delivery.regime,
-            subscribed,
-        };
-        let facts = state.facts(slot, self.delivery.channel);
-        Verdict {
-            reasons: judge(facts, policy),
-            state,
-            slot,
+        let mut out = None;
+        self.decide_each(1, |_| id, |_, verdict| out = Some(*verdict));
+        out.unwrap_or(Verdict {
+            reasons: judge(None, Policy::default()),
+            state: self.state(),
+            slot: NONE,
             channel: self.delivery.channel,
+        })
+    }
+
+    /// Decides for ids `0..n` (`id(i)` gives each) and hands each verdict to
+    /// `decided`, in order. Ids go through in groups: first every profile of
+    /// a group is found, then every verdict is made, then handed on, so that
+    /// the reads of one group overlap instead of waiting one for another.
+    pub fn decide_each<'s, 'l>(
+        &'l self,
+        n: usize,
+        id: impl Fn(usize) -> &'s str,
+        mut decided: impl FnMut(&'s str, &Verdict<'l>),
+    ) {
+        let state = self.state();
+        let channel = self.delivery.channel;
+        // The service's subscribers, once per stretch.
+        let service = self
+            .delivery
+            .service
+            .as_ref()
+            .map(|service| state.services.get(service).map(|s| &s.active));
+        let mut slots = [NONE; LOOKUP_GROUP];
+        let mut verdicts = [Verdict {
+            reasons: Reasons::default(),
+            state,
+            slot: NONE,
+            channel,
+        }; LOOKUP_GROUP];
+        let mut start = 0;
+        while start < n {
+            let len = LOOKUP_GROUP.min(n - start);
+            for (k, slot) in slots[..len].iter_mut().enumerate() {
+                *slot = state.profiles.find((0, id(start + k))).unwrap_or(NONE);
+            }
+            for (verdict, &slot) in verdicts[..len].iter_mut().zip(&slots[..len]) {
+                let policy = Policy {
+                    regime: self.delivery.regime,
+                    subscribed: service.map(|active| active.is_some_and(|a| a.contains(&slot))),
+                };
+                verdict.slot = slot;
+                verdict.reasons = judge(state.facts(slot, channel), policy);
+            }
+            for (k, verdict) in verdicts[..len].iter().enumerate() {
+                decided(id(start + k), verdict);
+            }
+            start += len;
         }
     }
 }
@@ -642,7 +687,7 @@ impl Index {
                     .collect(),
                 ..CanonicalTenant::default()
             };
-            let id_of = |slot: u32| state.profiles.get(slot).map(|p| p.id.to_string());
+            let id_of = |slot: u32| state.profiles.get(slot).map(|p| p.id.as_str().to_owned());
             for (id, entry) in &state.services {
                 let mut active: Vec<String> =
                     entry.active.iter().filter_map(|s| id_of(*s)).collect();
@@ -656,7 +701,7 @@ impl Index {
                 let addresses = state
                     .profile_addresses(slot)
                     .filter_map(|a| state.addresses.get(a))
-                    .map(|a| (a.kind, a.text.to_string(), a.status))
+                    .map(|a| (a.kind, a.text.as_str().to_owned(), a.status))
                     .collect();
                 let postal = state
                     .postal
@@ -664,13 +709,13 @@ impl Index {
                     .map(|p| p.to_string())
                     .unwrap_or_default();
                 c.profiles
-                    .insert(p.id.to_string(), (p.consent, addresses, postal));
+                    .insert(p.id.as_str().to_owned(), (p.consent, addresses, postal));
             }
             for slot in 0..u32::try_from(state.addresses.slot_count()).unwrap_or(0) {
                 if let Some(a) = state.addresses.get(slot)
                     && a.users == 0
                 {
-                    c.unused.insert((a.kind, a.text.to_string(), a.status));
+                    c.unused.insert((a.kind, a.text.as_str().to_owned(), a.status));
                 }
             }
             let empty = c.services.is_empty()

@@ -13,6 +13,8 @@ pub(super) const NONE: u32 = u32::MAX;
 pub(super) trait Keyed: Default {
     /// The slot's key.
     fn key(&self) -> (u8, &str);
+    /// Whether the slot's key is `key` (faster than comparing `key()`).
+    fn is(&self, key: (u8, &str)) -> bool;
     /// Whether the slot is free.
     fn is_free(&self) -> bool;
 }
@@ -55,7 +57,7 @@ impl<S: Keyed> Table<S> {
     pub(super) fn find(&self, key: (u8, &str)) -> Option<u32> {
         let hash = self.hash(key);
         self.table
-            .find(hash, |&slot| self.slots[index(slot)].key() == key)
+            .find(hash, |&slot| self.slots[index(slot)].is(key))
             .copied()
     }
 

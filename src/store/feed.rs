@@ -6,7 +6,11 @@
 //! from any consistent starting point gives the current state, and applying
 //! a change twice is harmless.
 
-use std::{collections::VecDeque, fmt, sync::Mutex};
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{Arc, Mutex},
+};
 
 use crate::engine::{
     Address, AddressStatus, Profile, ProfileId, Service, ServiceId, SubscriptionStatus, Tenant,
@@ -104,7 +108,7 @@ struct Queue {
     /// Committed, not yet delivered.
     pending: VecDeque<Committed>,
     /// Where delivered changes go; `None`: nobody follows, nothing is kept.
-    sink: Option<FeedSink>,
+    sink: Option<Arc<dyn Fn(&[Committed]) + Send + Sync>>,
 }
 
 impl fmt::Debug for FeedQueue {
@@ -177,15 +181,13 @@ impl FeedQueue {
             return false;
         }
         queue.pending.retain(|c| c.position > after);
-        queue.sink = Some(sink);
+        queue.sink = Some(Arc::from(sink));
         true
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
     fn change(n: u32) -> Change {
