@@ -133,7 +133,7 @@ struct TenantState {
     /// The second and later addresses of profiles that have several.
     more: HashMap<u32, Box<[u32]>>,
     /// Postal addresses, by profile slot.
-    postal: HashMap<u32, Box<str>>,
+    postal: HashMap<u32, Text>,
 }
 
 impl table::Keyed for ProfileSlot {
@@ -367,11 +367,20 @@ pub struct Verdict<'a> {
 impl<'a> Verdict<'a> {
     /// The addresses the delivery may use: empty unless eligible.
     pub fn addresses(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.address_texts().map(Text::as_str)
+    }
+
+    /// [`Verdict::addresses`] as bytes (for an encoder: no UTF-8 check).
+    pub fn address_bytes(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.address_texts().map(Text::as_bytes)
+    }
+
+    fn address_texts(&self) -> impl Iterator<Item = &'a Text> + 'a {
         let state = self.state;
         let eligible = self.reasons.is_empty() && self.slot != NONE;
         let kind = self.channel.address_kind();
         let postal = match (eligible, kind) {
-            (true, None) => state.postal.get(&self.slot).map(|p| &**p),
+            (true, None) => state.postal.get(&self.slot),
             _ => None,
         };
         let listed = match (eligible, kind) {
@@ -386,7 +395,7 @@ impl<'a> Verdict<'a> {
                         .addresses
                         .get(a)
                         .filter(|a| a.kind == kind && a.status.is_usable())
-                        .map(|a| a.text.as_str())
+                        .map(|a| &a.text)
                 })
             }))
     }
@@ -402,7 +411,7 @@ pub struct Lookup<'a> {
 
 /// Lookups started together in [`Lookup::decide_each`]: their memory
 /// reads do not depend on each other, so the processor overlaps them.
-const LOOKUP_GROUP: usize = 16;
+const LOOKUP_GROUP: usize = 32;
 
 static EMPTY_TENANT: std::sync::LazyLock<TenantState> =
     std::sync::LazyLock::new(TenantState::default);
@@ -706,7 +715,7 @@ impl Index {
                 let postal = state
                     .postal
                     .get(&slot)
-                    .map(|p| p.to_string())
+                    .map(|p| p.as_str().to_owned())
                     .unwrap_or_default();
                 c.profiles
                     .insert(p.id.as_str().to_owned(), (p.consent, addresses, postal));

@@ -54,6 +54,14 @@ impl Text {
         }
     }
 
+    /// The string's bytes.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline(len, bytes) => &bytes[..usize::from(*len)],
+            Text::Heap(s) => s.as_bytes(),
+        }
+    }
+
     /// Whether it is empty (a free slot).
     pub(super) fn is_empty(&self) -> bool {
         match self {
@@ -65,8 +73,7 @@ impl Text {
     /// Whether it equals `s`, without checking UTF-8 again.
     pub(super) fn is(&self, s: &str) -> bool {
         match self {
-            Text::Inline(len, bytes) => &bytes[..usize::from(*len)] == s.as_bytes(),
-            Text::Heap(h) => &**h == s,
+            Text::Inline(..) | Text::Heap(_) => self.as_bytes() == s.as_bytes(),
         }
     }
 }

@@ -22,7 +22,12 @@ use tonic::{
 };
 
 use super::super::convert;
-use crate::{app::Ids, engine::Summary, error::Error, index::Verdict};
+use crate::{
+    app::Ids,
+    engine::{ADDRESSES_PER_KIND_MAX, Summary},
+    error::Error,
+    index::Verdict,
+};
 
 /// `BatchCheckEligibilityRequest` and `StreamEligibilityRequest` (they share
 /// their field numbers), with every string left in the request's buffer.
@@ -35,7 +40,11 @@ pub(crate) struct IdsRequest {
     pub(crate) channel: i32,
     /// The `view` enum value as sent.
     pub(crate) view: i32,
-    ids: Vec<(u32, u32)>,
+    /// Every id, one after the other (checked to be UTF-8 once, here, so
+    /// that reading one back is a slice, not another check).
+    ids_text: String,
+    /// Where each id ends in `ids_text`.
+    ids_end: Vec<u32>,
 }
 
 /// Field numbers of the request.
@@ -76,21 +85,27 @@ impl IdsRequest {
                     let from = at(&cursor);
                     let range = from..from + len;
                     cursor.advance(len);
-                    let field = match tag {
-                        TENANT => "tenant".to_owned(),
-                        SERVICE_ID => "service_id".to_owned(),
-                        _ => format!("profile_ids[{}]", request.ids.len()),
-                    };
-                    if std::str::from_utf8(&buf[range.clone()]).is_err() {
+                    let Ok(text) = std::str::from_utf8(&buf[range.clone()]) else {
+                        let field = match tag {
+                            TENANT => "tenant".to_owned(),
+                            SERVICE_ID => "service_id".to_owned(),
+                            _ => format!("profile_ids[{}]", request.ids_end.len()),
+                        };
                         return Err(invalid(field, "is not valid UTF-8"));
-                    }
+                    };
                     match tag {
                         TENANT => request.tenant = range,
                         SERVICE_ID => request.service_id = range,
-                        _ => request.ids.push((
-                            u32::try_from(range.start).unwrap_or(u32::MAX),
-                            u32::try_from(len).unwrap_or(u32::MAX),
-                        )),
+                        _ => {
+                            if request.ids_text.is_empty() {
+                                // About the rest of the message: no regrowth.
+                                request.ids_text.reserve(buf.len());
+                            }
+                            request.ids_text.push_str(text);
+                            request
+                                .ids_end
+                                .push(u32::try_from(request.ids_text.len()).unwrap_or(u32::MAX));
+                        }
                     }
                 }
                 (CHANNEL | VIEW, WireType::Varint) => {
@@ -127,13 +142,13 @@ impl IdsRequest {
 
 impl Ids for IdsRequest {
     fn len(&self) -> usize {
-        self.ids.len()
+        self.ids_end.len()
     }
 
     fn id(&self, i: usize) -> &str {
-        let (start, len) = self.ids[i];
-        let start = usize::try_from(start).unwrap_or(usize::MAX);
-        self.text(start..start + usize::try_from(len).unwrap_or(0))
+        let end = |i: usize| usize::try_from(self.ids_end[i]).unwrap_or(0);
+        let start = if i == 0 { 0 } else { end(i - 1) };
+        self.ids_text.get(start..end(i)).unwrap_or_default()
     }
 }
 
@@ -206,6 +221,16 @@ impl crate::app::DecisionSink for PartEncoder {
         // Every reason's number is below 128: one byte each.
         let n_reasons = reasons.clone().count();
         let full = self.view == View::Full && eligible;
+        // A profile has at most 16 addresses of a kind (ADDRESSES_PER_KIND_MAX).
+        let mut addresses: [&[u8]; ADDRESSES_PER_KIND_MAX] = [&[]; ADDRESSES_PER_KIND_MAX];
+        let mut n_addresses = 0;
+        if full {
+            for (slot, address) in addresses.iter_mut().zip(verdict.address_bytes()) {
+                *slot = address;
+                n_addresses += 1;
+            }
+        }
+        let addresses = &addresses[..n_addresses];
         let mut len = 1 + varint_len(id.len()) + id.len();
         if eligible {
             len += 2;
@@ -213,12 +238,10 @@ impl crate::app::DecisionSink for PartEncoder {
         if n_reasons > 0 {
             len += 1 + varint_len(n_reasons) + n_reasons;
         }
-        if full {
-            len += verdict
-                .addresses()
-                .map(|a| 1 + varint_len(a.len()) + a.len())
-                .sum::<usize>();
-        }
+        len += addresses
+            .iter()
+            .map(|a| 1 + varint_len(a.len()) + a.len())
+            .sum::<usize>();
         let buf = &mut self.buf;
         buf.reserve(1 + varint_len(len) + len);
         buf.put_u8(key(DECISIONS, WireType::LengthDelimited));
@@ -238,12 +261,10 @@ impl crate::app::DecisionSink for PartEncoder {
                 buf.put_u8(u8::try_from(number).unwrap_or(0));
             }
         }
-        if full {
-            for address in verdict.addresses() {
-                buf.put_u8(key(DECISION_ADDRESSES, WireType::LengthDelimited));
-                put_len(buf, address.len());
-                buf.put_slice(address.as_bytes());
-            }
+        for address in addresses {
+            buf.put_u8(key(DECISION_ADDRESSES, WireType::LengthDelimited));
+            put_len(buf, address.len());
+            buf.put_slice(address);
         }
     }
 }
