@@ -668,16 +668,18 @@ impl Index {
 #[cfg(test)]
 pub(crate) type Canonical = std::collections::BTreeMap<String, CanonicalTenant>;
 
+/// A profile of [`Canonical`]: packed consent, addresses with their
+/// statuses, postal address.
+#[cfg(test)]
+pub(crate) type CanonicalProfile = (u16, Vec<(AddressKind, String, AddressStatus)>, String);
+
 /// One tenant of [`Canonical`].
 #[cfg(test)]
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct CanonicalTenant {
     pub(crate) regimes: Vec<Regime>,
     pub(crate) services: std::collections::BTreeMap<String, Vec<String>>,
-    pub(crate) profiles: std::collections::BTreeMap<
-        String,
-        (u16, Vec<(AddressKind, String, AddressStatus)>, String),
-    >,
+    pub(crate) profiles: std::collections::BTreeMap<String, CanonicalProfile>,
     pub(crate) unused: std::collections::BTreeSet<(AddressKind, String, AddressStatus)>,
 }
 
@@ -724,7 +726,8 @@ impl Index {
                 if let Some(a) = state.addresses.get(slot)
                     && a.users == 0
                 {
-                    c.unused.insert((a.kind, a.text.as_str().to_owned(), a.status));
+                    c.unused
+                        .insert((a.kind, a.text.as_str().to_owned(), a.status));
                 }
             }
             let empty = c.services.is_empty()

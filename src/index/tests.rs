@@ -36,7 +36,7 @@ fn apply(index: &Index, position: u64, changes: Vec<Change>) {
 fn put(profile: &Profile) -> Change {
     Change::Profile {
         tenant: t(),
-        profile: profile.clone(),
+        profile: Box::new(profile.clone()),
     }
 }
 

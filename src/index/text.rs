@@ -85,7 +85,14 @@ mod tests {
     #[test]
     fn short_texts_stay_inline_and_long_ones_go_to_the_heap() {
         assert_eq!(std::mem::size_of::<Text>(), 24);
-        for s in ["", "a", "ü-22-bytes-exactly!!", &"x".repeat(22), &"y".repeat(23), "ümlaut@bücher.example"] {
+        for s in [
+            "",
+            "a",
+            "ü-22-bytes-exactly!!",
+            &"x".repeat(22),
+            &"y".repeat(23),
+            "ümlaut@bücher.example",
+        ] {
             let t = Text::from(s);
             assert_eq!(t.as_str(), s);
             assert!(t.is(s));

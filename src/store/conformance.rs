@@ -69,7 +69,9 @@ fn event(sequence: u64, at: i64) -> AddressEvent {
         new_status: AddressStatus::Quarantined,
         context: ctx(),
         folded_at: at,
-        checkpoint: (sequence % 2 == 0).then(|| Box::new(state(AddressStatus::Quarantined))),
+        checkpoint: sequence
+            .is_multiple_of(2)
+            .then(|| Box::new(state(AddressStatus::Quarantined))),
     }
 }
 
@@ -408,7 +410,7 @@ pub(crate) async fn address_logs_read_in_key_order(store: &dyn Store) {
             .await
             .expect("read")
             .iter()
-            .all(|e| e.checkpoint.is_some() == (e.sequence % 2 == 0))
+            .all(|e| e.checkpoint.is_some() == e.sequence.is_multiple_of(2))
     );
     tx.delete_address_events(
         &t,
@@ -675,7 +677,7 @@ pub(crate) async fn the_feed_carries_every_committed_change_in_order(store: &dyn
         vec![
             Change::Profile {
                 tenant: t.clone(),
-                profile: p.clone()
+                profile: Box::new(p.clone())
             },
             Change::Subscription {
                 tenant: t.clone(),
@@ -724,7 +726,7 @@ pub(crate) async fn the_decision_state_loads_whole(store: &dyn Store) {
     let expected = [
         Loaded::TenantSettings(t.clone(), settings),
         Loaded::Service(t.clone(), service("news")),
-        Loaded::Profile(t.clone(), p.clone()),
+        Loaded::Profile(t.clone(), Box::new(p.clone())),
         Loaded::Address(t.clone(), email("a@x.io"), AddressStatus::Quarantined),
         Loaded::Subscription(
             t.clone(),

@@ -30,7 +30,7 @@ pub enum Change {
         /// Its tenant.
         tenant: Tenant,
         /// The profile as written.
-        profile: Profile,
+        profile: Box<Profile>,
     },
     /// An address's stored status was written.
     Address {
@@ -89,6 +89,9 @@ pub struct Committed {
 /// Where durable changes go, in position order (the decision index).
 pub type FeedSink = Box<dyn Fn(&[Committed]) + Send + Sync>;
 
+/// A [`FeedSink`] the queue can hand out while it delivers.
+type SharedSink = std::sync::Arc<dyn Fn(&[Committed]) + Send + Sync>;
+
 /// The queue between commit and durability that both stores share.
 ///
 /// Invariant: a change is pushed after it was applied (so a flush that
@@ -108,7 +111,7 @@ struct Queue {
     /// Committed, not yet delivered.
     pending: VecDeque<Committed>,
     /// Where delivered changes go; `None`: nobody follows, nothing is kept.
-    sink: Option<Arc<dyn Fn(&[Committed]) + Send + Sync>>,
+    sink: Option<SharedSink>,
 }
 
 impl fmt::Debug for FeedQueue {

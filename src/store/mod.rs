@@ -153,7 +153,7 @@ pub enum Loaded {
     /// A service.
     Service(Tenant, Service),
     /// A profile.
-    Profile(Tenant, Profile),
+    Profile(Tenant, Box<Profile>),
     /// An address whose stored status is not VALID.
     Address(Tenant, Address, AddressStatus),
     /// A profile's subscription status.

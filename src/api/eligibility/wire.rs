@@ -110,7 +110,9 @@ impl IdsRequest {
                 }
                 (CHANNEL | VIEW, WireType::Varint) => {
                     // An enum is an int32 on the wire; larger values wrap, as prost reads them.
-                    let value = decode_varint(&mut cursor).map_err(malformed)? as i32;
+                    let wide = decode_varint(&mut cursor).map_err(malformed)?;
+                    let [a, b, c, d, ..] = wide.to_le_bytes();
+                    let value = i32::from_le_bytes([a, b, c, d]);
                     if tag == CHANNEL {
                         request.channel = value;
                     } else {
@@ -418,11 +420,11 @@ mod tests {
             changes: vec![
                 Change::Profile {
                     tenant: tenant.clone(),
-                    profile,
+                    profile: Box::new(profile),
                 },
                 Change::Profile {
                     tenant: tenant.clone(),
-                    profile: out,
+                    profile: Box::new(out),
                 },
             ],
         }]);

@@ -569,7 +569,7 @@ impl Store for MemoryStore {
             visit(Loaded::Service(t, service));
         }
         for ((t, _), profile) in state.profiles {
-            visit(Loaded::Profile(t, profile));
+            visit(Loaded::Profile(t, Box::new(profile)));
         }
         for ((t, address), s) in state.addresses {
             if s.status != AddressStatus::Valid {
@@ -949,7 +949,7 @@ impl Txn for MemoryTxn<'_> {
                 Op::Profile(t, p) => {
                     changes.push(Change::Profile {
                         tenant: t.clone(),
-                        profile: p.clone(),
+                        profile: Box::new(p.clone()),
                     });
                     state.profiles.insert((t, p.id.clone()), p);
                 }

@@ -221,7 +221,7 @@ pub(crate) fn load_decision_state(
             let profile =
                 codec::decode_profile(ProfileId::from_trusted(utf8(&key, id)?.to_owned()), &value)
                     .map_err(corrupt(&key))?;
-            visit(Loaded::Profile(tenant_of(&key, tenant)?, profile));
+            visit(Loaded::Profile(tenant_of(&key, tenant)?, Box::new(profile)));
         }
     }
     for item in db.scan_prefix([keys::STATUS_INDEX_TYPE]).keys() {

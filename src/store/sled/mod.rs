@@ -212,12 +212,7 @@ impl SledStore {
 
     /// At most `limit` entries under `prefix`, in key order, strictly after
     /// the cursor (a key tail from a previous page).
-    fn scan_page(
-        &self,
-        prefix: &[u8],
-        after: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<(Vec<(IVec, IVec)>, Option<Cursor>)> {
+    fn scan_page(&self, prefix: &[u8], after: Option<&Cursor>, limit: usize) -> Result<RawPage> {
         let start = match after {
             // Resume strictly after the cursor: append a zero byte.
             Some(cursor) => [prefix, &cursor.0, &[0]].concat(),
@@ -286,6 +281,9 @@ impl SledStore {
         }
     }
 }
+
+/// A page of raw records and where the next page starts.
+type RawPage = (Vec<(IVec, IVec)>, Option<Cursor>);
 
 fn utf8_tail(key: &[u8], start: usize) -> Result<String> {
     let tail = key.get(start..).unwrap_or_default();
@@ -764,7 +762,7 @@ impl Txn for SledTxn<'_> {
         );
         self.changes.push(Change::Profile {
             tenant: tenant.clone(),
-            profile: profile.clone(),
+            profile: Box::new(profile.clone()),
         });
     }
 
