@@ -1,51 +1,70 @@
 //! `consentd-load`: a load generator for consentd, over gRPC, end to end.
+//! It measures the targets of issue 11 and puts consentd beside its peers (a
+//! Redis set-up and a no-op gRPC server with consentd's message shapes; see
+//! `tools/bench/compare.sh`).
 //!
 //! - `bench`: acknowledged durable writes per second (`OptOut`/`OptIn`
 //!   toggles, each of which writes a consent change and its history entry,
-//!   then waits for the group commit) with 1, 16 and 64 concurrent clients,
-//!   with p50/p99/max latency.
+//!   then waits for the group commit) with 1, 16 and 64 concurrent clients
+//!   (`--clients`, `--connections`), with p50/p99/max latency.
 //! - `soak`: mixed writes and batch eligibility checks for a bounded time,
 //!   reporting the server's resident memory (VmRSS) at intervals.
+//! - `seed`: a data directory with `--profiles N` (default 1,000,000)
+//!   profiles in the peers' data shape (ids `0..N`, one e-mail address each,
+//!   10 % sharing their neighbour's, 5 % opted out of all channels, 3 % of
+//!   e-mail, 1 % of addresses hard-bounced), drawn as the Redis peer draws
+//!   them and read in with `consentd import`. Kept: a later run with the same
+//!   N and tenant does nothing.
+//! - `batch`: BatchCheckEligibility of `--batch 10000` ids drawn uniformly
+//!   from `0..N + N/50` (2 % unknown), `--in-flight 4` calls at once over
+//!   `--connections 1`, for `--duration` after `--warmup`, `--view basic|full`:
+//!   decisions/s, calls/s, p50/p99/max call latency, server and client CPU
+//!   per 1,000 decisions, server RSS.
+//! - `stream`: StreamEligibility of `--recipients 10000000` in `--chunk
+//!   10000`-id chunks over `--streams 2` concurrent streams: decisions/s, and
+//!   the server's RSS sampled during the run (lowest, highest).
+//! - `check`: CheckEligibility, `--in-flight 64` over `--connections 4`:
+//!   calls/s, p50/p99/max.
+//! - `feedback`: RecordDeliveryFeedback for one hot address, `--events 20000`
+//!   with event times 1 ms apart, `--in-flight 256` at once (so slightly out
+//!   of order); `--late` makes every event older than those before it.
 //!
-//! Without `--addr`, it starts `consentd serve` itself (the binary next to
-//! this one) on a fresh data directory, and stops it with SIGTERM at the end.
-//! This is a tool, not a test: the numbers depend on the machine.
+//! Every mode works against `--addr HOST:PORT` (`--server-pid` lets it read
+//! that server's CPU time and RSS from /proc), or, without it, starts
+//! `consentd serve` itself (the binary next to this one) and stops it with
+//! SIGTERM at the end: `bench`, `soak` and `feedback` on a fresh data
+//! directory, `batch`, `stream` and `check` on the seed directory (seeded
+//! first if needed). It waits for the server's health to report SERVING
+//! before it loads it. `--kv` prints `key=value` lines instead of a table.
+//!
+//! The client shares the cores with the server it measures, so it costs
+//! little and the same for every server: one thread; requests drawn and
+//! encoded before measuring and sent as raw bytes; answers skimmed (decisions
+//! counted, summaries read) rather than decoded, and checked: one decision
+//! per id sent (`wire`). This is a tool, not a test: the numbers depend on
+//! the machine.
 
 /// mimalloc, like the server: the load generator shares the machine's cores
 /// with the server it measures, so its own allocations should cost little.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, ExitCode, Stdio},
-    time::{Duration, Instant},
-};
+mod eligibility;
+mod feedback;
+mod report;
+mod seed;
+mod server;
+mod wire;
+mod writes;
 
-use clap::{Args, Parser, Subcommand};
-use consentd::pb::{
-    self, ChangeContext, Source, consent_service_client::ConsentServiceClient,
-    eligibility_service_client::EligibilityServiceClient,
-    profile_service_client::ProfileServiceClient,
-    quarantine_service_client::QuarantineServiceClient,
-};
-use hdrhistogram::Histogram;
-use tonic::transport::{Channel, Endpoint};
+use std::process::ExitCode;
 
-/// The tenant the load generator writes to.
-const TENANT: &str = "load";
-/// Highest latency the histograms record, in µs (a minute).
-const LATENCY_US_MAX: u64 = 60_000_000;
-/// How long the spawned server may take to start listening.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest message a batch answer may be (10,000 decisions exceed 4 MiB).
-const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+use clap::{Parser, Subcommand};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// Load generator for consentd: durable-write benchmark and memory soak.
+/// Load generator for consentd: durable writes, eligibility at scale,
+/// delivery feedback, memory soak.
 #[derive(Debug, Parser)]
 #[command(about, long_about = None)]
 struct Cli {
@@ -56,80 +75,19 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Mode {
     /// Acknowledged durable writes per second and latency, for each client count.
-    Bench(BenchArgs),
+    Bench(writes::BenchArgs),
     /// Mixed writes and batch checks for a bounded time; reports the server's RSS.
-    Soak(SoakArgs),
-}
-
-#[derive(Debug, Args)]
-struct Target {
-    /// A running server to load. Without it, `consentd serve` is started on a
-    /// fresh data directory and stopped at the end.
-    #[arg(long)]
-    addr: Option<SocketAddr>,
-    /// The pid of the server given by --addr, to read its RSS (soak).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// The consentd binary to start (default: the one next to this binary).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// Data directory of the started server (default: a new one under the
-    /// system's temporary directory, removed at the end).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct BenchArgs {
-    #[command(flatten)]
-    target: Target,
-    /// Concurrent clients, each with one request in flight.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    clients: Vec<usize>,
-    /// HTTP/2 connections the clients share, each carrying the requests of
-    /// clients/connections of them as concurrent streams (0: one connection
-    /// per client).
-    #[arg(long, default_value_t = 0)]
-    connections: usize,
-    /// How long each client count is measured.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Load before measuring starts, for each client count.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
-}
-
-#[derive(Debug, Args)]
-struct SoakArgs {
-    #[command(flatten)]
-    target: Target,
-    /// How long the soak runs.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// How often a line with throughput and RSS is printed.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    report_every: Duration,
-    /// Concurrent writing clients.
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
-    /// Profiles the writers work on (created first).
-    #[arg(long, default_value_t = 10_000)]
-    profiles: usize,
-    /// Profile ids per batch eligibility check (one checker runs alongside).
-    #[arg(long, default_value_t = 1_000)]
-    batch_size: usize,
-    /// `growing`: consent toggles and new delivery feedback, so every write
-    /// adds history and the data grows (and sled's cache with it, up to its
-    /// capacity). `steady`: profile rewrites and repeated writes that change
-    /// nothing, so the data stays the same size and RSS must level off.
-    #[arg(long, value_enum, default_value = "growing")]
-    workload: Workload,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Workload {
-    Growing,
-    Steady,
+    Soak(writes::SoakArgs),
+    /// A data directory with N profiles in the peers' data shape (cached).
+    Seed(seed::SeedArgs),
+    /// BatchCheckEligibility throughput and latency.
+    Batch(eligibility::BatchArgs),
+    /// StreamEligibility throughput, and the server's RSS while it runs.
+    Stream(eligibility::StreamArgs),
+    /// CheckEligibility calls per second and latency.
+    Check(eligibility::CheckArgs),
+    /// RecordDeliveryFeedback for one hot address, in order or late.
+    Feedback(feedback::FeedbackArgs),
 }
 
 fn main() -> ExitCode {
@@ -150,8 +108,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Mode::Bench(args) => bench(args).await,
-            Mode::Soak(args) => soak(args).await,
+            Mode::Bench(args) => writes::bench(args).await,
+            Mode::Soak(args) => writes::soak(args).await,
+            Mode::Seed(args) => seed::seed(&args),
+            Mode::Batch(args) => eligibility::batch(args).await,
+            Mode::Stream(args) => eligibility::stream(args).await,
+            Mode::Check(args) => eligibility::check(args).await,
+            Mode::Feedback(args) => feedback::feedback(args).await,
         }
     });
     match result {
@@ -161,560 +124,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// The server under load
-// ---------------------------------------------------------------------------
-
-/// The server being loaded: given, or started (and stopped on drop).
-struct Server {
-    addr: SocketAddr,
-    pid: Option<u32>,
-    child: Option<Child>,
-    /// A data directory this process created, removed on drop.
-    temp_dir: Option<PathBuf>,
-    /// The data directory, when known (to report its size).
-    data_dir: Option<PathBuf>,
-}
-
-impl Server {
-    fn start(target: &Target) -> Result<Server, Error> {
-        if let Some(addr) = target.addr {
-            return Ok(Server {
-                addr,
-                pid: target.server_pid,
-                child: None,
-                temp_dir: None,
-                data_dir: target.data_dir.clone(),
-            });
-        }
-        let bin = match &target.server_bin {
-            Some(bin) => bin.clone(),
-            None => std::env::current_exe()?.with_file_name("consentd"),
-        };
-        let (data_dir, temp_dir) = match &target.data_dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let dir =
-                    std::env::temp_dir().join(format!("consentd-load-{}", std::process::id()));
-                (dir.clone(), Some(dir))
-            }
-        };
-        let mut child = Command::new(&bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let (found, listening) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1)
-                    && let Some(found) = found.take()
-                {
-                    let _ = found.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                } else if line.contains("ERROR") || line.contains("WARN") {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let mut server = Server {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pid: Some(child.id()),
-            child: Some(child),
-            temp_dir,
-            data_dir: Some(data_dir.clone()),
-        };
-        let text = listening
-            .recv_timeout(SERVER_START_TIMEOUT)
-            .map_err(|_| "the server did not start listening")?;
-        server.addr = text.parse()?;
-        eprintln!(
-            "started {} (pid {}) on {}, data in {}",
-            bin.display(),
-            server.pid.unwrap_or(0),
-            server.addr,
-            data_dir.display()
-        );
-        Ok(server)
-    }
-
-    /// Bytes of the files in the data directory.
-    fn data_bytes(&self) -> Option<u64> {
-        fn walk(dir: &std::path::Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return 0;
-            };
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        Some(walk(self.data_dir.as_ref()?))
-    }
-
-    /// CPU time the server has used (user + system), from /proc/<pid>/stat.
-    fn cpu_time(&self) -> Option<Duration> {
-        cpu_time(&self.pid?.to_string())
-    }
-
-    /// The server's resident set size in KiB, from /proc/<pid>/status.
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-}
-
-impl Server {
-    /// Stops a server this process started (SIGTERM: it drains, flushes and
-    /// exits 0) and waits for it off the runtime's one thread, which must go
-    /// on running the client connections' tasks so that they close when the
-    /// server asks them to; a blocking wait there would hold the server up
-    /// for its whole grace period.
-    async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    /// The fallback of [`Server::stop`] (on an error): SIGTERM and a
-    /// blocking wait.
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM: the server drains, flushes and exits 0.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-        if let Some(dir) = self.temp_dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// CPU time (user + system) of process `pid` (or `self`), from /proc/<pid>/stat.
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // Linux reports these in clock ticks of 1/100 s (USER_HZ) on every common platform.
-    Some(Duration::from_millis(ticks * 10))
-}
-
-async fn connect(addr: SocketAddr) -> Result<Channel, Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
-}
-
-fn context() -> Option<ChangeContext> {
-    Some(ChangeContext {
-        source: Source::Api.into(),
-        actor: "consentd-load".to_owned(),
-        reason: String::new(),
-        ..Default::default()
-    })
-}
-
-fn new_histogram() -> Result<Histogram<u64>, Error> {
-    Ok(Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)?)
-}
-
-fn micros(elapsed: Duration) -> u64 {
-    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
-}
-
-async fn upsert(
-    profiles: &mut ProfileServiceClient<Channel>,
-    id: &str,
-    email: &str,
-) -> Result<(), Error> {
-    profiles
-        .upsert_profile(pb::UpsertProfileRequest {
-            tenant: TENANT.into(),
-            profile_id: id.into(),
-            emails: vec![email.into()],
-            context: context(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
-}
-
-/// One durable write that always changes something: an opt-out of e-mail
-/// when `out`, an opt-in otherwise.
-async fn toggle(
-    consent: &mut ConsentServiceClient<Channel>,
-    id: &str,
-    out: bool,
-) -> Result<(), Error> {
-    let channel = pb::Channel::Email.into();
-    let changed = if out {
-        consent
-            .opt_out(pb::OptOutRequest {
-                tenant: TENANT.into(),
-                profile_id: id.into(),
-                channel,
-                all_channels: false,
-                context: context(),
-            })
-            .await?
-            .into_inner()
-            .changed
-    } else {
-        consent
-            .opt_in(pb::OptInRequest {
-                tenant: TENANT.into(),
-                profile_id: id.into(),
-                channel,
-                all_channels: false,
-                context: context(),
-            })
-            .await?
-            .into_inner()
-            .changed
-    };
-    if !changed {
-        return Err(format!("{id}: a toggle changed nothing; is another writer on it?").into());
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// bench
-// ---------------------------------------------------------------------------
-
-/// The result of one client count.
-struct Measured {
-    clients: usize,
-    /// HTTP/2 connections the clients shared.
-    connections: usize,
-    /// Server CPU time (user + system) during the measured part, if known.
-    server_cpu: Option<Duration>,
-    /// This load generator's CPU time during the measured part, if known.
-    client_cpu: Option<Duration>,
-    writes: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-}
-
-async fn bench(args: BenchArgs) -> Result<(), Error> {
-    let server = Server::start(&args.target)?;
-    let mut results = Vec::new();
-    for (round, &clients) in args.clients.iter().enumerate() {
-        let measured = bench_round(
-            &server,
-            round,
-            clients,
-            args.connections,
-            args.warmup,
-            args.duration,
-        )
-        .await?;
-        eprintln!(
-            "{clients} clients: {} writes in {:.1} s",
-            measured.writes,
-            measured.elapsed.as_secs_f64()
-        );
-        results.push(measured);
-    }
-    println!(
-        "| clients | connections | durable writes/s | p50 | p99 | max | server CPU per write | client CPU per write |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for m in &results {
-        let per_s = m.writes as f64 / m.elapsed.as_secs_f64();
-        let ms = |us: u64| us as f64 / 1000.0;
-        let per_write = |cpu: Option<Duration>| {
-            cpu.map_or_else(
-                || "?".to_owned(),
-                |cpu| format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / m.writes.max(1) as f64),
-            )
-        };
-        let (cpu, client_cpu) = (per_write(m.server_cpu), per_write(m.client_cpu));
-        println!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {cpu} | {client_cpu} |",
-            m.clients,
-            m.connections,
-            per_s,
-            ms(m.latency.value_at_quantile(0.5)),
-            ms(m.latency.value_at_quantile(0.99)),
-            ms(m.latency.max()),
-        );
-    }
-    server.stop().await;
-    Ok(())
-}
-
-/// `clients` writers, each toggling its own profile's e-mail consent with
-/// one request in flight, over `connections` shared connections (0: one
-/// each), measured after the warm-up.
-async fn bench_round(
-    server: &Server,
-    round: usize,
-    clients: usize,
-    connections: usize,
-    warmup: Duration,
-    duration: Duration,
-) -> Result<Measured, Error> {
-    let connections = if connections == 0 {
-        clients
-    } else {
-        connections.min(clients)
-    };
-    let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        channels.push(connect(server.addr).await?);
-    }
-    let mut writers = Vec::with_capacity(clients);
-    for client in 0..clients {
-        let channel = channels[client % connections].clone();
-        let id = format!("bench-r{round}-c{client}");
-        upsert(
-            &mut ProfileServiceClient::new(channel.clone()),
-            &id,
-            &format!("{id}@example.com"),
-        )
-        .await?;
-        writers.push((ConsentServiceClient::new(channel), id));
-    }
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let end = measure_from + duration;
-    let tasks: Vec<_> = writers
-        .into_iter()
-        .map(|(mut consent, id)| {
-            tokio::spawn(async move {
-                let mut latency = new_histogram()?;
-                let mut out = true;
-                loop {
-                    let sent = Instant::now();
-                    if sent >= end {
-                        return Ok::<_, Error>(latency);
-                    }
-                    toggle(&mut consent, &id, out).await?;
-                    out = !out;
-                    if sent >= measure_from {
-                        latency.record(micros(sent.elapsed()))?;
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_from = server.cpu_time();
-    let client_from = cpu_time("self");
-    tokio::time::sleep_until(end.into()).await;
-    let cpu_to = server.cpu_time();
-    let client_to = cpu_time("self");
-    let mut latency = new_histogram()?;
-    for task in tasks {
-        latency.add(task.await??)?;
-    }
-    Ok(Measured {
-        clients,
-        connections,
-        server_cpu: cpu_from
-            .zip(cpu_to)
-            .map(|(from, to)| to.saturating_sub(from)),
-        client_cpu: client_from
-            .zip(client_to)
-            .map(|(from, to)| to.saturating_sub(from)),
-        writes: latency.len(),
-        elapsed: end.saturating_duration_since(measure_from),
-        latency,
-    })
-}
-
-// ---------------------------------------------------------------------------
-// soak
-// ---------------------------------------------------------------------------
-
-async fn soak(args: SoakArgs) -> Result<(), Error> {
-    if args.profiles == 0 || args.clients == 0 || args.batch_size == 0 {
-        return Err("--profiles, --clients and --batch-size must be at least 1".into());
-    }
-    let server = Server::start(&args.target)?;
-    let channel = connect(server.addr).await?;
-    eprintln!("creating {} profiles", args.profiles);
-    let mut profiles = ProfileServiceClient::new(channel.clone());
-    for n in 0..args.profiles {
-        let id = format!("soak-{n}");
-        upsert(&mut profiles, &id, &format!("{id}@example.com")).await?;
-    }
-
-    let start = Instant::now();
-    let end = start + args.duration;
-    let mut tasks = Vec::new();
-    for client in 0..args.clients {
-        let channel = connect(server.addr).await?;
-        let population = args.profiles;
-        let clients = args.clients;
-        let workload = args.workload;
-        tasks.push(tokio::spawn(async move {
-            soak_writer(channel, client, clients, population, workload, end).await
-        }));
-    }
-    let checker = {
-        let channel = channel.clone();
-        let (population, batch) = (args.profiles, args.batch_size);
-        tokio::spawn(async move { soak_checker(channel, population, batch, end).await })
-    };
-
-    println!("| elapsed | RSS | data on disk | writes (total) | batch checks (total) |");
-    println!("|---:|---:|---:|---:|---:|");
-    let mut interval = tokio::time::interval(args.report_every);
-    loop {
-        interval.tick().await;
-        let now = Instant::now();
-        let rss = server.rss_kib().map_or_else(
-            || "?".to_owned(),
-            |kib| format!("{:.1} MiB", kib as f64 / 1024.0),
-        );
-        let data = server.data_bytes().map_or_else(
-            || "?".to_owned(),
-            |b| format!("{:.1} MiB", b as f64 / 1048576.0),
-        );
-        println!(
-            "| {:.0} s | {rss} | {data} | {} | {} |",
-            now.duration_since(start).as_secs_f64(),
-            WRITES.load(std::sync::atomic::Ordering::Relaxed),
-            CHECKS.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if now >= end {
-            break;
-        }
-    }
-    for task in tasks {
-        task.await??;
-    }
-    checker.await??;
-    server.stop().await;
-    Ok(())
-}
-
-/// Writes acknowledged during the soak.
-static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// Batch checks answered during the soak.
-static CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Until `end`, on its share of the profiles: `growing` toggles consent and
-/// reports delivery feedback (new event ids, so every one is recorded);
-/// `steady` rewrites profiles with the same address and repeats an opt-out
-/// (durable writes that add nothing).
-async fn soak_writer(
-    channel: Channel,
-    client: usize,
-    clients: usize,
-    population: usize,
-    workload: Workload,
-    end: Instant,
-) -> Result<(), Error> {
-    let mut consent = ConsentServiceClient::new(channel.clone());
-    let mut profiles = ProfileServiceClient::new(channel.clone());
-    let mut quarantine = QuarantineServiceClient::new(channel);
-    let mut rng = fastrand::Rng::with_seed(client as u64);
-    // This writer's profiles: client, client + clients, ... so no two writers share one.
-    let mine: Vec<usize> = (client..population).step_by(clients).collect();
-    if mine.is_empty() {
-        return Ok(());
-    }
-    let mut opted_out = vec![false; mine.len()];
-    let mut event = 0u64;
-    while Instant::now() < end {
-        let pick = rng.usize(..mine.len());
-        let id = format!("soak-{}", mine[pick]);
-        if workload == Workload::Steady {
-            if rng.bool() {
-                upsert(&mut profiles, &id, &format!("{id}@example.com")).await?;
-            } else {
-                consent
-                    .opt_out(pb::OptOutRequest {
-                        tenant: TENANT.into(),
-                        profile_id: id,
-                        channel: pb::Channel::Sms.into(),
-                        all_channels: false,
-                        context: context(),
-                    })
-                    .await?;
-            }
-        } else if rng.u32(0..4) == 0 {
-            event += 1;
-            let kind = if rng.bool() {
-                pb::FeedbackKind::SoftBounce
-            } else {
-                pb::FeedbackKind::Delivered
-            };
-            quarantine
-                .record_delivery_feedback(pb::RecordDeliveryFeedbackRequest {
-                    tenant: TENANT.into(),
-                    address: format!("{id}@example.com"),
-                    kind: kind.into(),
-                    event_id: format!("soak-c{client}-e{event}"),
-                    context: context(),
-                    ..Default::default()
-                })
-                .await?;
-        } else {
-            toggle(&mut consent, &id, !opted_out[pick]).await?;
-            opted_out[pick] = !opted_out[pick];
-        }
-        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-/// Checks random batches of profiles on e-mail until `end`.
-async fn soak_checker(
-    channel: Channel,
-    population: usize,
-    batch: usize,
-    end: Instant,
-) -> Result<(), Error> {
-    let mut eligibility = EligibilityServiceClient::new(channel)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let mut rng = fastrand::Rng::with_seed(u64::MAX);
-    while Instant::now() < end {
-        let profile_ids = (0..batch)
-            .map(|_| format!("soak-{}", rng.usize(..population)))
-            .collect();
-        let answer = eligibility
-            .batch_check_eligibility(pb::BatchCheckEligibilityRequest {
-                tenant: TENANT.into(),
-                channel: pb::Channel::Email.into(),
-                profile_ids,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        if answer.decisions.len() != batch {
-            return Err(format!("{} decisions for {batch} ids", answer.decisions.len()).into());
-        }
-        CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    Ok(())
 }
