@@ -404,7 +404,7 @@ pub(crate) async fn batch(mut args: BatchArgs) -> Result<(), Error> {
     );
     report.add_opt(
         "serving_s",
-        "server start to SERVING (s)",
+        "server age when first SERVING (s)",
         serving.map(|d| format!("{:.2}", d.as_secs_f64())),
     );
     report.print(&args.output);
@@ -651,7 +651,7 @@ pub(crate) async fn stream(mut args: StreamArgs) -> Result<(), Error> {
     );
     report.add_opt(
         "serving_s",
-        "server start to SERVING (s)",
+        "server age when first SERVING (s)",
         serving.map(|d| format!("{:.2}", d.as_secs_f64())),
     );
     report.print(&args.output);
@@ -797,7 +797,7 @@ pub(crate) async fn check(mut args: CheckArgs) -> Result<(), Error> {
     );
     report.add_opt(
         "serving_s",
-        "server start to SERVING (s)",
+        "server age when first SERVING (s)",
         serving.map(|d| format!("{:.2}", d.as_secs_f64())),
     );
     report.print(&args.output);

@@ -238,7 +238,7 @@ pub(crate) async fn feedback(args: FeedbackArgs) -> Result<(), Error> {
     );
     report.add_opt(
         "serving_s",
-        "server start to SERVING (s)",
+        "server age when first SERVING (s)",
         serving.map(|d| format!("{:.2}", d.as_secs_f64())),
     );
     report.print(&args.output);

@@ -154,8 +154,10 @@ impl Server {
     /// Waits until the server's health (`grpc.health.v1`, the whole server
     /// and the eligibility service) reports SERVING, as a server that builds
     /// an index at start-up does only once it is ready. A server without
-    /// the health service is taken as ready. Returns the time since the
-    /// server was spawned, when this process started it.
+    /// the health service is taken as ready. Returns the server's age then:
+    /// the time since this process spawned it, or, for a server given by
+    /// `--addr` with `--server-pid`, the age of that process (its start-up
+    /// time when it was started just before).
     pub(crate) async fn wait_serving(&self, timeout: Duration) -> Result<Option<Duration>, Error> {
         let deadline = Instant::now() + timeout;
         let mut health = HealthClient::new(connect(self.addr).await?);
@@ -190,7 +192,10 @@ impl Server {
                 tokio::time::sleep(HEALTH_POLL).await;
             }
         }
-        Ok(self.spawned_at.map(|at| at.elapsed()))
+        Ok(match self.spawned_at {
+            Some(at) => Some(at.elapsed()),
+            None => self.pid.and_then(process_age),
+        })
     }
 
     /// Bytes of the files in the data directory.
@@ -265,6 +270,24 @@ pub(crate) fn cpu_time(pid: &str) -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // Linux reports these in clock ticks of 1/100 s (USER_HZ) on every common platform.
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// How long process `pid` has been running, from /proc/<pid>/stat and
+/// /proc/uptime (to the clock tick, 10 ms).
+pub(crate) fn process_age(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `starttime`, field 22: clock ticks after boot; the 20th after the command name.
+    let started: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let up_s: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let age_s = up_s - started as f64 / 100.0;
+    Some(Duration::from_secs_f64(age_s.max(0.0)))
 }
 
 /// The resident set size of process `pid` in KiB, from /proc/<pid>/status.
