@@ -106,7 +106,7 @@ impl Shape {
             if r >= 900 {
                 *flag |= NEIGHBOURS_ADDRESS;
             }
-            if rng(&mut state) % 100 == 0 {
+            if rng(&mut state).is_multiple_of(100) {
                 quarantined[address_number(i, *flag)] = true;
             }
         }
