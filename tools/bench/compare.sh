@@ -104,6 +104,12 @@ load() {
     fi
 }
 
+# Milliseconds with 2 decimals under 10, 1 under 100, none above.
+ms() {
+    if is_num "$1"; then
+        awk -v v="$1" 'BEGIN { if (v < 10) printf "%.2f", v; else if (v < 100) printf "%.1f", v; else printf "%.0f", v }'
+    else printf '%s' "$1"; fi
+}
 is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 # 1234567 -> 1,234,567 (integers only; anything else unchanged).
 int() { if [[ $1 =~ ^[0-9]+$ ]]; then sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; else printf '%s' "$1"; fi; }
@@ -199,13 +205,18 @@ load consentd-basic batch "${C[@]}" --view basic --duration "${DURATION}s" --war
 load consentd-stream stream "${C[@]}" --recipients "$RECIPIENTS"
 load consentd-check check "${C[@]}" --duration "${DURATION}s" --warmup "$WARMUP"
 CONSENTD_RSS=$(rss_mib "$CONSENTD_PID")
-if [[ $FEEDBACK_EVENTS != 0 ]]; then
-    load consentd-feedback feedback "${C[@]:0:4}" --events "$FEEDBACK_EVENTS" --time-limit "$FEEDBACK_TIME_LIMIT"
-    load consentd-late feedback "${C[@]:0:4}" --events "$FEEDBACK_EVENTS" --time-limit "$FEEDBACK_TIME_LIMIT" --late
-fi
 kill -TERM "$CONSENTD_PID"
 wait "$CONSENTD_PID" 2>/dev/null || true
 CONSENTD_PID=""
+if [[ $FEEDBACK_EVENTS != 0 ]]; then
+    # Each on a server of its own, on a fresh data directory that
+    # consentd-load removes afterwards: the hot address's log does not
+    # belong in the seed.
+    FB=(--server-bin "$CONSENTD_BIN" --events "$FEEDBACK_EVENTS" --time-limit "$FEEDBACK_TIME_LIMIT")
+    for flag in $CONSENTD_ARGS; do FB+=("--server-arg=$flag"); done
+    load consentd-feedback feedback "${FB[@]}"
+    load consentd-late feedback "${FB[@]}" --late
+fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- the table ----------------------------------------------------------------
@@ -221,7 +232,7 @@ fb() {
     if [[ $(kv "$f" complete) == 0 ]]; then
         rate="$rate (stopped after $(kv "$f" sent) events, $(kv "$f" elapsed_s) s)"
     fi
-    printf '%s; p99 %s ms' "$rate" "$(kv "$f" latency_p99_ms)"
+    printf '%s; p99 %s ms' "$rate" "$(ms "$(kv "$f" latency_p99_ms)")"
 }
 
 {
@@ -231,13 +242,13 @@ fb() {
     echo "|---|---:|---:|---:|---:|---:|"
     echo "| BatchCheckEligibility, 10,000 ids, 4 in flight (Redis: pipeline, 2 clients), FULL: decisions/s | $(int "$(c batch decisions_per_s)") | $(int "$REDIS_RATE") | $(int "$(m batch decisions_per_s)") | $(ratio "$(c batch decisions_per_s)" "$REDIS_RATE") | $(pct "$(c batch decisions_per_s)" "$(m batch decisions_per_s)") |"
     echo "| the same, BASIC view: decisions/s | $(int "$(c basic decisions_per_s)") | | (ignores the view) | $(ratio "$(c basic decisions_per_s)" "$REDIS_RATE") | |"
-    echo "| the same, FULL: p50 / p99 per call | $(c batch latency_p50_ms) / $(c batch latency_p99_ms) ms | | $(m batch latency_p50_ms) / $(m batch latency_p99_ms) ms | | |"
+    echo "| the same, FULL: p50 / p99 per call | $(ms "$(c batch latency_p50_ms)") / $(ms "$(c batch latency_p99_ms)") ms | | $(ms "$(m batch latency_p50_ms)") / $(ms "$(m batch latency_p99_ms)") ms | | |"
     echo "| the same, FULL: server CPU per 1,000 decisions | $(c batch server_cpu_ms_per_1000) ms | $REDIS_CPU ms | $(m batch server_cpu_ms_per_1000) ms | | |"
     echo "| the same, FULL: load generator CPU per 1,000 decisions | $(c batch client_cpu_ms_per_1000) ms | | $(m batch client_cpu_ms_per_1000) ms | | |"
     echo "| StreamEligibility, $(int "$RECIPIENTS") recipients, 2 streams of 10,000-id chunks: decisions/s | $(int "$(c stream decisions_per_s)") | | $(int "$(m stream decisions_per_s)") | | $(pct "$(c stream decisions_per_s)" "$(m stream decisions_per_s)") |"
     echo "| the same: server RSS before, and lowest–highest during | $(c stream server_rss_before_mib); $(c stream server_rss_min_mib)–$(c stream server_rss_max_mib) MiB | | $(m stream server_rss_before_mib); $(m stream server_rss_min_mib)–$(m stream server_rss_max_mib) MiB | | |"
     echo "| CheckEligibility, 64 in flight over 4 connections: calls/s | $(int "$(c check calls_per_s)") | | $(int "$(m check calls_per_s)") | | $(pct "$(c check calls_per_s)" "$(m check calls_per_s)") |"
-    echo "| the same: p50 / p99 | $(c check latency_p50_ms) / $(c check latency_p99_ms) ms | | $(m check latency_p50_ms) / $(m check latency_p99_ms) ms | | |"
+    echo "| the same: p50 / p99 | $(ms "$(c check latency_p50_ms)") / $(ms "$(c check latency_p99_ms)") ms | | $(ms "$(m check latency_p50_ms)") / $(ms "$(m check latency_p99_ms)") ms | | |"
     if [[ $FEEDBACK_EVENTS != 0 ]]; then
         echo "| RecordDeliveryFeedback, one address, $(int "$FEEDBACK_EVENTS") events 1 ms apart, 256 in flight: events/s | $(fb consentd) | | $(fb mock) | | |"
         echo "| the same, every event late | $(fb consentd-late) | | | | |"
@@ -245,5 +256,5 @@ fb() {
     echo "| memory with $(int "$N") profiles (consentd and no-op server: RSS after the eligibility runs; Redis: used_memory, and RSS) | ${CONSENTD_RSS:-n/a} MiB | $REDIS_USED MiB ($REDIS_RSS MiB) | ${MOCK_RSS:-n/a} MiB | $(ratio "${CONSENTD_RSS:-n/a}" "$REDIS_USED") | |"
     echo "| consentd start-up to SERVING | $(c batch serving_s) s | | | | |"
     echo
-    echo "Commands: \`consentd-load seed --profiles $N\`; Redis: \`peer-redis $REDIS_PORT load $N\`, \`peer-redis $REDIS_PORT pipe 10000 2 $DURATION $N\`; each server: \`consentd-load batch --view full|basic --duration ${DURATION}s\`, \`stream --recipients $RECIPIENTS\`, \`check --duration ${DURATION}s\`, \`feedback --events $FEEDBACK_EVENTS [--late]\`, with \`--addr ADDR --server-pid PID --profiles $N\`. Raw outputs: $OUT."
+    echo "Commands: \`consentd-load seed --profiles $N\`; Redis: \`peer-redis $REDIS_PORT load $N\`, \`peer-redis $REDIS_PORT pipe 10000 2 $DURATION $N\`; each server: \`consentd-load batch --view full|basic --duration ${DURATION}s\`, \`stream --recipients $RECIPIENTS\`, \`check --duration ${DURATION}s\`, \`feedback --events $FEEDBACK_EVENTS [--late]\`, with \`--addr ADDR --server-pid PID --profiles $N\` (consentd's feedback runs: each on a fresh server that consentd-load starts). Raw outputs: $OUT."
 } | tee "$OUT/table.md"
