@@ -73,13 +73,16 @@ fi
 # Whether something listens on HOST:PORT.
 listening() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
+# Waits until something listens on $1, for at most $2 seconds (a server
+# that builds an index before it listens may take a while), and while
+# process $3 (if given) runs.
 wait_listening() {
-    local i
-    for i in $(seq 1 200); do
-        listening "$1" && return 0
+    local deadline=$((SECONDS + $2))
+    until listening "$1"; do
+        ((SECONDS < deadline)) || die "nothing listens on $1 after $2 s"
+        [[ -z ${3:-} ]] || kill -0 "$3" 2>/dev/null || die "the server for $1 exited (see $OUT)"
         sleep 0.05
     done
-    die "nothing listens on $1"
 }
 
 # CPU time (user + system) of a process, in clock ticks.
@@ -155,7 +158,7 @@ if [[ -n $PEER_REDIS_BIN ]]; then
     say "Redis peer: redis-server on port $REDIS_PORT, load $N, pipe 10000 2 $DURATION $N"
     redis-server --port "$REDIS_PORT" --save "" --appendonly no --daemonize yes >"$OUT/redis-server.log"
     REDIS_STARTED=1
-    wait_listening "127.0.0.1:$REDIS_PORT"
+    wait_listening "127.0.0.1:$REDIS_PORT" 30
     until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do sleep 0.05; done
     REDIS_PID=$(redis-cli -p "$REDIS_PORT" info server | tr -d '\r' | sed -n 's/^process_id://p')
     "$PEER_REDIS_BIN" "$REDIS_PORT" load "$N" >"$OUT/redis-load.log"
@@ -178,7 +181,7 @@ if [[ -n $PEER_MOCK_BIN ]]; then
     say "no-op server on $MOCK_ADDR"
     "$PEER_MOCK_BIN" "$MOCK_ADDR" >"$OUT/mock.log" 2>&1 &
     MOCK_PID=$!
-    wait_listening "$MOCK_ADDR"
+    wait_listening "$MOCK_ADDR" 30 "$MOCK_PID"
     M=(--addr "$MOCK_ADDR" --server-pid "$MOCK_PID" --profiles "$N")
     load mock-batch batch "${M[@]}" --view full --duration "${DURATION}s" --warmup "$WARMUP"
     load mock-stream stream "${M[@]}" --recipients "$RECIPIENTS"
@@ -198,7 +201,7 @@ say "consentd on $CONSENTD_ADDR, data in $SEED_DIR"
 # shellcheck disable=SC2086 # CONSENTD_ARGS is a list of flags
 "$CONSENTD_BIN" serve --listen "$CONSENTD_ADDR" --data-dir "$SEED_DIR" $CONSENTD_ARGS >"$OUT/consentd.log" 2>&1 &
 CONSENTD_PID=$!
-wait_listening "$CONSENTD_ADDR"
+wait_listening "$CONSENTD_ADDR" 300 "$CONSENTD_PID"
 C=(--addr "$CONSENTD_ADDR" --server-pid "$CONSENTD_PID" --profiles "$N")
 load consentd-batch batch "${C[@]}" --view full --duration "${DURATION}s" --warmup "$WARMUP"
 load consentd-basic batch "${C[@]}" --view basic --duration "${DURATION}s" --warmup "$WARMUP"
@@ -242,6 +245,7 @@ fb() {
     echo "|---|---:|---:|---:|---:|---:|"
     echo "| BatchCheckEligibility, 10,000 ids, 4 in flight (Redis: pipeline, 2 clients), FULL: decisions/s | $(int "$(c batch decisions_per_s)") | $(int "$REDIS_RATE") | $(int "$(m batch decisions_per_s)") | $(ratio "$(c batch decisions_per_s)" "$REDIS_RATE") | $(pct "$(c batch decisions_per_s)" "$(m batch decisions_per_s)") |"
     echo "| the same, BASIC view: decisions/s | $(int "$(c basic decisions_per_s)") | | (ignores the view) | $(ratio "$(c basic decisions_per_s)" "$REDIS_RATE") | |"
+    echo "| the same: answer bytes per decision, FULL / BASIC | $(c batch bytes_per_decision) / $(c basic bytes_per_decision) | | $(m batch bytes_per_decision) / — | | |"
     echo "| the same, FULL: p50 / p99 per call | $(ms "$(c batch latency_p50_ms)") / $(ms "$(c batch latency_p99_ms)") ms | | $(ms "$(m batch latency_p50_ms)") / $(ms "$(m batch latency_p99_ms)") ms | | |"
     echo "| the same, FULL: server CPU per 1,000 decisions | $(c batch server_cpu_ms_per_1000) ms | $REDIS_CPU ms | $(m batch server_cpu_ms_per_1000) ms | | |"
     echo "| the same, FULL: load generator CPU per 1,000 decisions | $(c batch client_cpu_ms_per_1000) ms | | $(m batch client_cpu_ms_per_1000) ms | | |"

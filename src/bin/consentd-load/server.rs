@@ -23,8 +23,6 @@ use tonic_health::pb::{
 
 use crate::Error;
 
-/// How long the spawned server may take to start listening.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often health is asked while waiting for SERVING.
 const HEALTH_POLL: Duration = Duration::from_millis(20);
 
@@ -52,8 +50,10 @@ pub(crate) struct Target {
     /// `--server-arg=--request-timeout=60s`).
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) server_arg: Vec<String>,
-    /// How long to wait for the server's health to report SERVING.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    /// How long to wait for a started server to listen, and then for the
+    /// server's health to report SERVING (a server that builds an index
+    /// first may take a while with many profiles).
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub(crate) serving_timeout: Duration,
 }
 
@@ -138,7 +138,7 @@ impl Server {
             spawned_at: Some(spawned_at),
         };
         let text = listening
-            .recv_timeout(SERVER_START_TIMEOUT)
+            .recv_timeout(target.serving_timeout)
             .map_err(|_| "the server did not start listening")?;
         server.addr = text.parse()?;
         eprintln!(

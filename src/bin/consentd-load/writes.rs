@@ -161,6 +161,7 @@ struct Measured {
 
 pub(crate) async fn bench(args: BenchArgs) -> Result<(), Error> {
     let server = Server::start(&args.target)?;
+    server.wait_serving(args.target.serving_timeout).await?;
     let mut results = Vec::new();
     for (round, &clients) in args.clients.iter().enumerate() {
         let measured = bench_round(
@@ -296,6 +297,7 @@ pub(crate) async fn soak(args: SoakArgs) -> Result<(), Error> {
         return Err("--profiles, --clients and --batch-size must be at least 1".into());
     }
     let server = Server::start(&args.target)?;
+    server.wait_serving(args.target.serving_timeout).await?;
     let channel = connect(server.addr).await?;
     eprintln!("creating {} profiles", args.profiles);
     let mut profiles = ProfileServiceClient::new(channel.clone());
