@@ -64,8 +64,9 @@ done
 [[ -z $PEER_REDIS_BIN || -x $PEER_REDIS_BIN ]] || die "PEER_REDIS_BIN=$PEER_REDIS_BIN is not executable"
 [[ -z $PEER_MOCK_BIN || -x $PEER_MOCK_BIN ]] || die "PEER_MOCK_BIN=$PEER_MOCK_BIN is not executable"
 if [[ -n $PEER_REDIS_BIN ]]; then
-    command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
         die "redis-server and redis-cli are needed for the Redis peer: apt-get install -y redis-server"
+    fi
 fi
 
 # --- helpers -----------------------------------------------------------------
@@ -125,8 +126,12 @@ REDIS_STARTED=""
 MOCK_PID=""
 CONSENTD_PID=""
 cleanup() {
-    [[ -n $REDIS_STARTED ]] && redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
-    [[ -n $MOCK_PID ]] && kill "$MOCK_PID" 2>/dev/null || true
+    if [[ -n $REDIS_STARTED ]]; then
+        redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    fi
+    if [[ -n $MOCK_PID ]]; then
+        kill "$MOCK_PID" 2>/dev/null || true
+    fi
     if [[ -n $CONSENTD_PID ]]; then
         kill -TERM "$CONSENTD_PID" 2>/dev/null || true
         wait "$CONSENTD_PID" 2>/dev/null || true
