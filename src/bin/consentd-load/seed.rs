@@ -28,7 +28,7 @@ use consentd::data::record::{
     AddressEventRecord, AddressStateRecord, AddressStatusName, AddressTypeName, ChangeRecord,
     ConsentHistoryRecord, ConsentRecord, ConsentStatusName, ContextRecord, ErrorReasonName,
     EventKindRecord, FORMAT_NAME, FORMAT_VERSION, FeedbackEventIdRecord, FeedbackKindName, Header,
-    MarkRecord, ProfileRecord, Record, ScopeName, SourceName,
+    LogRecord, MarkRecord, ProfileRecord, Record, ScopeName, SourceName,
 };
 
 use crate::{Error, server::consentd_bin};
@@ -396,6 +396,13 @@ fn write_export(path: &Path, profiles: usize, tenant: &str) -> Result<Written, E
             updated_at_ms: Some(now),
             last_event_at_ms: Some(now),
             log_seq: 1,
+            // One entry kept, no checkpoint yet, nothing dropped.
+            log: Some(LogRecord {
+                len: 1,
+                since_checkpoint: 1,
+                start_at_ms: None,
+                start_sequence: None,
+            }),
         };
         put(&Record::AddressState(record), &mut written)?;
     }
@@ -415,6 +422,8 @@ fn write_export(path: &Path, profiles: usize, tenant: &str) -> Result<Written, E
             old_status: AddressStatusName::Valid,
             new_status: AddressStatusName::Quarantined,
             context: context(SourceName::DeliveryFeedback),
+            folded_at_ms: None,
+            checkpoint: None,
         };
         put(&Record::AddressEvent(record), &mut written)?;
     }
@@ -424,6 +433,7 @@ fn write_export(path: &Path, profiles: usize, tenant: &str) -> Result<Written, E
             event_id: format!("seed-{j}"),
             address_type: AddressTypeName::Email,
             address: address(j),
+            recorded_at_ms: Some(now),
         };
         put(&Record::FeedbackEventId(record), &mut written)?;
     }
