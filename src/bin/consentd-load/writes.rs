@@ -1,30 +1,9 @@
-//! `consentd-load`: a load generator for consentd, over gRPC, end to end.
-//!
-//! - `bench`: acknowledged durable writes per second (`OptOut`/`OptIn`
-//!   toggles, each of which writes a consent change and its history entry,
-//!   then waits for the group commit) with 1, 16 and 64 concurrent clients,
-//!   with p50/p99/max latency.
-//! - `soak`: mixed writes and batch eligibility checks for a bounded time,
-//!   reporting the server's resident memory (VmRSS) at intervals.
-//!
-//! Without `--addr`, it starts `consentd serve` itself (the binary next to
-//! this one) on a fresh data directory, and stops it with SIGTERM at the end.
-//! This is a tool, not a test: the numbers depend on the machine.
+//! `bench` and `soak`: durable writes under load, and a bounded soak of
+//! mixed writes and batch checks that watches the server's memory.
 
-/// mimalloc, like the server: the load generator shares the machine's cores
-/// with the server it measures, so its own allocations should cost little.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::time::{Duration, Instant};
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, ExitCode, Stdio},
-    time::{Duration, Instant},
-};
-
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use consentd::pb::{
     self, ChangeContext, Source, consent_service_client::ConsentServiceClient,
     eligibility_service_client::EligibilityServiceClient,
@@ -32,55 +11,20 @@ use consentd::pb::{
     quarantine_service_client::QuarantineServiceClient,
 };
 use hdrhistogram::Histogram;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::{
+    Error,
+    eligibility::MESSAGE_BYTES_MAX,
+    report::{micros, new_histogram},
+    server::{Server, Target, connect, cpu_time},
+};
 
 /// The tenant the load generator writes to.
 const TENANT: &str = "load";
-/// Highest latency the histograms record, in µs (a minute).
-const LATENCY_US_MAX: u64 = 60_000_000;
-/// How long the spawned server may take to start listening.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest message a batch answer may be (10,000 decisions exceed 4 MiB).
-const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-/// Load generator for consentd: durable-write benchmark and memory soak.
-#[derive(Debug, Parser)]
-#[command(about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Mode,
-}
-
-#[derive(Debug, Subcommand)]
-enum Mode {
-    /// Acknowledged durable writes per second and latency, for each client count.
-    Bench(BenchArgs),
-    /// Mixed writes and batch checks for a bounded time; reports the server's RSS.
-    Soak(SoakArgs),
-}
 
 #[derive(Debug, Args)]
-struct Target {
-    /// A running server to load. Without it, `consentd serve` is started on a
-    /// fresh data directory and stopped at the end.
-    #[arg(long)]
-    addr: Option<SocketAddr>,
-    /// The pid of the server given by --addr, to read its RSS (soak).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// The consentd binary to start (default: the one next to this binary).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// Data directory of the started server (default: a new one under the
-    /// system's temporary directory, removed at the end).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(flatten)]
     target: Target,
     /// Concurrent clients, each with one request in flight.
@@ -100,7 +44,7 @@ struct BenchArgs {
 }
 
 #[derive(Debug, Args)]
-struct SoakArgs {
+pub(crate) struct SoakArgs {
     #[command(flatten)]
     target: Target,
     /// How long the soak runs.
@@ -127,207 +71,9 @@ struct SoakArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Workload {
+pub(crate) enum Workload {
     Growing,
     Steady,
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // One thread: the load generator shares the cores with the server it
-    // measures, so it takes at most one of them, and its tasks wake each
-    // other without crossing threads (28 -> 20 µs of its own CPU per write
-    // at 64 clients, against the default two-worker runtime).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Mode::Bench(args) => bench(args).await,
-            Mode::Soak(args) => soak(args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("consentd-load: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The server under load
-// ---------------------------------------------------------------------------
-
-/// The server being loaded: given, or started (and stopped on drop).
-struct Server {
-    addr: SocketAddr,
-    pid: Option<u32>,
-    child: Option<Child>,
-    /// A data directory this process created, removed on drop.
-    temp_dir: Option<PathBuf>,
-    /// The data directory, when known (to report its size).
-    data_dir: Option<PathBuf>,
-}
-
-impl Server {
-    fn start(target: &Target) -> Result<Server, Error> {
-        if let Some(addr) = target.addr {
-            return Ok(Server {
-                addr,
-                pid: target.server_pid,
-                child: None,
-                temp_dir: None,
-                data_dir: target.data_dir.clone(),
-            });
-        }
-        let bin = match &target.server_bin {
-            Some(bin) => bin.clone(),
-            None => std::env::current_exe()?.with_file_name("consentd"),
-        };
-        let (data_dir, temp_dir) = match &target.data_dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let dir =
-                    std::env::temp_dir().join(format!("consentd-load-{}", std::process::id()));
-                (dir.clone(), Some(dir))
-            }
-        };
-        let mut child = Command::new(&bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let (found, listening) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1)
-                    && let Some(found) = found.take()
-                {
-                    let _ = found.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                } else if line.contains("ERROR") || line.contains("WARN") {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let mut server = Server {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pid: Some(child.id()),
-            child: Some(child),
-            temp_dir,
-            data_dir: Some(data_dir.clone()),
-        };
-        let text = listening
-            .recv_timeout(SERVER_START_TIMEOUT)
-            .map_err(|_| "the server did not start listening")?;
-        server.addr = text.parse()?;
-        eprintln!(
-            "started {} (pid {}) on {}, data in {}",
-            bin.display(),
-            server.pid.unwrap_or(0),
-            server.addr,
-            data_dir.display()
-        );
-        Ok(server)
-    }
-
-    /// Bytes of the files in the data directory.
-    fn data_bytes(&self) -> Option<u64> {
-        fn walk(dir: &std::path::Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return 0;
-            };
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        Some(walk(self.data_dir.as_ref()?))
-    }
-
-    /// CPU time the server has used (user + system), from /proc/<pid>/stat.
-    fn cpu_time(&self) -> Option<Duration> {
-        cpu_time(&self.pid?.to_string())
-    }
-
-    /// The server's resident set size in KiB, from /proc/<pid>/status.
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-}
-
-impl Server {
-    /// Stops a server this process started (SIGTERM: it drains, flushes and
-    /// exits 0) and waits for it off the runtime's one thread, which must go
-    /// on running the client connections' tasks so that they close when the
-    /// server asks them to; a blocking wait there would hold the server up
-    /// for its whole grace period.
-    async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    /// The fallback of [`Server::stop`] (on an error): SIGTERM and a
-    /// blocking wait.
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM: the server drains, flushes and exits 0.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-        if let Some(dir) = self.temp_dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// CPU time (user + system) of process `pid` (or `self`), from /proc/<pid>/stat.
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // Linux reports these in clock ticks of 1/100 s (USER_HZ) on every common platform.
-    Some(Duration::from_millis(ticks * 10))
-}
-
-async fn connect(addr: SocketAddr) -> Result<Channel, Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
 }
 
 fn context() -> Option<ChangeContext> {
@@ -337,14 +83,6 @@ fn context() -> Option<ChangeContext> {
         reason: String::new(),
         ..Default::default()
     })
-}
-
-fn new_histogram() -> Result<Histogram<u64>, Error> {
-    Ok(Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)?)
-}
-
-fn micros(elapsed: Duration) -> u64 {
-    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 async fn upsert(
@@ -421,8 +159,9 @@ struct Measured {
     latency: Histogram<u64>,
 }
 
-async fn bench(args: BenchArgs) -> Result<(), Error> {
+pub(crate) async fn bench(args: BenchArgs) -> Result<(), Error> {
     let server = Server::start(&args.target)?;
+    server.wait_serving(args.target.serving_timeout).await?;
     let mut results = Vec::new();
     for (round, &clients) in args.clients.iter().enumerate() {
         let measured = bench_round(
@@ -553,11 +292,12 @@ async fn bench_round(
 // soak
 // ---------------------------------------------------------------------------
 
-async fn soak(args: SoakArgs) -> Result<(), Error> {
+pub(crate) async fn soak(args: SoakArgs) -> Result<(), Error> {
     if args.profiles == 0 || args.clients == 0 || args.batch_size == 0 {
         return Err("--profiles, --clients and --batch-size must be at least 1".into());
     }
     let server = Server::start(&args.target)?;
+    server.wait_serving(args.target.serving_timeout).await?;
     let channel = connect(server.addr).await?;
     eprintln!("creating {} profiles", args.profiles);
     let mut profiles = ProfileServiceClient::new(channel.clone());
