@@ -103,9 +103,9 @@ struct ServeArgs {
     /// Most events an address's log keeps, whatever their age.
     #[arg(long, env = "CONSENTD_ADDRESS_LOG_EVENTS_MAX", default_value_t = ADDRESS_LOG_EVENTS_MAX_DEFAULT)]
     address_log_events_max: u32,
-    /// Size of the store's page cache (sled), e.g. 64MiB. Decisions do not
-    /// read it: they read the in-memory decision index.
-    #[arg(long, env = "CONSENTD_CACHE_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    /// Size of the store page cache (sled), e.g. 16MiB. Decisions do not
+    /// read it: they read the in-memory decision index. sled counts its cache loosely: its memory is about twice this, plus what it needs for a store of its size.
+    #[arg(long, env = "CONSENTD_CACHE_SIZE", default_value = "16MiB", value_parser = parse_bytes)]
     cache_size: u64,
     /// How long a double opt-in confirmation token works after Subscribe.
     #[arg(long, env = "CONSENTD_CONFIRMATION_TOKEN_TTL", default_value = "7d", value_parser = humantime::parse_duration)]

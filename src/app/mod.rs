@@ -213,6 +213,7 @@ impl App {
                     records,
                     profiles,
                     addresses,
+                    index_mib = self.index.memory_bytes() / (1 << 20),
                     elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "decision index ready"
                 );

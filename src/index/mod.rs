@@ -651,6 +651,28 @@ impl Index {
         self.tenant(tenant)
     }
 
+    /// About how many bytes the index takes: its tables and what they own.
+    pub fn memory_bytes(&self) -> usize {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .values()
+            .map(|t| {
+                let state = t.state.read().unwrap_or_else(|p| p.into_inner());
+                state.profiles.bytes()
+                    + state.addresses.bytes()
+                    + state.profiles.heap_bytes(|p| p.id.heap_bytes())
+                    + state.addresses.heap_bytes(|a| a.text.heap_bytes())
+                    + state.more.values().map(|m| 16 + 4 * m.len()).sum::<usize>()
+                    + state.postal.values().map(|p| 32 + p.heap_bytes()).sum::<usize>()
+                    + state
+                        .services
+                        .values()
+                        .map(|s| 64 + s.active.capacity() * 5)
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// How many profiles and addresses the index holds in all.
     pub fn counts(&self) -> (usize, usize) {
         let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());

@@ -102,6 +102,11 @@ impl<S: Keyed> Table<S> {
         self.free.push(slot);
     }
 
+    /// The sum of `owned` over the slots in use.
+    pub(super) fn heap_bytes(&self, owned: impl Fn(&S) -> usize) -> usize {
+        self.slots.iter().filter(|s| !s.is_free()).map(owned).sum()
+    }
+
     /// A slot's value, unless free or out of range.
     pub(super) fn get(&self, slot: u32) -> Option<&S> {
         self.slots.get(index(slot)).filter(|s| !s.is_free())
@@ -115,6 +120,14 @@ impl<S: Keyed> Table<S> {
     /// Slots in use.
     pub(super) fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Bytes the table takes (slots, hash table, free list), not counting
+    /// what its slots own on the heap.
+    pub(super) fn bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<S>()
+            + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.free.capacity() * std::mem::size_of::<u32>()
     }
 
     /// Slots made so far, in use or free (slot numbers are below it).

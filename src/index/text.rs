@@ -54,6 +54,14 @@ impl Text {
         }
     }
 
+    /// Bytes it owns on the heap.
+    pub(super) fn heap_bytes(&self) -> usize {
+        match self {
+            Text::Inline(..) => 0,
+            Text::Heap(s) => s.len(),
+        }
+    }
+
     /// The string's bytes.
     pub(super) fn as_bytes(&self) -> &[u8] {
         match self {

@@ -53,7 +53,7 @@ use dir_lock::DirLock;
 /// Default size of sled's page cache. sled's own default is 1 GiB; the
 /// decision index holds what the hot path reads, so the cache only serves
 /// writes, listings and point reads of whole records.
-pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const CACHE_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 
 /// How the sled store is opened.
 #[derive(Clone, Default)]
