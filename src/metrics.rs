@@ -39,8 +39,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::{Layer, Service};
@@ -84,6 +84,9 @@ pub struct Metrics {
     request_seconds: HistogramVec,
     /// `consentd_decisions_total{channel, outcome}`.
     decisions: IntCounterVec,
+    /// Its counters, looked up once each: by channel, then outcome
+    /// (eligible, then each reason).
+    decision_counters: [[OnceLock<IntCounter>; 1 + ExclusionReason::ALL.len()]; 5],
     /// `consentd_durable_write_wait_seconds`.
     durable_wait_seconds: Histogram,
     /// `consentd_group_commit_duration_seconds`.
@@ -180,6 +183,7 @@ impl Metrics {
             requests,
             request_seconds,
             decisions,
+            decision_counters: Default::default(),
             durable_wait_seconds,
             flush_seconds,
             flush_writes,
@@ -214,9 +218,19 @@ impl Metrics {
 
     /// Counts one decision.
     pub fn decision(&self, channel: Channel, decision: &Decision) {
-        let outcome = decision.primary().map_or("eligible", reason_label);
-        self.decisions
-            .with_label_values(&[channel_label(channel), outcome])
+        let primary = decision.primary();
+        let outcome = primary.map_or(0, |reason| {
+            1 + ExclusionReason::ALL
+                .iter()
+                .position(|r| *r == reason)
+                .unwrap_or(0)
+        });
+        self.decision_counters[channel.index()][outcome]
+            .get_or_init(|| {
+                let label = primary.map_or("eligible", reason_label);
+                self.decisions
+                    .with_label_values(&[channel_label(channel), label])
+            })
             .inc();
     }
 

@@ -247,6 +247,9 @@ impl App {
 
     /// Waits until the index is ready; an error when it failed.
     async fn ready(&self) -> Result<()> {
+        if self.index.is_ready() {
+            return Ok(());
+        }
         let mut readiness = self.index.watch_readiness();
         loop {
             match &*readiness.borrow_and_update() {

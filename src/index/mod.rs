@@ -64,6 +64,8 @@ pub struct Index {
     position: AtomicU64,
     /// Readiness, and a signal when the position moves.
     readiness: watch::Sender<Readiness>,
+    /// Whether `readiness` is `Ready` (read on every request).
+    ready: std::sync::atomic::AtomicBool,
     /// Bumped after every applied batch, for [`Index::wait_for`].
     applied: watch::Sender<u64>,
 }
@@ -423,14 +425,24 @@ impl Lookup<'_> {
 
     /// Decides for one profile id.
     pub fn decide(&self, id: &str) -> Verdict<'_> {
-        let mut out = None;
-        self.decide_each(1, |_| id, |_, verdict| out = Some(*verdict));
-        out.unwrap_or(Verdict {
-            reasons: judge(None, Policy::default()),
-            state: self.state(),
-            slot: NONE,
+        let state = self.state();
+        let slot = state.profiles.find((0, id)).unwrap_or(NONE);
+        let subscribed = self.delivery.service.as_ref().map(|service| {
+            state
+                .services
+                .get(service)
+                .is_some_and(|s| s.active.contains(&slot))
+        });
+        let policy = Policy {
+            regime: self.delivery.regime,
+            subscribed,
+        };
+        Verdict {
+            reasons: judge(state.facts(slot, self.delivery.channel), policy),
+            state,
+            slot,
             channel: self.delivery.channel,
-        })
+        }
     }
 
     /// Decides for ids `0..n` (`id(i)` gives each) and hands each verdict to
@@ -486,6 +498,7 @@ impl Default for Index {
             tenants: RwLock::new(HashMap::new()),
             position: AtomicU64::new(0),
             readiness: watch::Sender::new(Readiness::Loading(0)),
+            ready: std::sync::atomic::AtomicBool::new(false),
             applied: watch::Sender::new(0),
         }
     }
@@ -545,6 +558,7 @@ impl Index {
     pub fn loaded(&self, position: Position) {
         self.position.store(position.0, Ordering::Release);
         self.readiness.send_replace(Readiness::Ready);
+        self.ready.store(true, Ordering::Release);
     }
 
     /// The load failed; decisions are refused.
@@ -615,6 +629,11 @@ impl Index {
         }
     }
 
+    /// Whether the index is built and following the feed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// The readiness now.
     pub fn readiness(&self) -> Readiness {
         self.readiness.borrow().clone()
@@ -663,7 +682,11 @@ impl Index {
                     + state.profiles.heap_bytes(|p| p.id.heap_bytes())
                     + state.addresses.heap_bytes(|a| a.text.heap_bytes())
                     + state.more.values().map(|m| 16 + 4 * m.len()).sum::<usize>()
-                    + state.postal.values().map(|p| 32 + p.heap_bytes()).sum::<usize>()
+                    + state
+                        .postal
+                        .values()
+                        .map(|p| 32 + p.heap_bytes())
+                        .sum::<usize>()
                     + state
                         .services
                         .values()
