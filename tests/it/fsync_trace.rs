@@ -20,11 +20,9 @@
 //! Without it the test is skipped with a message, except under `CI=true`,
 //! where it fails.
 
-mod common;
-
 use std::{collections::HashMap, process::Command};
 
-use common::process::{CONSENTD_BIN, ServerProcess, connect, serve_args, signal};
+use crate::common::process::{CONSENTD_BIN, ServerProcess, connect, serve_args, signal};
 use consentd::pb::{self, ChangeContext, Source, profile_service_client::ProfileServiceClient};
 
 /// Concurrent clients (so that group commits hold several writes).

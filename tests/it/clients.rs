@@ -14,9 +14,7 @@
 //! languages"). When one is missing, its test is skipped with a message, unless
 //! `CI` is set: then it fails.
 
-mod common;
-
-use common::process::ServerProcess;
+use crate::common::process::ServerProcess;
 
 use std::{
     path::{Path, PathBuf},

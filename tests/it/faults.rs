@@ -11,8 +11,6 @@
 //! later calls fail with `UNAVAILABLE` instead of hanging, the process exits
 //! 0, and every acknowledged write is there after a restart.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -23,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use common::process::{ServerProcess, connect};
+use crate::common::process::{ServerProcess, connect};
 use consentd::pb::{
     self, ChangeContext, Source, consent_service_client::ConsentServiceClient,
     profile_service_client::ProfileServiceClient,

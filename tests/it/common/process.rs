@@ -103,11 +103,6 @@ impl ServerProcess {
         }
     }
 
-    /// The pid of the child (of the wrapper, when one was used).
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub(crate) fn stderr_text(&self) -> String {
         self.seen.join("\n")
     }
