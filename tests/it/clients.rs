@@ -1,57 +1,56 @@
-//! Clients in other languages and grpcurl, with the real tools, against the
-//! real binary that cargo built.
+//! Outside tools against the real binary cargo built, and the documents that
+//! show them.
 //!
 //! - The Python and Node scenario scripts (`clients/python/test_scenarios.py`,
 //!   `clients/node/test.js`) generate their client from `proto/`, start the
 //!   binary on a free port with a temporary data directory, and stop it.
-//! - The README's grpcurl walk-through is run command block by command block
-//!   against a fresh server, and each block's output must match the output
-//!   block the README shows after it (see [`matches_shortened`]).
-//! - The README's Python and Node snippets must be the example files the
-//!   scripts run, verbatim.
+//! - The grpcurl tours, the README's and `docs/walkthrough.md`, run as
+//!   written: the block that starts the server (`cargo run ...`, with
+//!   `--listen 127.0.0.1:0` added), then every grpcurl command block in
+//!   order, whose output must match the output block shown after it (see
+//!   [`matches_shortened`]).
+//! - The Python and Node snippets of `docs/clients.md` must be the example
+//!   files the scripts run, verbatim.
 //!
-//! The tools are installed by `.ci/run` (see the README, "Clients in other
-//! languages"). When one is missing, its test is skipped with a message, unless
-//! `CI` is set: then it fails.
+//! The tests that need a tool are `#[ignore]`d, with the tool and its install
+//! command as the reason: `cargo test -- --include-ignored` runs them (`.ci/run`
+//! installs the tools first), and then a missing tool fails the test.
 
-use crate::common::process::ServerProcess;
+use crate::common::{
+    markdown::{Fence, fences, section},
+    process::{CONSENTD_BIN, ServerProcess},
+};
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const BINARY: &str = env!("CARGO_BIN_EXE_consentd");
+
+/// How long the server-start block may take: `cargo run --release` compiles
+/// the server first when no release build is there yet.
+const CARGO_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 fn root() -> &'static Path {
     Path::new(ROOT)
 }
 
-/// True when `tool` exists. When it does not: fails under CI, else says why
-/// the test is skipped and returns false.
-fn tool_present(tool: &Path, install: &str) -> bool {
-    if tool.exists() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false");
+/// Fails, saying how to install it, unless `tool` exists.
+fn require(tool: &Path, install: &str) {
     assert!(
-        !ci,
-        "{} is missing, and CI is set: install it with `{install}` (.ci/run does)",
+        tool.exists(),
+        "{} is missing: install it with `{install}` (.ci/run does)",
         tool.display()
     );
-    eprintln!(
-        "SKIPPED: {} is missing; install it with `{install}` (.ci/run does). Under CI=true this fails.",
-        tool.display()
-    );
-    false
 }
 
 /// Runs `program args` in the repository root; fails with its output unless it exits 0.
 fn run_script(program: &Path, args: &[&str]) {
     let output = Command::new(program)
         .args(args)
-        .arg(BINARY)
+        .arg(CONSENTD_BIN)
         .current_dir(root())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
@@ -70,43 +69,27 @@ fn run_script(program: &Path, args: &[&str]) {
     println!("{text}");
 }
 
+const PYTHON_INSTALL: &str = "python3 -m venv clients/python/.venv && clients/python/.venv/bin/pip install -r clients/python/requirements.txt";
+const NODE_INSTALL: &str = "npm ci --prefix clients/node";
+const GRPCURL_INSTALL: &str =
+    "python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/grpcurl-requirements.txt";
+
 #[test]
+#[ignore = "needs the Python client: python3 -m venv clients/python/.venv && clients/python/.venv/bin/pip install -r clients/python/requirements.txt"]
 fn python_client_runs_the_scenarios() {
     let python = root().join("clients/python/.venv/bin/python");
-    let install = "python3 -m venv clients/python/.venv && clients/python/.venv/bin/pip install -r clients/python/requirements.txt";
-    if tool_present(&python, install) {
-        run_script(&python, &["clients/python/test_scenarios.py"]);
-    }
+    require(&python, PYTHON_INSTALL);
+    run_script(&python, &["clients/python/test_scenarios.py"]);
 }
 
 #[test]
+#[ignore = "needs node and the Node client: npm ci --prefix clients/node"]
 fn node_client_runs_the_scenarios() {
-    let modules = root().join("clients/node/node_modules/@grpc/grpc-js");
-    if tool_present(&modules, "npm ci --prefix clients/node") {
-        run_script(Path::new("node"), &["clients/node/test.js"]);
-    }
-}
-
-/// The fenced blocks of `markdown` between the heading `from` and the next
-/// heading of the same level: (info string, body).
-fn fenced_blocks(markdown: &str, from: &str) -> Vec<(String, String)> {
-    let start = markdown
-        .find(from)
-        .unwrap_or_else(|| panic!("README has no {from:?}"));
-    let level = from.split(' ').next().unwrap_or("##");
-    let section = &markdown[start + from.len()..];
-    let end = section
-        .find(&format!("\n{level} "))
-        .unwrap_or(section.len());
-    let mut blocks = Vec::new();
-    let mut lines = section[..end].lines();
-    while let Some(line) = lines.next() {
-        if let Some(info) = line.strip_prefix("```") {
-            let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
-            blocks.push((info.trim().to_owned(), body.join("\n") + "\n"));
-        }
-    }
-    blocks
+    require(
+        &root().join("clients/node/node_modules/@grpc/grpc-js"),
+        NODE_INSTALL,
+    );
+    run_script(Path::new("node"), &["clients/node/test.js"]);
 }
 
 /// Whether `actual` matches the README's shortened `expected` output:
@@ -171,34 +154,82 @@ fn shortened_output_matching() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_grpcurl_walk_through_runs_as_written() {
-    let tools = root().join(".venv-tools/bin");
-    let install = "python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/grpcurl-requirements.txt";
-    if !tool_present(&tools.join("grpcurl"), install) {
-        return;
-    }
+#[ignore = "needs grpcurl: python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/grpcurl-requirements.txt"]
+async fn the_readme_tour_runs_as_written() {
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let blocks = fenced_blocks(&readme, "## A walk-through with grpcurl");
-    let data_dir = tempfile::tempdir().expect("temporary directory");
-    let (_server, addr) = ServerProcess::serve(data_dir.path(), "info", &[]).await;
+    let ran = run_tour(section(&readme, "## A five-minute tour with grpcurl")).await;
+    assert!(
+        ran.contains("consent.v1.EligibilityService/BatchCheckEligibility"),
+        "the README's tour no longer checks eligibility"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl: python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/grpcurl-requirements.txt"]
+async fn the_grpcurl_walk_through_runs_as_written() {
+    let text = std::fs::read_to_string(root().join("docs/walkthrough.md")).expect("walkthrough");
+    let ran = run_tour(&text).await;
+    for needed in [
+        " list",
+        "describe consent.v1.EligibilityService",
+        "consent.v1.ConsentService/OptOut",
+        "consent.v1.EligibilityService/BatchCheckEligibility",
+        "grpc.health.v1.Health/Check",
+    ] {
+        assert!(
+            ran.contains(needed),
+            "the walk-through no longer runs {needed:?}"
+        );
+    }
+}
+
+/// Runs a grpcurl tour (`markdown`) as a reader would: its `cargo run` block
+/// starts a server on an empty data directory (`--listen 127.0.0.1:0` added,
+/// so that tests can run side by side), then each command block that calls
+/// grpcurl runs in order, with the server's address in place of
+/// `localhost:50051`, and must print what the output block after it shows.
+/// The install block is not run: grpcurl must be installed already. Returns
+/// the command blocks it ran.
+async fn run_tour(markdown: &str) -> String {
+    let tools = root().join(".venv-tools/bin");
+    require(&tools.join("grpcurl"), GRPCURL_INSTALL);
     let path = format!(
         "{}:{}",
         tools.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let mut blocks = fences(markdown).into_iter().peekable();
+    let start = blocks
+        .by_ref()
+        .find(|block| block.info == "sh" && block.body.starts_with("cargo run "))
+        .expect("a block that starts the server with `cargo run` before the grpcurl commands");
+    let command = start.body.trim();
+    assert!(
+        !command.contains('\n') && !command.contains('#'),
+        "the server-start block is one command without comments: {command}"
+    );
+    // The block's `$(mktemp -d)` lands in this directory, removed at the end.
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let mut shell = Command::new("bash");
+    shell
+        .arg("-c")
+        .arg(format!("exec {command} --listen 127.0.0.1:0"))
+        .current_dir(root())
+        .env("TMPDIR", temp.path());
+    // cargo runs the binary in its own place (exec), so the child is the server.
+    let mut server = ServerProcess::spawn(shell);
+    let addr = server.wait_listening_within(CARGO_RUN_TIMEOUT).await;
 
-    let mut ran = Vec::new();
-    let mut blocks = blocks.into_iter().peekable();
-    while let Some((info, commands)) = blocks.next() {
-        // The install and server-start blocks are what this test did itself.
-        if info != "sh" || !commands.contains("grpcurl ") || commands.contains("pip install") {
+    let mut ran = String::new();
+    while let Some(Fence { info, body }) = blocks.next() {
+        if info != "sh" || !body.contains("grpcurl ") || body.contains("pip install") {
             continue;
         }
         let expected = match blocks.peek() {
-            Some((info, output)) if info.is_empty() => Some(output.clone()),
+            Some(next) if next.info.is_empty() => Some(next.body.clone()),
             _ => None,
         };
-        let script = commands.replace("localhost:50051", &addr.to_string());
+        let script = body.replace("localhost:50051", &addr.to_string());
         let output = Command::new("bash")
             .arg("-c")
             .arg(format!("exec 2>&1\n{script}"))
@@ -211,48 +242,32 @@ async fn the_readme_grpcurl_walk_through_runs_as_written() {
             && let Err(problem) = matches_shortened(&expected, &actual)
         {
             panic!(
-                "README block\n{commands}\ndoes not print what the README shows ({problem});\nit printed:\n{actual}"
+                "block\n{body}\ndoes not print what the text shows ({problem});\nit printed:\n{actual}"
             );
         }
-        ran.push(commands);
+        ran.push_str(&body);
     }
-    let all = ran.concat();
-    for needed in [
-        " list",
-        "describe consent.v1.EligibilityService",
-        "consent.v1.ConsentService/OptOut",
-        "consent.v1.EligibilityService/BatchCheckEligibility",
-        "grpc.health.v1.Health/Check",
-    ] {
-        assert!(
-            all.contains(needed),
-            "the walk-through no longer runs {needed:?}"
-        );
-    }
-}
-
-/// The README's code block that starts with `first_line`, in the section `section`.
-fn readme_snippet(section: &str, info: &str) -> String {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    fenced_blocks(&readme, section)
-        .into_iter()
-        .find(|(i, _)| i == info)
-        .unwrap_or_else(|| panic!("README section {section:?} has no {info} block"))
-        .1
+    ran
 }
 
 #[test]
-fn the_readme_snippets_are_the_code_the_tests_run() {
+fn the_client_snippets_are_the_code_the_tests_run() {
+    let doc = std::fs::read_to_string(root().join("docs/clients.md")).expect("docs/clients.md");
+    let blocks = fences(&doc);
     for (info, file) in [
         ("python", "clients/python/example.py"),
         ("js", "clients/node/example.js"),
     ] {
-        let snippet = readme_snippet("## Clients in other languages", info);
+        let snippet = &blocks
+            .iter()
+            .find(|block| block.info == info)
+            .unwrap_or_else(|| panic!("docs/clients.md has no {info} block"))
+            .body;
         let source: PathBuf = root().join(file);
         let source = std::fs::read_to_string(&source).expect("example file");
         assert_eq!(
-            snippet, source,
-            "the README's {info} snippet differs from {file}: copy the file into the README"
+            *snippet, source,
+            "the {info} snippet of docs/clients.md differs from {file}: copy the file into it"
         );
     }
 }

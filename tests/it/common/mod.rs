@@ -2,6 +2,7 @@
 //! a temporary data directory, an injected [`ManualClock`], and typed clients.
 //!
 //! Every module of the test binary uses a subset of these helpers.
+pub(crate) mod markdown;
 pub(crate) mod process;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
