@@ -16,6 +16,7 @@ mod access;
 mod clients;
 mod crash_cycle;
 mod data_tools;
+mod docs;
 mod durability;
 mod faults;
 mod fsync_trace;
