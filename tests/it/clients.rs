@@ -216,6 +216,23 @@ async fn run_tour(markdown: &str) -> String {
         .arg(format!("exec {command} --listen 127.0.0.1:0"))
         .current_dir(root())
         .env("TMPDIR", temp.path());
+    // Run it in a reader's environment, without what cargo set for this test
+    // (`OUT_DIR`, `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): build scripts that
+    // watch those variables (ring's does) would make cargo rebuild the release
+    // build here, and the next plain `cargo run` rebuild it again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let prefixes = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_PRIMARY_",
+            "CARGO_BIN_",
+        ];
+        if name == "CARGO" || name == "OUT_DIR" || prefixes.iter().any(|p| name.starts_with(p)) {
+            shell.env_remove(&*name);
+        }
+    }
     // cargo runs the binary in its own place (exec), so the child is the server.
     let mut server = ServerProcess::spawn(shell);
     let addr = server.wait_listening_within(CARGO_RUN_TIMEOUT).await;
