@@ -92,7 +92,7 @@ fn node_client_runs_the_scenarios() {
     run_script(Path::new("node"), &["clients/node/test.js"]);
 }
 
-/// Whether `actual` matches the README's shortened `expected` output:
+/// Whether `actual` matches a document's shortened `expected` output:
 /// white space is ignored, `…` stands for anything, and so does a timestamp
 /// (`"2026-11-25T10:26:23.857Z"`); the remaining pieces must appear in order.
 fn matches_shortened(expected: &str, actual: &str) -> Result<(), String> {
