@@ -106,7 +106,7 @@ fn links_are_judged_as_a_reader_follows_them() {
         assert_eq!(problem(&root, &readme, ok), None, "{ok}");
     }
     for bad in [
-        "../shared/TOOLS.md",
+        "../README.md",
         "docs/missing.md",
         "docs/api.md#no-such-heading",
         "#no-such-heading",
