@@ -14,7 +14,7 @@
 //! start of the first socket write holding the address.
 //!
 //! The check fails if the flush or the fdatasync is left out of the group
-//! commit (tried by hand: see ARCHITECTURE.md, "What makes a write durable").
+//! commit (tried by hand: see docs/durability.md, "What makes a write durable").
 //!
 //! strace comes from Debian's `strace` package, which `.ci/run` installs.
 //! The test is ignored unless asked for (`cargo test -- --include-ignored`,
