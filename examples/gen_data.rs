@@ -1,4 +1,4 @@
-//! Generates inputs for measuring the data tools (see the README's "Data tools"):
+//! Generates inputs for measuring the data tools (see "Data tools" in docs/performance.md):
 //!
 //! ```sh
 //! # A suppression list of N rows (CSV, with a header row) on stdout:

@@ -6,7 +6,7 @@
 mod tools;
 
 /// mimalloc instead of the system allocator: allocation was 11% of the
-/// server's CPU samples on the write path (README, "Durable writes, measured").
+/// server's CPU samples on the write path (docs/performance.md, "Durable writes").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,5 +1,5 @@
-// Scenario 1 of the README, as a Node client: the stubs are built at run time
-// from proto/ by @grpc/proto-loader. test.js runs it; the README shows it.
+// Scenario 1 of docs/walkthrough.md, as a Node client: the stubs are built at run time
+// from proto/ by @grpc/proto-loader. test.js runs it; docs/clients.md shows it.
 const path = require('node:path');
 const fs = require('node:fs');
 const grpc = require('@grpc/grpc-js');

@@ -4,8 +4,8 @@
 //
 // Starts the consentd binary (default: $CONSENTD_BIN, then target/debug/consentd)
 // on a free port with a temporary data directory, runs the scenarios, and
-// stops the server. `cargo test --test clients` runs it with the binary cargo
-// built. Exits non-zero on the first failed check.
+// stops the server. `cargo test --test it -- --ignored node_client` runs it with
+// the binary cargo built. Exits non-zero on the first failed check.
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');

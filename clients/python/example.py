@@ -1,6 +1,6 @@
-"""Scenario 1 of the README, as a Python client: stubs generated from proto/ with
+"""Scenario 1 of docs/walkthrough.md, as a Python client: stubs generated from proto/ with
     python -m grpc_tools.protoc -I proto --python_out=gen --grpc_python_out=gen proto/consent/v1/*.proto
-and `gen` on the module path. test_scenarios.py runs it; the README shows it."""
+and `gen` on the module path. test_scenarios.py runs it; docs/clients.md shows it."""
 
 import grpc
 from consent.v1 import common_pb2, consent_pb2, eligibility_pb2, profile_pb2

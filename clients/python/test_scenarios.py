@@ -8,7 +8,8 @@ temporary data directory, runs the scenarios, and stops the server.
     clients/python/.venv/bin/python clients/python/test_scenarios.py [CONSENTD_BINARY]
 
 The binary defaults to $CONSENTD_BIN, then target/debug/consentd.
-`cargo test --test clients` runs this with the binary cargo built.
+`cargo test --test it -- --ignored python_client` runs this with the binary
+cargo built.
 Exits non-zero on the first failed check.
 """
 
@@ -28,7 +29,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def generate_stubs(out_dir):
-    """Runs the same protoc command as the README, into out_dir."""
+    """Runs the same protoc command as docs/clients.md, into out_dir."""
     protos = sorted(glob.glob(os.path.join(PROTO, "consent", "v1", "*.proto")))
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-I", PROTO,

@@ -1,11 +1,9 @@
 //! Metrics and request ids: a real server is scraped over HTTP after known
 //! calls, and every answer carries the request's `x-request-id`.
 
-mod common;
-
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-use common::{process, *};
+use crate::common::{process, *};
 use consentd::{
     clock::{Clock, ManualClock},
     metrics,

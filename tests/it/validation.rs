@@ -1,10 +1,8 @@
 //! Bad requests, NOT_FOUND, health and reflection, against a real in-process server.
 
-mod common;
-
 use std::{future::Future, pin::Pin};
 
-use common::*;
+use crate::common::*;
 use consentd::pb::{
     AddressStatus, AddressType, BatchCheckEligibilityRequest, ChangeContext, Channel,
     CheckEligibilityRequest, FeedbackKind, GetAddressStatusRequest, GetConsentRequest,

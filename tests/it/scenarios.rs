@@ -3,9 +3,7 @@
 //! Time-dependent rules are driven by `occurred_at` and by moving the injected
 //! manual clock; nothing sleeps.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use consentd::pb::{
     AddressEventType, AddressStatus, Channel, ConsentStatus, Decision, DeliveryErrorReason,
     EligibilitySummary, ExclusionReason, FeedbackKind, QuarantineAddressRequest, ReasonCount,

@@ -3,11 +3,9 @@
 //! mutual TLS with certificates made here (rcgen), and the command line
 //! (`keys generate`, refusing a public address without keys, bad files).
 
-mod common;
-
 use std::{path::Path, sync::Arc};
 
-use common::{process::ServerProcess, *};
+use crate::common::{process::ServerProcess, *};
 use consentd::{
     auth::{KeySet, Security, TlsPem},
     pb::{

@@ -1,9 +1,8 @@
 //! The integration-test harness: a real consentd server on an ephemeral port,
 //! a temporary data directory, an injected [`ManualClock`], and typed clients.
 //!
-//! Each test file uses a different subset of these helpers.
-#![allow(dead_code)]
-
+//! Every module of the test binary uses a subset of these helpers.
+pub(crate) mod markdown;
 pub(crate) mod process;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

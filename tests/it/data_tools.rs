@@ -6,8 +6,6 @@
 //! denylists; an online backup taken under write load holds everything
 //! acknowledged before it began and is internally consistent.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -18,7 +16,7 @@ use std::{
     },
 };
 
-use common::*;
+use crate::common::*;
 use consentd::{
     clock::ManualClock,
     engine::{Address, AddressStatus as DomainStatus, ProfileId, Tenant},

@@ -103,17 +103,18 @@ impl ServerProcess {
         }
     }
 
-    /// The pid of the child (of the wrapper, when one was used).
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub(crate) fn stderr_text(&self) -> String {
         self.seen.join("\n")
     }
 
     /// Reads stderr until the `listening on ADDR` line and returns ADDR.
     pub(crate) async fn wait_listening(&mut self) -> SocketAddr {
+        self.wait_listening_within(PROCESS_TIMEOUT).await
+    }
+
+    /// [`Self::wait_listening`], waiting up to `timeout` (for a command that
+    /// may compile the binary first, such as `cargo run`).
+    pub(crate) async fn wait_listening_within(&mut self, timeout: Duration) -> SocketAddr {
         let read =
             async {
                 while let Some(line) = self.stderr_lines.recv().await {
@@ -128,14 +129,14 @@ impl ServerProcess {
                 }
                 None
             };
-        match tokio::time::timeout(PROCESS_TIMEOUT, read).await {
+        match tokio::time::timeout(timeout, read).await {
             Ok(Some(addr)) => addr,
             Ok(None) => panic!(
                 "consentd closed stderr before listening; stderr:\n{}",
                 self.stderr_text()
             ),
             Err(_) => panic!(
-                "consentd did not listen within {PROCESS_TIMEOUT:?}; stderr:\n{}",
+                "consentd did not listen within {timeout:?}; stderr:\n{}",
                 self.stderr_text()
             ),
         }

@@ -14,17 +14,15 @@
 //! start of the first socket write holding the address.
 //!
 //! The check fails if the flush or the fdatasync is left out of the group
-//! commit (tried by hand: see ARCHITECTURE.md, "What makes a write durable").
+//! commit (tried by hand: see docs/durability.md, "What makes a write durable").
 //!
 //! strace comes from Debian's `strace` package, which `.ci/run` installs.
-//! Without it the test is skipped with a message, except under `CI=true`,
-//! where it fails.
-
-mod common;
+//! The test is ignored unless asked for (`cargo test -- --include-ignored`,
+//! as in CI), and then fails when strace is missing.
 
 use std::{collections::HashMap, process::Command};
 
-use common::process::{CONSENTD_BIN, ServerProcess, connect, serve_args, signal};
+use crate::common::process::{CONSENTD_BIN, ServerProcess, connect, serve_args, signal};
 use consentd::pb::{self, ChangeContext, Source, profile_service_client::ProfileServiceClient};
 
 /// Concurrent clients (so that group commits hold several writes).
@@ -32,21 +30,16 @@ const CLIENTS: usize = 8;
 /// Writes per client.
 const WRITES_PER_CLIENT: usize = 25;
 
-/// Whether `strace` can run here; panics under `CI=true` when it cannot.
-fn strace_available() -> bool {
+/// Fails unless `strace` runs here.
+fn require_strace() {
     let works = Command::new("strace")
         .arg("-V")
         .output()
         .is_ok_and(|out| out.status.success());
-    if !works {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        assert!(
-            !ci,
-            "strace is not installed, and CI=true: .ci/run must install it"
-        );
-        eprintln!("SKIPPED: strace is not installed (apt-get install -y strace)");
-    }
-    works
+    assert!(
+        works,
+        "strace does not run here: install it with `apt-get install strace` (.ci/run does)"
+    );
 }
 
 /// One system call from the trace, joined from its `unfinished` and
@@ -147,10 +140,9 @@ fn on_socket(call: &Call) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs strace: apt-get install strace"]
 async fn every_acknowledgement_follows_an_fdatasync_of_the_data_file() {
-    if !strace_available() {
-        return;
-    }
+    require_strace();
     let data_dir = tempfile::tempdir().expect("temporary data directory");
     let trace_dir = tempfile::tempdir().expect("temporary trace directory");
     let trace_path = trace_dir.path().join("trace");

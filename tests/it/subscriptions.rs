@@ -1,9 +1,7 @@
 //! Subscriptions to services, double opt-in and proof of consent, against a
 //! real server with an injected clock.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use consentd::pb::{
     ChangeContext, Channel, ConfirmSubscriptionRequest, CreateServiceRequest, ExclusionReason,
     ListServicesRequest, ListSubscribersRequest, ListSubscriptionsRequest, OptInRequest, Service,

@@ -3,11 +3,9 @@
 //! Most tests run the real `consentd` binary and kill it with SIGKILL; the
 //! in-process ones use the harness in `common`.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{process::*, *};
+use crate::common::{process::*, *};
 use consentd::{
     clock::{Clock, ManualClock},
     pb::{

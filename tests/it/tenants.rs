@@ -1,9 +1,7 @@
 //! Tenant settings (opt-in regimes, per-tenant quarantine rules) and
 //! product-usage tracking opt-out, against a real server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use consentd::pb::{
     AddressStatus, Channel, ChannelRegime, CheckTrackingRequest, ConsentRegime,
     DeliveryErrorReason, ExclusionReason, FeedbackKind, FilterUsageEventsRequest,

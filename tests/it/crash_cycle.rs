@@ -27,8 +27,6 @@
 //! (`ClientModel::acknowledged`) and what "applied" looks like in the state
 //! read back (`check_profile` or `check_address`).
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -39,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
+use crate::common::{
     error_info,
     process::{ServerProcess, connect},
 };
