@@ -7,6 +7,11 @@
 //! answering reads, and once there is space again a restart finds every
 //! acknowledged write intact.
 //!
+//! A failed flush (an fdatasync error injected in process): every write is
+//! refused from then on with `UNAVAILABLE` / `STORAGE_FAILED`, even once the
+//! disk would take a flush again; reads and eligibility checks go on; health
+//! says NOT_SERVING overall and for the services that write.
+//!
 //! SIGTERM under load: requests in flight when the signal arrives finish,
 //! later calls fail with `UNAVAILABLE` instead of hanging, the process exits
 //! 0, and every acknowledged write is there after a restart.
@@ -455,4 +460,75 @@ async fn sigterm_under_load_finishes_in_flight_refuses_new_calls_and_keeps_every
     server.terminate();
     let (status, _) = server.wait_stopped().await;
     assert!(status.success());
+}
+
+#[tokio::test]
+async fn after_a_failed_flush_writes_are_refused_until_a_restart_and_reads_go_on() {
+    use crate::common::{TENANT, error_info, get_consent, spawn_app_with_store_options};
+    use consentd::store::sled::SledOptions;
+
+    let fail = Arc::new(AtomicBool::new(false));
+    let failing = Arc::clone(&fail);
+    let app = spawn_app_with_store_options(SledOptions {
+        sync_fault: Some(Arc::new(move || {
+            if failing.swap(false, Ordering::SeqCst) {
+                Err(std::io::Error::other("injected: EIO on fdatasync"))
+            } else {
+                Ok(())
+            }
+        })),
+        ..SledOptions::default()
+    })
+    .await;
+    let mut profiles = app.profiles.clone();
+    upsert(&mut profiles, TENANT, "before", String::new())
+        .await
+        .expect("a write before the failure");
+    fail.store(true, Ordering::SeqCst);
+    let failed = upsert(&mut profiles, TENANT, "during", String::new())
+        .await
+        .expect_err("the write whose flush failed is not acknowledged");
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert_eq!(error_info(&failed).reason, "STORAGE_FAILED");
+    // The fault is gone; a flush would succeed, but nothing is acknowledged.
+    assert!(!fail.load(Ordering::SeqCst));
+    let refused = upsert(&mut profiles, TENANT, "after", String::new())
+        .await
+        .expect_err("no write after a failed flush");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("restarted"), "{refused:?}");
+    // Reads go on, and decisions, from what was durable.
+    get_consent(&app, "before").await;
+    let decision = crate::common::check(&app, "before", pb::Channel::Email).await;
+    assert!(decision.eligible, "{decision:?}");
+    // Health says so (it looks every 250 ms).
+    let health = HealthClient::new(app.channel.clone());
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .expect("health")
+                .into_inner()
+                .status()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status("").await == ServingStatus::Serving {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health still SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status("consent.v1.ConsentService").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        status("consent.v1.EligibilityService").await,
+        ServingStatus::Serving
+    );
 }

@@ -25,6 +25,7 @@ use consentd::{
         quarantine_service_client::QuarantineServiceClient,
     },
     server::{App, ServeError, Settings, run},
+    store::sled::SledOptions,
 };
 use prost_types::Timestamp;
 use tempfile::TempDir;
@@ -79,7 +80,14 @@ pub(crate) async fn spawn_app() -> TestApp {
 /// Starts a server with the given settings on a fresh data directory.
 pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
     let data_dir = tempfile::tempdir().expect("create a temporary data directory");
-    start(data_dir, ManualClock::new(START_MS), settings, None).await
+    start(
+        data_dir,
+        ManualClock::new(START_MS),
+        settings,
+        None,
+        SledOptions::default(),
+    )
+    .await
 }
 
 /// Starts a server with API keys and/or TLS (`security`) and default settings
@@ -95,7 +103,14 @@ pub(crate) async fn spawn_app_secured(
         security,
         ..Settings::default()
     };
-    start(data_dir, ManualClock::new(START_MS), settings, client_tls).await
+    start(
+        data_dir,
+        ManualClock::new(START_MS),
+        settings,
+        client_tls,
+        SledOptions::default(),
+    )
+    .await
 }
 
 /// An interceptor that sends `authorization: Bearer <key>` with every request.
@@ -123,14 +138,28 @@ impl Interceptor for Bearer {
     }
 }
 
+/// Starts a server whose store is opened with `options` (a sync failpoint).
+pub(crate) async fn spawn_app_with_store_options(options: SledOptions) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("create a temporary data directory");
+    start(
+        data_dir,
+        ManualClock::new(START_MS),
+        Settings::default(),
+        None,
+        options,
+    )
+    .await
+}
+
 async fn start(
     data_dir: TempDir,
     clock: ManualClock,
     settings: Settings,
     client_tls: Option<ClientTlsConfig>,
+    options: SledOptions,
 ) -> TestApp {
     let shared_clock: Arc<dyn Clock> = Arc::new(clock.clone());
-    let app = match App::open(data_dir.path(), settings, shared_clock) {
+    let app = match App::open_with(data_dir.path(), settings, shared_clock, options) {
         Ok(app) => app,
         Err(e) => panic!("App::open({}) failed: {e}", data_dir.path().display()),
     };
@@ -238,13 +267,27 @@ impl TestApp {
 
     /// Starts a server with default settings on an existing data directory and clock.
     pub(crate) async fn start_on(data_dir: TempDir, clock: ManualClock) -> TestApp {
-        start(data_dir, clock, Settings::default(), None).await
+        start(
+            data_dir,
+            clock,
+            Settings::default(),
+            None,
+            SledOptions::default(),
+        )
+        .await
     }
 
     /// Stops the server gracefully and starts a new one on the same data directory and clock.
     pub(crate) async fn restart(self) -> TestApp {
         let (data_dir, clock) = self.stop().await;
-        start(data_dir, clock, Settings::default(), None).await
+        start(
+            data_dir,
+            clock,
+            Settings::default(),
+            None,
+            SledOptions::default(),
+        )
+        .await
     }
 }
 
