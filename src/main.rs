@@ -100,6 +100,10 @@ struct ServeArgs {
     /// into a checkpoint and dropped, as are feedback event-id markers.
     #[arg(long, env = "CONSENTD_LATE_EVENT_HORIZON", default_value = "14d", value_parser = humantime::parse_duration)]
     late_event_horizon: Duration,
+    /// Time between two retention sweeps, which delete feedback event-id
+    /// markers older than the horizon and confirmation tokens past their expiry.
+    #[arg(long, env = "CONSENTD_RETENTION_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    retention_sweep_interval: Duration,
     /// Most events an address's log keeps, whatever their age.
     #[arg(long, env = "CONSENTD_ADDRESS_LOG_EVENTS_MAX", default_value_t = ADDRESS_LOG_EVENTS_MAX_DEFAULT)]
     address_log_events_max: u32,
@@ -169,6 +173,7 @@ impl ServeArgs {
             ("--request-timeout", self.request_timeout),
             ("--confirmation-token-ttl", self.confirmation_token_ttl),
             ("--late-event-horizon", self.late_event_horizon),
+            ("--retention-sweep-interval", self.retention_sweep_interval),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be longer than zero"));
@@ -192,6 +197,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             max_concurrent_streams: self.max_concurrent_streams,
             cache_bytes: Some(self.cache_size),
+            retention_sweep_interval: self.retention_sweep_interval,
         })
     }
 }

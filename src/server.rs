@@ -21,7 +21,7 @@ use crate::{
 
 pub use crate::app::{App, Settings};
 pub use crate::store::StoreError as StartupError;
-use crate::{app::RETENTION_SWEEP_EVERY, index::Readiness};
+use crate::index::Readiness;
 
 /// HTTP/2 flow-control window per stream: a 10,000-decision batch answer
 /// (about 0.5 MB) then needs no window-update round trips.
@@ -147,9 +147,9 @@ async fn follow_health(app: App, health: tonic_health::server::HealthReporter) {
     }
 }
 
-/// Runs the retention sweep every [`RETENTION_SWEEP_EVERY`].
+/// Runs the retention sweep every `Settings::retention_sweep_interval`.
 async fn sweep(app: App) {
-    let mut every = tokio::time::interval(RETENTION_SWEEP_EVERY);
+    let mut every = tokio::time::interval(app.settings().retention_sweep_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

@@ -50,8 +50,8 @@ pub const FEEDBACK_FUTURE_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
 const STORE_CLOSE_POLL: Duration = Duration::from_millis(2);
 /// Most profiles listed by `GetAddressStatus`.
 pub const ADDRESS_USERS_MAX: usize = 1000;
-/// How often the retention sweep runs (markers and tokens past their time).
-pub const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Default time between two retention sweeps (markers and tokens past their time).
+pub const RETENTION_SWEEP_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// Most records one sweep deletes in one commit; a sweep repeats until done.
 const RETENTION_SWEEP_BATCH: usize = 10_000;
 /// How many loaded records between two progress reports at start-up.
@@ -83,6 +83,8 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     /// sled's page cache, in bytes (`None`: the store's default).
     pub cache_bytes: Option<u64>,
+    /// Time between two retention sweeps.
+    pub retention_sweep_interval: Duration,
     /// API keys and TLS; the default is neither (loopback only, see `main`).
     pub security: crate::auth::Security,
 }
@@ -97,6 +99,7 @@ impl Default for Settings {
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             max_concurrent_streams: CONCURRENT_STREAMS_MAX_DEFAULT,
             cache_bytes: None,
+            retention_sweep_interval: RETENTION_SWEEP_INTERVAL_DEFAULT,
             security: crate::auth::Security::default(),
         }
     }
