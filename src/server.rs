@@ -20,8 +20,8 @@ use crate::{
 };
 
 pub use crate::app::{App, Settings};
-pub use crate::store::StoreError as StartupError;
 use crate::index::Readiness;
+pub use crate::store::StoreError as StartupError;
 
 /// HTTP/2 flow-control window per stream: a 10,000-decision batch answer
 /// (about 0.5 MB) then needs no window-update round trips.
