@@ -179,11 +179,14 @@ pub async fn run(
             .set_service_status(name, tonic_health::ServingStatus::NotServing)
             .await;
     }
+    // Each holds the application: stopped at shutdown, and awaited before the
+    // store is closed, so that nothing holds it any more.
     let background = [
         tokio::spawn(start(app.clone())),
         tokio::spawn(follow_health(app.clone(), health.clone())),
         tokio::spawn(sweep(app.clone())),
     ];
+    let stop_background: Vec<_> = background.iter().map(|t| t.abort_handle()).collect();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -198,7 +201,7 @@ pub async fn run(
     let drain = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
-        for task in background {
+        for task in stop_background {
             task.abort();
         }
         health
@@ -268,6 +271,11 @@ pub async fn run(
         } => {
             tracing::warn!(grace_s = grace.as_secs(), "grace period over; closing the remaining connections");
         }
+    }
+    for task in background {
+        // Stopped at the drain: each ends at once (cancelled), dropping its hold.
+        task.abort();
+        let _ = task.await;
     }
     app.close(grace).await?;
     tracing::info!("store flushed; stopped");
