@@ -513,6 +513,7 @@ impl Store for SledStore {
             _held: held,
             ops: Vec::new(),
             staged: HashMap::new(),
+            stored_profiles: HashMap::new(),
             changes: Vec::new(),
         }))
     }
@@ -605,6 +606,9 @@ struct SledTxn<'a> {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>, OpKind)>,
     /// The last staged value of each key, for reads.
     staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Profiles as stored before this change, as its reads found them: the
+    /// address → profile index moves from these (no second read and decode).
+    stored_profiles: HashMap<Vec<u8>, Option<Profile>>,
     /// The feed entries of this change.
     changes: Vec<Change>,
 }
@@ -642,7 +646,12 @@ impl SledTxn<'_> {
 #[async_trait]
 impl Txn for SledTxn<'_> {
     async fn profile(&mut self, tenant: &Tenant, id: &ProfileId) -> Result<Option<Profile>> {
-        self.read_profile(tenant, id)
+        let found = self.read_profile(tenant, id)?;
+        let key = keys::profile(tenant, id);
+        if !self.staged.contains_key(&key) {
+            self.stored_profiles.insert(key, found.clone());
+        }
+        Ok(found)
     }
 
     async fn subscription(
@@ -731,10 +740,18 @@ impl Txn for SledTxn<'_> {
     }
 
     fn put_profile(&mut self, tenant: &Tenant, profile: &Profile) {
-        // The address → profile index follows the addresses. A profile that
-        // cannot be read back is replaced whole; its index entries, if any,
-        // are rebuilt by the next restore.
-        let old = self.read_profile(tenant, &profile.id).ok().flatten();
+        // The address → profile index follows the addresses, from the
+        // profile as stored (read by this change, or read now). A profile
+        // that cannot be read back is replaced whole; its index entries, if
+        // any, are rebuilt by the next restore.
+        let key = keys::profile(tenant, &profile.id);
+        let old = match (
+            self.staged.contains_key(&key),
+            self.stored_profiles.get(&key),
+        ) {
+            (false, Some(stored)) => stored.clone(),
+            _ => self.read_profile(tenant, &profile.id).ok().flatten(),
+        };
         let old_addresses: Vec<&Address> = old.iter().flat_map(|p| p.all_addresses()).collect();
         let new_addresses: Vec<&Address> = profile.all_addresses().collect();
         let (removed, added): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (
