@@ -197,6 +197,37 @@ impl SledStore {
         Ok(self.db.get(key)?)
     }
 
+    /// The record under `key`, decoded.
+    fn read<T>(
+        &self,
+        key: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
+    ) -> Result<Option<T>> {
+        self.get(key)?
+            .map(|bytes| decode(&bytes).map_err(corrupt(key)))
+            .transpose()
+    }
+
+    /// A page of the records under `prefix`, each decoded from the UTF-8
+    /// text of its key after the prefix (an id) and its value.
+    fn decoded_page<T>(
+        &self,
+        prefix: &[u8],
+        after: Option<&Cursor>,
+        limit: usize,
+        decode: impl Fn(String, &[u8]) -> Result<T, CodecError>,
+    ) -> Result<Page<T>> {
+        let (entries, next) = self.scan_page(prefix, after, limit)?;
+        let items = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let id = utf8_tail(&key, prefix.len())?;
+                decode(id, &value).map_err(corrupt(&key))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Page { items, next })
+    }
+
     fn read_profile(&self, tenant: &Tenant, id: &ProfileId) -> Result<Option<Profile>> {
         let key = keys::profile(tenant, id);
         self.get(&key)?
@@ -308,17 +339,16 @@ fn address_of(key: &[u8], kind: u8, bytes: &[u8]) -> Result<Address> {
 #[async_trait]
 impl Store for SledStore {
     async fn tenant_settings(&self, tenant: &Tenant) -> Result<Option<TenantSettings>> {
-        let key = keys::tenant_settings(tenant);
-        self.get(&key)?
-            .map(|bytes| codec::decode_tenant_settings(&bytes).map_err(corrupt(&key)))
-            .transpose()
+        self.read(
+            &keys::tenant_settings(tenant),
+            codec::decode_tenant_settings,
+        )
     }
 
     async fn service(&self, tenant: &Tenant, id: &ServiceId) -> Result<Option<Service>> {
-        let key = keys::service(tenant, id);
-        self.get(&key)?
-            .map(|bytes| codec::decode_service(id.clone(), &bytes).map_err(corrupt(&key)))
-            .transpose()
+        self.read(&keys::service(tenant, id), |bytes| {
+            codec::decode_service(id.clone(), bytes)
+        })
     }
 
     async fn services(
@@ -327,16 +357,9 @@ impl Store for SledStore {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<Service>> {
-        let prefix = keys::services_prefix(tenant);
-        let (entries, next) = self.scan_page(&prefix, after, limit)?;
-        let items = entries
-            .into_iter()
-            .map(|(key, value)| {
-                let id = utf8_tail(&key, prefix.len())?;
-                codec::decode_service(ServiceId::from_trusted(id), &value).map_err(corrupt(&key))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Page { items, next })
+        self.decoded_page(&keys::services_prefix(tenant), after, limit, |id, value| {
+            codec::decode_service(ServiceId::from_trusted(id), value)
+        })
     }
 
     async fn profile(&self, tenant: &Tenant, id: &ProfileId) -> Result<Option<Profile>> {
@@ -393,16 +416,12 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Page<(ProfileId, SubscriptionStatus)>> {
         let prefix = keys::subscribers_prefix(tenant, service);
-        let (entries, next) = self.scan_page(&prefix, after, limit)?;
-        let items = entries
-            .into_iter()
-            .map(|(key, value)| {
-                let id = utf8_tail(&key, prefix.len())?;
-                let status = codec::decode_subscription_status(&value).map_err(corrupt(&key))?;
-                Ok((ProfileId::from_trusted(id), status))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Page { items, next })
+        self.decoded_page(&prefix, after, limit, |id, value| {
+            Ok((
+                ProfileId::from_trusted(id),
+                codec::decode_subscription_status(value)?,
+            ))
+        })
     }
 
     async fn address_state(
