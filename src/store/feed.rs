@@ -12,6 +12,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use super::StoreError;
 use crate::engine::{
     Address, AddressStatus, Profile, ProfileId, Service, ServiceId, SubscriptionStatus, Tenant,
     TenantSettings, UserId,
@@ -177,15 +178,18 @@ impl FeedQueue {
     }
 
     /// Sets the sink; changes after `after` that are pending go to it at
-    /// the next delivery. False when a sink was set already.
-    pub(crate) fn follow(&self, after: Position, sink: FeedSink) -> bool {
+    /// the next delivery. Refused when a sink was set already.
+    pub(crate) fn follow(&self, after: Position, sink: FeedSink) -> Result<(), StoreError> {
         let mut queue = self.lock();
         if queue.sink.is_some() {
-            return false;
+            return Err(StoreError::Corrupt {
+                key: "feed".into(),
+                reason: "the feed is followed already".into(),
+            });
         }
         queue.pending.retain(|c| c.position > after);
         queue.sink = Some(Arc::from(sink));
-        true
+        Ok(())
     }
 }
 
@@ -206,13 +210,15 @@ mod tests {
         let queue = FeedQueue::new(Position(10));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink_seen = Arc::clone(&seen);
-        assert!(queue.follow(
-            Position(10),
-            Box::new(move |batch: &[Committed]| {
-                let mut seen = sink_seen.lock().expect("lock");
-                seen.extend(batch.iter().map(|c| c.position.0));
-            })
-        ));
+        queue
+            .follow(
+                Position(10),
+                Box::new(move |batch: &[Committed]| {
+                    let mut seen = sink_seen.lock().expect("lock");
+                    seen.extend(batch.iter().map(|c| c.position.0));
+                }),
+            )
+            .expect("the first follower");
         assert_eq!(queue.push(vec![change(1)]), Position(11));
         assert_eq!(queue.push(Vec::new()), Position(11), "nothing: no position");
         assert_eq!(queue.push(vec![change(2)]), Position(12));
@@ -223,6 +229,10 @@ mod tests {
         assert_eq!(*seen.lock().expect("lock"), vec![11, 12], "delivered once");
         queue.deliver_through(queue.last());
         assert_eq!(*seen.lock().expect("lock"), vec![11, 12, 13]);
-        assert!(!queue.follow(Position(0), Box::new(|_: &[Committed]| {})));
+        assert!(
+            queue
+                .follow(Position(0), Box::new(|_: &[Committed]| {}))
+                .is_err()
+        );
     }
 }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use super::{
     Change, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver, Loaded, Lock, Page,
-    Position, Result, Snapshot, Store, StoreError, Txn,
+    Position, Result, Snapshot, Store, Txn,
     feed::FeedQueue,
     locks::{Held, LockTable},
 };
@@ -583,14 +583,7 @@ impl Store for MemoryStore {
     }
 
     fn follow(&self, after: Position, sink: FeedSink) -> Result<()> {
-        if self.feed.0.follow(after, sink) {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt {
-                key: "feed".into(),
-                reason: "the feed is followed already".into(),
-            })
-        }
+        self.feed.0.follow(after, sink)
     }
 
     fn failure(&self) -> Option<Arc<str>> {

@@ -554,14 +554,7 @@ impl Store for SledStore {
     }
 
     fn follow(&self, after: Position, sink: FeedSink) -> Result<()> {
-        if self.feed.follow(after, sink) {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt {
-                key: "feed".into(),
-                reason: "the feed is followed already".into(),
-            })
-        }
+        self.feed.follow(after, sink)
     }
 
     fn failure(&self) -> Option<Arc<str>> {
