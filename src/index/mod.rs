@@ -554,8 +554,19 @@ impl Index {
         self.readiness.send_replace(Readiness::Loading(records));
     }
 
-    /// Ends the load: the index holds the store as of `position`.
+    /// Ends the load: the index holds the store as of `position`. Its tables
+    /// give back the room that growing left unused.
     pub fn loaded(&self, position: Position) {
+        for tenant in self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let mut state = tenant.state.write().unwrap_or_else(|p| p.into_inner());
+            state.profiles.shrink_to_fit();
+            state.addresses.shrink_to_fit();
+        }
         self.position.store(position.0, Ordering::Release);
         self.readiness.send_replace(Readiness::Ready);
         self.ready.store(true, Ordering::Release);

@@ -117,6 +117,16 @@ impl<S: Keyed> Table<S> {
         self.slots.get_mut(index(slot)).filter(|s| !s.is_free())
     }
 
+    /// Gives back what growing by doubling left unused (after the start-up
+    /// load: up to half of the slots' memory).
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
+        let (hasher, slots) = (&self.hasher, &self.slots);
+        self.table
+            .shrink_to(0, |&s| hasher.hash_one(slots[index(s)].key()));
+    }
+
     /// Slots in use.
     pub(super) fn len(&self) -> usize {
         self.table.len()
