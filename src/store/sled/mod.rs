@@ -616,8 +616,8 @@ struct SledTxn<'a> {
     _held: Held<'a>,
     /// Writes in the order staged: key, value (`None`: remove), kind.
     ops: Vec<(Vec<u8>, Option<Vec<u8>>, OpKind)>,
-    /// The last staged value of each key, for reads.
-    staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Where in `ops` each key was last staged, for reads.
+    staged: HashMap<Vec<u8>, usize>,
     /// Profiles as stored before this change, as its reads found them: the
     /// address → profile index moves from these (no second read and decode).
     stored_profiles: HashMap<Vec<u8>, Option<Profile>>,
@@ -627,14 +627,22 @@ struct SledTxn<'a> {
 
 impl SledTxn<'_> {
     fn stage(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, kind: OpKind) {
-        self.staged.insert(key.clone(), value.clone());
+        self.staged.insert(key.clone(), self.ops.len());
         self.ops.push((key, value, kind));
+    }
+
+    /// The value of `key` as this change staged it, if it did.
+    fn staged_value(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.staged
+            .get(key)
+            .and_then(|i| self.ops.get(*i))
+            .map(|(_, value, _)| value.as_deref())
     }
 
     /// The value of `key` as this change sees it: staged, else stored.
     fn read(&self, key: &[u8]) -> Result<Option<IVec>> {
-        match self.staged.get(key) {
-            Some(value) => Ok(value.as_deref().map(IVec::from)),
+        match self.staged_value(key) {
+            Some(value) => Ok(value.map(IVec::from)),
             None => self.store.get(key),
         }
     }
@@ -732,8 +740,9 @@ impl Txn for SledTxn<'_> {
         let prefix = keys::services_prefix(tenant);
         let stored = self.store.db.scan_prefix(&prefix).keys().count();
         let mut new = 0;
-        for (key, value) in &self.staged {
-            if key.starts_with(&prefix) && value.is_some() && !self.store.db.contains_key(key)? {
+        for key in self.staged.keys() {
+            let put = matches!(self.staged_value(key), Some(Some(_)));
+            if key.starts_with(&prefix) && put && !self.store.db.contains_key(key)? {
                 new += 1;
             }
         }
