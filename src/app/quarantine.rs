@@ -133,6 +133,9 @@ pub(crate) async fn record_in(
         folded_at,
         checkpoint: None,
     };
+    // The log entries this change stages (a change's reads do not see them):
+    // pruning below walks them with the stored ones.
+    let mut staged: Vec<AddressEvent> = Vec::new();
     let (mut new, placement) = if old.is_late(folded_at) {
         let start = nearest_checkpoint(tx, tenant, address, event.key()).await?;
         let start_key = start.as_ref().map(|(key, _)| *key);
@@ -144,6 +147,7 @@ pub(crate) async fn record_in(
         for mut entry in refolded.rewritten {
             entry.checkpoint = entry.checkpoint.as_deref().map(checkpoint);
             tx.put_address_event(tenant, address, &entry);
+            staged.push(entry);
         }
         event = refolded.event;
         event.checkpoint = event.checkpoint.as_deref().map(checkpoint);
@@ -154,6 +158,7 @@ pub(crate) async fn record_in(
     } else {
         let mut new = old.clone();
         new.apply(&event.kind, folded_at, context, &rules);
+        new.log_seq = sequence;
         new.log.since_checkpoint += 1;
         if new.log.since_checkpoint >= CHECKPOINT_EVERY {
             event.checkpoint = Some(checkpoint(&new));
@@ -174,7 +179,9 @@ pub(crate) async fn record_in(
         tx.put_event_marker(tenant, &event_id, address, now);
     }
     if event.checkpoint.is_some() || new.log.len > limits.events_max {
-        prune(tx, tenant, address, &mut new, &how).await?;
+        staged.push(event.clone());
+        staged.sort_by_key(AddressEvent::key);
+        prune(tx, tenant, address, &mut new, &staged, &how).await?;
     }
     tx.put_address_state(tenant, address, &new);
     Ok(Recorded {
@@ -256,15 +263,57 @@ async fn nearest_checkpoint(
     }
 }
 
+/// The walk of [`prune`]: entries in key order, folded as they come.
+struct Walk<'a> {
+    /// Entries walked.
+    seen: usize,
+    /// The state after the last entry walked.
+    folded: AddressState,
+    /// The entry to keep as the new start: how many came before it, it,
+    /// and the state after it.
+    keep: Option<(usize, AddressEvent, AddressState)>,
+    /// Entries that must go (beyond the most kept).
+    must: usize,
+    /// Entries folded before this time may go.
+    cutoff: UnixMillis,
+    how: &'a Recording,
+}
+
+impl Walk<'_> {
+    /// Walks one entry; false once it may not go (it is then the start).
+    fn step(&mut self, entry: AddressEvent) -> bool {
+        self.folded = match &entry.checkpoint {
+            Some(state) => (**state).clone(),
+            None => {
+                let mut next = std::mem::take(&mut self.folded);
+                next.apply(
+                    &entry.kind,
+                    entry.folded_at,
+                    &entry.context,
+                    &self.how.rules,
+                );
+                next.log_seq = next.log_seq.max(entry.sequence);
+                next
+            }
+        };
+        let droppable = self.seen < self.must || entry.folded_at < self.cutoff;
+        self.keep = Some((self.seen, entry, self.folded.clone()));
+        self.seen += 1;
+        droppable
+    }
+}
+
 /// Drops the oldest entries of an address's log: those older than the
 /// late-event horizon, and those beyond the most kept. The oldest entry
 /// kept gets a checkpoint (the entries dropped are folded into it) and
-/// becomes the log's start.
+/// becomes the log's start. `staged` (in key order) are the entries this
+/// change wrote: the walk sees them in their place, over the stored ones.
 async fn prune(
     tx: &mut (dyn Txn + '_),
     tenant: &Tenant,
     address: &Address,
     state: &mut AddressState,
+    staged: &[AddressEvent],
     how: &Recording,
 ) -> Result<()> {
     let cutoff = how.limits.cutoff(how.now);
@@ -272,37 +321,47 @@ async fn prune(
     let must = len.saturating_sub(usize::try_from(how.limits.events_max).unwrap_or(usize::MAX));
     // Walk from the oldest, folding, while entries may go; the first that
     // may not (or the newest) is kept, with the state after it.
-    let mut seen = 0usize;
+    let mut walk = Walk {
+        seen: 0,
+        folded: AddressState::default(),
+        keep: None,
+        must,
+        cutoff,
+        how,
+    };
+    let mut pending = staged.iter().peekable();
     let mut from = None;
-    let mut folded = AddressState::default();
-    let mut keep: Option<(usize, AddressEvent, AddressState)> = None;
     'walk: loop {
         let chunk = tx
             .address_events(tenant, address, from, Direction::After, LOG_READ_CHUNK)
             .await?;
         let done = chunk.len() < LOG_READ_CHUNK;
-        for entry in chunk {
-            folded = match &entry.checkpoint {
-                Some(state) => (**state).clone(),
-                None => {
-                    let mut next = folded;
-                    next.apply(&entry.kind, entry.folded_at, &entry.context, &how.rules);
-                    next.log_seq = next.log_seq.max(entry.sequence);
-                    next
+        'stored: for stored in chunk {
+            from = Some(stored.key());
+            // Staged entries before this one come first; one with its key replaces it.
+            while let Some(entry) = pending.next_if(|e| e.key() <= stored.key()) {
+                let replaces = entry.key() == stored.key();
+                if !walk.step(entry.clone()) {
+                    break 'walk;
                 }
-            };
-            from = Some(entry.key());
-            let droppable = seen < must || entry.folded_at < cutoff;
-            keep = Some((seen, entry, folded.clone()));
-            seen += 1;
-            if !droppable {
+                if replaces {
+                    continue 'stored;
+                }
+            }
+            if !walk.step(stored) {
                 break 'walk;
             }
         }
         if done {
+            for entry in pending {
+                if !walk.step(entry.clone()) {
+                    break;
+                }
+            }
             break;
         }
     }
+    let keep = walk.keep;
     let Some((dropped, mut first, after)) = keep else {
         return Ok(());
     };

@@ -823,3 +823,138 @@ async fn bulk_manual_events_fold_as_one_by_one_quarantines() {
         vec![ExclusionReason::AddressDenylisted]
     );
 }
+
+/// The log an address keeps agrees with its state: in key order, the first
+/// entry (once the log was pruned) is the start and carries a checkpoint;
+/// folding from it, or from nothing, over the entries after it gives the
+/// stored state; every checkpoint on the way is the fold up to its entry.
+async fn check_log(app: &App, address: &Address) -> std::result::Result<(), TestCaseError> {
+    let t = tenant();
+    let state = app
+        .store
+        .address_state(&t, address)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?
+        .unwrap_or_default();
+    let mut entries = app
+        .store
+        .address_history(&t, address, None, 100_000)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    entries.reverse();
+    prop_assert_eq!(entries.len() as u64, u64::from(state.log.len));
+    let mut folded = AddressState::default();
+    for (i, entry) in entries.iter().enumerate() {
+        if i == 0 && state.log.start.is_some() {
+            prop_assert_eq!(Some(entry.key()), state.log.start);
+            let first = entry
+                .checkpoint
+                .as_deref()
+                .ok_or_else(|| TestCaseError::fail("the start has no checkpoint"))?;
+            folded = first.clone();
+            continue;
+        }
+        folded.apply(
+            &entry.kind,
+            entry.folded_at,
+            &entry.context,
+            &app.settings.rules,
+        );
+        folded.log_seq = folded.log_seq.max(entry.sequence);
+        if let Some(checkpoint) = &entry.checkpoint {
+            prop_assert_eq!(&**checkpoint, &folded, "checkpoint at {:?}", entry.key());
+        }
+    }
+    folded.log = state.log;
+    folded.log_seq = state.log_seq;
+    prop_assert_eq!(&folded, &state);
+    Ok(())
+}
+
+async fn run_log_ops(
+    backend: Backend,
+    events: &[(i64, u8, i64)],
+) -> std::result::Result<(), TestCaseError> {
+    let settings = Settings {
+        log_limits: LogLimits {
+            horizon: Duration::from_secs(3600),
+            events_max: 2 * CHECKPOINT_EVERY,
+        },
+        ..Settings::default()
+    };
+    let running = Running::new(backend, settings).await;
+    let app = &running.app;
+    for (n, (ago_minutes, kind, advance_minutes)) in events.iter().enumerate() {
+        running.clock.advance(Duration::from_secs(
+            60 * u64::try_from(*advance_minutes).unwrap_or(0),
+        ));
+        let at = app.now() - ago_minutes * 60_000;
+        let feedback = match kind % 5 {
+            0 => FeedbackKind::HardBounce,
+            1 | 2 => FeedbackKind::SoftBounce,
+            3 => FeedbackKind::Delivered,
+            _ => FeedbackKind::Complaint,
+        };
+        if kind % 7 == 6 {
+            app.release_address(&tenant(), &email(0), &ctx())
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        } else {
+            app.record_feedback(
+                &tenant(),
+                &email(0),
+                feedback,
+                ErrorReason::Unreachable,
+                EventId::parse(&format!("e{n}")).expect("valid"),
+                Some(at),
+                &ctx(),
+            )
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        check_log(app, &email(0)).await?;
+    }
+    Ok(())
+}
+
+fn run_log_on(
+    backend: Backend,
+    events: &[(i64, u8, i64)],
+) -> std::result::Result<(), TestCaseError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?
+        .block_on(run_log_ops(backend, events))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Events from up to two hours back (some beyond the one-hour horizon),
+    /// the clock moving on, the log pruned by age and by count: after every
+    /// event the log and the state agree.
+    #[test]
+    fn a_pruned_log_always_agrees_with_the_state(
+        events in proptest::collection::vec((0..120i64, any::<u8>(), 0..10i64), 1..300)
+    ) {
+        run_log_on(Backend::Memory, &events)?;
+    }
+
+    #[test]
+    fn a_pruned_sled_log_always_agrees_with_the_state(
+        events in proptest::collection::vec((0..120i64, any::<u8>(), 0..10i64), 1..150)
+    ) {
+        run_log_on(Backend::Sled, &events)?;
+    }
+}
+
+/// Every event older than all the others (each lands first), beyond the
+/// most kept: the log stays within its limit and agrees with the state.
+#[tokio::test]
+async fn events_that_each_land_first_are_pruned_with_the_rest() {
+    for backend in [Backend::Memory, Backend::Sled] {
+        let events: Vec<(i64, u8, i64)> = (0..200).map(|i| (i / 2, 1, 0)).collect();
+        run_log_ops(backend, &events).await.expect("consistent");
+    }
+}

@@ -474,7 +474,8 @@ pub trait Txn: Send {
     fn put_address_state(&mut self, tenant: &Tenant, address: &Address, state: &AddressState);
     /// Writes a log entry at its key, replacing one with the same key.
     fn put_address_event(&mut self, tenant: &Tenant, address: &Address, event: &AddressEvent);
-    /// Deletes the log entries with a key strictly before `before`.
+    /// Deletes the log entries with a key strictly before `before`, those
+    /// this change staged included.
     fn delete_address_events(&mut self, tenant: &Tenant, address: &Address, before: EventKey);
     /// Marks a feedback event id as recorded at `recorded_at`.
     fn put_event_marker(

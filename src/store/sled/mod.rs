@@ -855,14 +855,21 @@ impl Txn for SledTxn<'_> {
     fn delete_address_events(&mut self, tenant: &Tenant, address: &Address, before: EventKey) {
         let start = keys::event_log_prefix(tenant, address);
         let end = keys::event_log(tenant, address, before);
-        // Listed now, under the address's lock: nothing adds entries meanwhile.
-        let found: Vec<Vec<u8>> = self
+        // Listed now, under the address's lock: nothing adds entries
+        // meanwhile. The stored ones, and those this change staged.
+        let mut found: Vec<Vec<u8>> = self
             .store
             .db
-            .range(start..end)
+            .range(start.clone()..end.clone())
             .keys()
             .filter_map(|k| k.ok().map(|k| k.to_vec()))
             .collect();
+        found.extend(
+            self.staged
+                .keys()
+                .filter(|k| k.starts_with(&start) && k.as_slice() < end.as_slice())
+                .cloned(),
+        );
         for key in found {
             self.stage(key, None, OpKind::Other);
         }
