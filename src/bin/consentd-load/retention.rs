@@ -37,12 +37,16 @@
 //! the consent history entries written so far (the one record that grows by
 //! design: it is the legal record) and the records the sweeps deleted. At
 //! the end: the totals by kind and, when it started the server, the records
-//! left in the store by type (`consentd export`, once the server stopped).
+//! left in the store by type (`consentd export`, once the server stopped),
+//! and the size of a fresh data directory with the same records (`consentd
+//! import` of that export): the live data, without the space sled has not
+//! reclaimed yet.
 //! It expects a fresh data directory (the default).
 
 use std::{
     collections::{BTreeMap, VecDeque},
     io::{BufRead, BufReader},
+    path::Path,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -65,7 +69,7 @@ use tonic::{Code, transport::Channel};
 use crate::{
     Error,
     eligibility::MESSAGE_BYTES_MAX,
-    server::{Server, Target, connect, consentd_bin},
+    server::{Server, Target, connect, consentd_bin, dir_bytes},
 };
 
 /// The tenant the soak writes to.
@@ -424,9 +428,16 @@ pub(crate) async fn soak(
             println!();
             println!("| records left, by type (`consentd export`) | count |");
             println!("|---|---:|");
-            for (kind, n) in census {
+            for (kind, n) in &census.records {
                 println!("| {kind} | {n} |");
             }
+            println!();
+            println!(
+                "The export: {}; imported into a fresh data directory: {} (`db` {}).",
+                mib(Some(census.export_bytes)),
+                mib(Some(census.fresh_bytes)),
+                mib(Some(census.fresh_db_bytes)),
+            );
         }
     }
     server.stop().await;
@@ -477,21 +488,55 @@ fn print_totals(counts: &[u64; KINDS], elapsed: Duration, swept: u64) {
     println!("| records deleted by the retention sweeps (server log) | {swept} | |");
 }
 
-/// Records in the data directory by type: `consentd export` (no server may
-/// hold it), one JSON object per line, counted by its `type`.
-fn census(bin: &std::path::Path, dir: &std::path::Path) -> Result<BTreeMap<String, u64>, Error> {
-    let mut child = Command::new(bin)
-        .arg("export")
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut counts = BTreeMap::new();
-    for line in BufReader::new(stdout).lines() {
+/// What the store holds at the end.
+struct Census {
+    /// Records by type (`consentd export`).
+    records: BTreeMap<String, u64>,
+    /// Bytes of the export.
+    export_bytes: u64,
+    /// The data directory and its `db` after `consentd import` of the
+    /// export into a fresh one: the same records without the space sled
+    /// has not reclaimed.
+    fresh_bytes: u64,
+    fresh_db_bytes: u64,
+}
+
+/// Exports the data directory (no server may hold it), counts the records
+/// by their `type`, and imports them into a fresh directory beside it to
+/// measure them; removes both copies.
+fn census(bin: &Path, dir: &Path) -> Result<Census, Error> {
+    let file = dir.with_extension("export.jsonl");
+    let fresh = dir.with_extension("reimported");
+    let result = census_via(bin, dir, &file, &fresh);
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_dir_all(&fresh);
+    result
+}
+
+fn census_via(bin: &Path, dir: &Path, file: &Path, fresh: &Path) -> Result<Census, Error> {
+    let run = |args: &[&std::ffi::OsStr]| -> Result<(), Error> {
+        let status = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("consentd {:?}: {status}", args.first()).into())
+        }
+    };
+    run(&[
+        "export".as_ref(),
+        "--data-dir".as_ref(),
+        dir.as_os_str(),
+        "--output".as_ref(),
+        file.as_os_str(),
+    ])?;
+    let mut records = BTreeMap::new();
+    for line in BufReader::new(std::fs::File::open(file)?).lines() {
         let line = line?;
         let kind = line
             .split("\"type\":\"")
@@ -499,14 +544,22 @@ fn census(bin: &std::path::Path, dir: &std::path::Path) -> Result<BTreeMap<Strin
             .and_then(|rest| rest.split('"').next())
             .unwrap_or("?");
         if kind != "header" {
-            *counts.entry(kind.to_owned()).or_insert(0) += 1;
+            *records.entry(kind.to_owned()).or_insert(0) += 1;
         }
     }
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(format!("consentd export: {status}").into());
-    }
-    Ok(counts)
+    let _ = std::fs::remove_dir_all(fresh);
+    run(&[
+        "import".as_ref(),
+        "--data-dir".as_ref(),
+        fresh.as_os_str(),
+        file.as_os_str(),
+    ])?;
+    Ok(Census {
+        records,
+        export_bytes: std::fs::metadata(file)?.len(),
+        fresh_bytes: dir_bytes(fresh),
+        fresh_db_bytes: std::fs::metadata(fresh.join("db"))?.len(),
+    })
 }
 
 /// Delivery feedback over this worker's addresses; see the module documentation.
