@@ -8,7 +8,12 @@
 //!   then waits for the group commit) with 1, 16 and 64 concurrent clients
 //!   (`--clients`, `--connections`), with p50/p99/max latency.
 //! - `soak`: mixed writes and batch eligibility checks for a bounded time,
-//!   reporting the server's resident memory (VmRSS) at intervals.
+//!   reporting the server's resident memory (VmRSS) and data directory at
+//!   intervals. `--workload retention` runs constant feedback, subscription,
+//!   opt-in/out and check traffic at fixed rates over a fixed population,
+//!   against a server with retention periods of a minute, and reports writes
+//!   per second by kind, the history entries written and the records the
+//!   retention sweeps deleted: state that retention bounds must level off.
 //! - `seed`: a data directory with `--profiles N` (default 1,000,000)
 //!   profiles in the peers' data shape (ids `0..N`, one e-mail address each,
 //!   10 % sharing their neighbour's, 5 % opted out of all channels, 3 % of
@@ -52,6 +57,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod eligibility;
 mod feedback;
 mod report;
+mod retention;
 mod seed;
 mod server;
 mod wire;

@@ -10,7 +10,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -55,6 +55,9 @@ pub(crate) struct Target {
     /// first may take a while with many profiles).
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub(crate) serving_timeout: Duration,
+    /// `RUST_LOG` of a started server (default `info`); set by a mode, not a flag.
+    #[arg(skip)]
+    pub(crate) log_filter: Option<String>,
 }
 
 /// The server being loaded: given, or started (and stopped on drop).
@@ -69,6 +72,10 @@ pub(crate) struct Server {
     data_dir: Option<PathBuf>,
     /// When the started server was spawned.
     spawned_at: Option<Instant>,
+    /// Records deleted by the started server's retention sweeps, from its
+    /// log (`retention sweep removed=N`, logged at debug level: see
+    /// [`Target::log_filter`]).
+    swept: Arc<AtomicU64>,
 }
 
 /// The `consentd` binary: `--server-bin`, or the one next to this binary.
@@ -91,6 +98,7 @@ impl Server {
                 temp_dir: None,
                 data_dir: target.data_dir.clone(),
                 spawned_at: None,
+                swept: Arc::default(),
             });
         }
         let bin = consentd_bin(target.server_bin.as_deref())?;
@@ -107,7 +115,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(&target.server_arg)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", target.log_filter.as_deref().unwrap_or("info"))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -116,6 +124,8 @@ impl Server {
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let (found, listening) = std::sync::mpsc::channel();
+        let swept = Arc::new(AtomicU64::new(0));
+        let swept_in_log = Arc::clone(&swept);
         std::thread::spawn(move || {
             let mut found = Some(found);
             for line in BufReader::new(stderr).lines() {
@@ -124,6 +134,14 @@ impl Server {
                     && let Some(found) = found.take()
                 {
                     let _ = found.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                } else if line.contains("retention sweep")
+                    && let Some(n) = line
+                        .split("removed=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                {
+                    swept_in_log.fetch_add(n, Ordering::Relaxed);
                 } else if line.contains("ERROR") || line.contains("WARN") {
                     eprintln!("server: {line}");
                 }
@@ -136,6 +154,7 @@ impl Server {
             temp_dir,
             data_dir: Some(data_dir.clone()),
             spawned_at: Some(spawned_at),
+            swept,
         };
         let text = listening
             .recv_timeout(target.serving_timeout)
@@ -203,6 +222,27 @@ impl Server {
         Some(dir_bytes(self.data_dir.as_ref()?))
     }
 
+    /// The data directory, when known.
+    pub(crate) fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// Bytes of sled's log file, `<data dir>/db` (the rest of the directory
+    /// is its configuration and page-table snapshots).
+    pub(crate) fn db_bytes(&self) -> Option<u64> {
+        Some(
+            std::fs::metadata(self.data_dir.as_ref()?.join("db"))
+                .ok()?
+                .len(),
+        )
+    }
+
+    /// Records the started server's retention sweeps deleted so far (from
+    /// its log; 0 for a server given by `--addr`, or without debug logging).
+    pub(crate) fn swept(&self) -> u64 {
+        self.swept.load(Ordering::Relaxed)
+    }
+
     /// CPU time the server has used (user + system), from /proc/<pid>/stat.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         cpu_time(&self.pid?.to_string())
@@ -219,6 +259,12 @@ impl Server {
     /// server asks them to; a blocking wait there would hold the server up
     /// for its whole grace period.
     pub(crate) async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    /// [`Server::stop`], keeping the data directory until `self` is
+    /// dropped (to read it once no server holds it).
+    pub(crate) async fn shut_down(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")

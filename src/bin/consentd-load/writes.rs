@@ -17,6 +17,7 @@ use crate::{
     Error,
     eligibility::MESSAGE_BYTES_MAX,
     report::{micros, new_histogram},
+    retention::{self, RetentionArgs, create_profiles},
     server::{Server, Target, connect, cpu_time},
 };
 
@@ -53,7 +54,7 @@ pub(crate) struct SoakArgs {
     /// How often a line with throughput and RSS is printed.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     report_every: Duration,
-    /// Concurrent writing clients.
+    /// Concurrent writing clients (`growing`, `steady`).
     #[arg(long, default_value_t = 16)]
     clients: usize,
     /// Profiles the writers work on (created first).
@@ -66,14 +67,20 @@ pub(crate) struct SoakArgs {
     /// adds history and the data grows (and sled's cache with it, up to its
     /// capacity). `steady`: profile rewrites and repeated writes that change
     /// nothing, so the data stays the same size and RSS must level off.
+    /// `retention`: constant feedback, subscription, opt-in/out and check
+    /// traffic at fixed rates against a server with short retention periods,
+    /// to show that what retention bounds levels off (see `retention.rs`).
     #[arg(long, value_enum, default_value = "growing")]
     workload: Workload,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Workload {
     Growing,
     Steady,
+    Retention,
 }
 
 fn context() -> Option<ChangeContext> {
@@ -293,6 +300,17 @@ async fn bench_round(
 // ---------------------------------------------------------------------------
 
 pub(crate) async fn soak(args: SoakArgs) -> Result<(), Error> {
+    if args.workload == Workload::Retention {
+        return retention::soak(
+            args.target,
+            args.duration,
+            args.report_every,
+            args.profiles,
+            args.batch_size,
+            args.retention,
+        )
+        .await;
+    }
     if args.profiles == 0 || args.clients == 0 || args.batch_size == 0 {
         return Err("--profiles, --clients and --batch-size must be at least 1".into());
     }
@@ -300,11 +318,7 @@ pub(crate) async fn soak(args: SoakArgs) -> Result<(), Error> {
     server.wait_serving(args.target.serving_timeout).await?;
     let channel = connect(server.addr).await?;
     eprintln!("creating {} profiles", args.profiles);
-    let mut profiles = ProfileServiceClient::new(channel.clone());
-    for n in 0..args.profiles {
-        let id = format!("soak-{n}");
-        upsert(&mut profiles, &id, &format!("{id}@example.com")).await?;
-    }
+    create_profiles(std::slice::from_ref(&channel), args.profiles).await?;
 
     let start = Instant::now();
     let end = start + args.duration;
