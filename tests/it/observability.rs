@@ -448,6 +448,28 @@ async fn the_binary_serves_metrics_and_logs_the_request_id_in_the_span() {
 }
 
 #[tokio::test]
+async fn the_request_span_can_be_turned_off_by_its_target() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let filter = format!(
+        "info,consentd=debug,{}=off",
+        consentd::server::RPC_SPAN_TARGET
+    );
+    let (mut server, addr) = process::ServerProcess::serve(data_dir.path(), &filter, &[]).await;
+    let channel = process::connect(addr).await;
+    ProfileServiceClient::new(channel)
+        .upsert_profile(with_id(
+            upsert_request("erin", &["not-an-email"]),
+            "untraced-7",
+        ))
+        .await
+        .expect_err("invalid");
+    // Still logged, but outside any span: no method, no request id.
+    let line = server.wait_for_line("request refused").await;
+    assert!(!line.contains("untraced-7"), "{line}");
+    assert!(!line.contains("rpc{"), "{line}");
+}
+
+#[tokio::test]
 async fn a_request_refused_by_access_control_is_counted_and_carries_its_id() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     let key_file = data_dir.path().join("keys.toml");
