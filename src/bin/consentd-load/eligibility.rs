@@ -293,6 +293,36 @@ fn tally_batch(
     Ok(())
 }
 
+/// The lines a batch and a stream run share: what the decisions were and
+/// what they cost.
+fn add_decided(
+    report: &mut Report,
+    (decisions, eligible, bytes): (u64, u64, u64),
+    server_cpu: Option<Duration>,
+    client_cpu: Option<Duration>,
+) {
+    report.add(
+        "eligible_pct",
+        "eligible (%)",
+        format!("{:.2}", 100.0 * eligible as f64 / decisions.max(1) as f64),
+    );
+    report.add(
+        "bytes_per_decision",
+        "answer bytes per decision",
+        format!("{:.1}", bytes as f64 / decisions.max(1) as f64),
+    );
+    report.add_opt(
+        "server_cpu_ms_per_1000",
+        "server CPU per 1,000 decisions (ms)",
+        cpu_ms_per_1000(server_cpu, decisions),
+    );
+    report.add_opt(
+        "client_cpu_ms_per_1000",
+        "client CPU per 1,000 decisions (ms)",
+        cpu_ms_per_1000(client_cpu, decisions),
+    );
+}
+
 pub(crate) async fn batch(mut args: BatchArgs) -> Result<(), Error> {
     if args.batch == 0 || args.in_flight == 0 || args.connections == 0 || args.pool == 0 {
         return Err("--batch, --in-flight, --connections and --pool must be at least 1".into());
@@ -374,28 +404,11 @@ pub(crate) async fn batch(mut args: BatchArgs) -> Result<(), Error> {
     );
     report.add("calls_per_s", "calls/s", per_s(all.calls, elapsed));
     report.add_latency(&latency);
-    report.add(
-        "eligible_pct",
-        "eligible (%)",
-        format!(
-            "{:.2}",
-            100.0 * all.eligible as f64 / all.decisions.max(1) as f64
-        ),
-    );
-    report.add(
-        "bytes_per_decision",
-        "answer bytes per decision",
-        format!("{:.1}", all.bytes as f64 / all.decisions.max(1) as f64),
-    );
-    report.add_opt(
-        "server_cpu_ms_per_1000",
-        "server CPU per 1,000 decisions (ms)",
-        cpu_ms_per_1000(server_cpu, all.decisions),
-    );
-    report.add_opt(
-        "client_cpu_ms_per_1000",
-        "client CPU per 1,000 decisions (ms)",
-        cpu_ms_per_1000(client_cpu, all.decisions),
+    add_decided(
+        &mut report,
+        (all.decisions, all.eligible, all.bytes),
+        server_cpu,
+        client_cpu,
     );
     report.add_opt(
         "server_rss_mib",
@@ -606,28 +619,11 @@ pub(crate) async fn stream(mut args: StreamArgs) -> Result<(), Error> {
         "decisions/s",
         per_s(all.decisions, elapsed),
     );
-    report.add(
-        "eligible_pct",
-        "eligible (%)",
-        format!(
-            "{:.2}",
-            100.0 * all.eligible as f64 / all.decisions.max(1) as f64
-        ),
-    );
-    report.add(
-        "bytes_per_decision",
-        "answer bytes per decision",
-        format!("{:.1}", all.bytes as f64 / all.decisions.max(1) as f64),
-    );
-    report.add_opt(
-        "server_cpu_ms_per_1000",
-        "server CPU per 1,000 decisions (ms)",
-        cpu_ms_per_1000(server_cpu, all.decisions),
-    );
-    report.add_opt(
-        "client_cpu_ms_per_1000",
-        "client CPU per 1,000 decisions (ms)",
-        cpu_ms_per_1000(client_cpu, all.decisions),
+    add_decided(
+        &mut report,
+        (all.decisions, all.eligible, all.bytes),
+        server_cpu,
+        client_cpu,
     );
     report.add_opt(
         "server_rss_before_mib",
