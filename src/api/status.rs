@@ -140,9 +140,10 @@ fn storage_status(error: &StoreError) -> Status {
     if let StoreError::Failed(_) = error {
         return status(
             Code::Unavailable,
-            "a flush to disk failed earlier: this server accepts no write until it is \
-             restarted (writes not acknowledged may be lost; acknowledged ones are safe); \
-             reads and eligibility checks go on"
+            // The first failed flush gets this answer too: not "earlier".
+            "a flush to disk failed (disk full?): no write is acknowledged, and this server \
+             accepts no write until it is restarted (writes not acknowledged may be lost; \
+             acknowledged ones are safe); reads and eligibility checks go on"
                 .to_owned(),
             "STORAGE_FAILED",
             HashMap::new(),
