@@ -34,27 +34,29 @@ fn main() -> ExitCode {
         eprintln!("EVENTS and FLUSH_EVERY are numbers");
         return ExitCode::from(64);
     };
-    let random = match keys.as_str() {
-        "clustered" => false,
-        "random" => true,
-        _ => {
-            eprintln!("KEYS is clustered or random");
-            return ExitCode::from(64);
-        }
-    };
-    let batched = match writes.as_str() {
-        "single" => false,
-        "batch" => true,
-        _ => {
-            eprintln!("WRITES is single or batch");
-            return ExitCode::from(64);
-        }
+    let (Some(random), Some(batched)) = (
+        either(keys, "clustered", "random", "KEYS"),
+        either(writes, "single", "batch", "WRITES"),
+    ) else {
+        return ExitCode::from(64);
     };
     match churn(events, flush_every, random, batched, &PathBuf::from(dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether `value` is `yes` (rather than `no`); `None`, said, when it is neither.
+fn either(value: &str, no: &str, yes: &str, name: &str) -> Option<bool> {
+    match value {
+        _ if value == no => Some(false),
+        _ if value == yes => Some(true),
+        _ => {
+            eprintln!("{name} is {no} or {yes}");
+            None
         }
     }
 }
