@@ -62,12 +62,12 @@ fn either(value: &str, no: &str, yes: &str, name: &str) -> Option<bool> {
 }
 
 /// The key of event `i`: clustered under its state, or scattered by a hash.
-fn event_key(i: u64, random: bool) -> String {
+fn event_key(i: u64, random: bool, states: u64) -> String {
     if random {
         // A fixed odd multiplier: a bijection of u64, so keys stay distinct.
         format!("e{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
     } else {
-        format!("g{:08}{i:012}", i % STATES)
+        format!("g{:08}{i:012}", i % states)
     }
 }
 
@@ -78,28 +78,37 @@ fn churn(
     batched: bool,
     dir: &PathBuf,
 ) -> sled::Result<()> {
+    let scale: u64 = std::env::var("SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let cache_mib: u64 = std::env::var("CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let (states, window) = (STATES * scale, WINDOW * scale);
     let db = sled::Config::new()
         .path(dir)
-        .cache_capacity(16 << 20)
+        .cache_capacity(cache_mib << 20)
         .open()?;
     let state = vec![7u8; 300];
     let event = vec![9u8; 400];
     let started = Instant::now();
     for i in 0..events {
-        let state_key = format!("s{:08}", i % STATES);
+        let state_key = format!("s{:08}", i % states);
         if batched {
             let mut batch = sled::Batch::default();
             batch.insert(state_key.as_bytes(), state.clone());
-            batch.insert(event_key(i, random).as_bytes(), event.clone());
-            if i >= WINDOW {
-                batch.remove(event_key(i - WINDOW, random).as_bytes());
+            batch.insert(event_key(i, random, states).as_bytes(), event.clone());
+            if i >= window {
+                batch.remove(event_key(i - window, random, states).as_bytes());
             }
             db.apply_batch(batch)?;
         } else {
             db.insert(state_key, state.clone())?;
-            db.insert(event_key(i, random), event.clone())?;
-            if i >= WINDOW {
-                db.remove(event_key(i - WINDOW, random))?;
+            db.insert(event_key(i, random, states), event.clone())?;
+            if i >= window {
+                db.remove(event_key(i - window, random, states))?;
             }
         }
         if flush_every > 0 && i % flush_every == 0 {

@@ -20,11 +20,12 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use consentd::{
-    app::CONCURRENT_STREAMS_MAX_DEFAULT,
+    app::{COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT},
     auth::{KeySet, Role, Security, TenantScope, TlsPem},
     clock::SystemClock,
     engine::{ADDRESS_LOG_EVENTS_MAX_DEFAULT, CHECKPOINT_EVERY, LogLimits, QuarantineRules},
     server::{self, App, Settings},
+    store::CompactionPolicy,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -107,6 +108,14 @@ struct ServeArgs {
     /// markers older than the horizon and confirmation tokens past their expiry.
     #[arg(long, env = "CONSENTD_RETENTION_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     retention_sweep_interval: Duration,
+    /// sled never gives disk space back by itself: the store is compacted
+    /// (its records copied into a fresh file while writes wait) once it
+    /// takes more than this many times the bytes of its records. 0: never.
+    #[arg(long, env = "CONSENTD_COMPACTION_RATIO", default_value_t = COMPACTION_RATIO_DEFAULT, value_parser = parse_compaction_ratio)]
+    compaction_ratio: u32,
+    /// A store smaller than this on disk is never compacted.
+    #[arg(long, env = "CONSENTD_COMPACTION_MIN_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    compaction_min_size: u64,
     /// Most events an address's log keeps, whatever their age.
     #[arg(long, env = "CONSENTD_ADDRESS_LOG_EVENTS_MAX", default_value_t = ADDRESS_LOG_EVENTS_MAX_DEFAULT)]
     address_log_events_max: u32,
@@ -201,6 +210,10 @@ impl ServeArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             cache_bytes: Some(self.cache_size),
             retention_sweep_interval: self.retention_sweep_interval,
+            compaction: CompactionPolicy {
+                ratio: self.compaction_ratio,
+                min_bytes: self.compaction_min_size,
+            },
         })
     }
 }
@@ -365,6 +378,18 @@ fn parse_bytes(raw: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// A compaction ratio: 0 (never), or 2 and up (a fresh copy already takes
+/// more than its records' bytes, so 1 would compact at every sweep).
+fn parse_compaction_ratio(raw: &str) -> Result<u32, String> {
+    match raw.trim().parse::<u32>() {
+        Ok(0) => Ok(0),
+        Ok(ratio) if ratio >= 2 => Ok(ratio),
+        _ => Err(format!(
+            "{raw:?} is not 0 (never) or a whole number from 2 up"
+        )),
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -412,6 +437,7 @@ mod tests {
             settings.max_concurrent_streams,
             defaults.max_concurrent_streams
         );
+        assert_eq!(settings.compaction, defaults.compaction);
     }
 
     #[test]
@@ -427,6 +453,20 @@ mod tests {
             assert!(args.settings().is_err(), "{bad:?}");
         }
         assert!(Cli::try_parse_from(["consentd", "serve", "--listen", "nowhere"]).is_err());
+        for bad in ["1", "-1", "x", "2.5"] {
+            assert!(
+                Cli::try_parse_from(["consentd", "serve", "--compaction-ratio", bad]).is_err(),
+                "--compaction-ratio {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_compaction_ratio_is_never_or_two_and_up() {
+        for (raw, ratio) in [("0", 0), ("2", 2), ("4", 4), ("10", 10)] {
+            let args = serve_args(&["consentd", "serve", "--compaction-ratio", raw]);
+            assert_eq!(args.settings().expect("valid").compaction.ratio, ratio);
+        }
     }
 
     fn serve_args(args: &[&str]) -> ServeArgs {

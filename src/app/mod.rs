@@ -39,7 +39,7 @@ use crate::{
     index::{Index, Readiness},
     metrics::Metrics,
     store::{
-        Lock, Position, Snapshot, Store, StoreError, Txn,
+        CompactionPolicy, Lock, Position, Snapshot, Store, StoreError, Txn,
         sled::{SledOptions, SledStore},
     },
 };
@@ -50,6 +50,13 @@ pub const FEEDBACK_FUTURE_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
 const STORE_CLOSE_POLL: Duration = Duration::from_millis(2);
 /// Most profiles listed by `GetAddressStatus`.
 pub const ADDRESS_USERS_MAX: usize = 1000;
+/// Default [`Settings::compaction_ratio`]: sled's file right after a
+/// compaction is about 1.5 times the bytes of its records, so a store is
+/// copied once it holds about 2.5 times more than it needs.
+pub const COMPACTION_RATIO_DEFAULT: u32 = 4;
+/// Default [`CompactionPolicy::min_bytes`]: smaller stores are left as they are.
+pub const COMPACTION_MIN_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
 /// Default time between two retention sweeps (markers and tokens past their time).
 pub const RETENTION_SWEEP_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// Most records one sweep deletes in one commit; a sweep repeats until done.
@@ -85,6 +92,8 @@ pub struct Settings {
     pub cache_bytes: Option<u64>,
     /// Time between two retention sweeps.
     pub retention_sweep_interval: Duration,
+    /// When the store is compacted to give disk space back (see `Store::reclaim`).
+    pub compaction: CompactionPolicy,
     /// API keys and TLS; the default is neither (loopback only, see `main`).
     pub security: crate::auth::Security,
 }
@@ -100,6 +109,10 @@ impl Default for Settings {
             max_concurrent_streams: CONCURRENT_STREAMS_MAX_DEFAULT,
             cache_bytes: None,
             retention_sweep_interval: RETENTION_SWEEP_INTERVAL_DEFAULT,
+            compaction: CompactionPolicy {
+                ratio: COMPACTION_RATIO_DEFAULT,
+                min_bytes: COMPACTION_MIN_BYTES_DEFAULT,
+            },
             security: crate::auth::Security::default(),
         }
     }
@@ -334,8 +347,9 @@ impl App {
     }
 
     /// Deletes what retention lets go of: feedback event-id markers older
-    /// than the late-event horizon, confirmation tokens past their expiry.
-    /// Returns how many records went.
+    /// than the late-event horizon, confirmation tokens past their expiry;
+    /// then compacts the store if it takes too much disk (see
+    /// [`Settings::compaction`]). Returns how many records went.
     pub async fn sweep(&self) -> Result<u64> {
         self.ready().await?;
         let now = self.now();
@@ -360,6 +374,11 @@ impl App {
             self.sync().await?;
             tracing::debug!(removed, "retention sweep");
         }
+        // Then give the space back, when the store holds far more than it needs.
+        let store = Arc::clone(&self.store);
+        let policy = self.settings.compaction;
+        self.off_workers(move || async move { Ok(store.reclaim(policy).await?) })
+            .await?;
         Ok(removed)
     }
 

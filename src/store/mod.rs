@@ -272,6 +272,48 @@ pub struct Expired {
     pub tokens: u64,
 }
 
+/// When [`Store::reclaim`] compacts a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Compact once the store takes more than this many times the bytes of
+    /// its records on disk; 0: never.
+    pub ratio: u32,
+    /// Never compact a store smaller than this, in bytes.
+    pub min_bytes: u64,
+}
+
+impl CompactionPolicy {
+    /// The size on disk above which a store holding `record_bytes` is
+    /// compacted; `None` when it never is.
+    pub fn threshold(&self, record_bytes: u64) -> Option<u64> {
+        (self.ratio > 0).then(|| {
+            record_bytes
+                .saturating_mul(u64::from(self.ratio))
+                .max(self.min_bytes)
+        })
+    }
+
+    /// Whether a store of `bytes_on_disk` holding `record_bytes` is compacted.
+    pub fn due(&self, bytes_on_disk: u64, record_bytes: u64) -> bool {
+        self.threshold(record_bytes)
+            .is_some_and(|threshold| bytes_on_disk > threshold)
+    }
+}
+
+/// What [`Store::reclaim`] did: it copied every record into a fresh
+/// database and switched to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Bytes on disk before.
+    pub bytes_before: u64,
+    /// Bytes on disk after.
+    pub bytes_after: u64,
+    /// Records copied.
+    pub records: u64,
+    /// How long writes waited.
+    pub paused: Duration,
+}
+
 /// Told the duration of each group flush and how many waiters it answered
 /// (the metrics hook; a store knows nothing of metrics).
 pub type FlushObserver = Box<dyn Fn(Duration, usize) + Send + Sync>;
@@ -394,6 +436,12 @@ pub trait Store: Send + Sync + fmt::Debug {
         limit: usize,
     ) -> Result<Expired>;
 
+    /// Gives disk space back when `policy` says the store takes too much
+    /// (stores in memory never do): copies every record into a fresh
+    /// database and switches to it, durably, while writes wait (reads go
+    /// on). `None` when it did nothing.
+    async fn reclaim(&self, policy: CompactionPolicy) -> Result<Option<Reclaimed>>;
+
     // ---- data tools --------------------------------------------------------
 
     /// Every record of `tenant` (all tenants when `None`), read live:
@@ -505,4 +553,40 @@ pub trait Txn: Send {
     /// change that staged nothing commits nothing and returns the current
     /// position.
     async fn commit(self: Box<Self>) -> Result<Position>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CompactionPolicy;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn compaction_is_due_above_ratio_times_the_records_and_never_below_the_minimum() {
+        let policy = CompactionPolicy {
+            ratio: 4,
+            min_bytes: 64 * MIB,
+        };
+        // Above the minimum: ratio times the records' bytes, exclusive.
+        assert_eq!(policy.threshold(100 * MIB), Some(400 * MIB));
+        assert!(!policy.due(400 * MIB, 100 * MIB));
+        assert!(policy.due(400 * MIB + 1, 100 * MIB));
+        // Small stores: the minimum rules.
+        assert_eq!(policy.threshold(MIB), Some(64 * MIB));
+        assert!(!policy.due(64 * MIB, MIB));
+        assert!(policy.due(64 * MIB + 1, MIB));
+        // No overflow for absurd counts.
+        assert_eq!(policy.threshold(u64::MAX), Some(u64::MAX));
+        assert!(!policy.due(u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn a_ratio_of_zero_never_compacts() {
+        let never = CompactionPolicy {
+            ratio: 0,
+            min_bytes: 0,
+        };
+        assert_eq!(never.threshold(0), None);
+        assert!(!never.due(u64::MAX, 0));
+    }
 }

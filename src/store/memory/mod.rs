@@ -15,8 +15,8 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    Change, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver, Loaded, Lock, Page,
-    Position, Result, Snapshot, Store, Txn,
+    Change, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver,
+    Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, Txn,
     feed::FeedQueue,
     locks::{Held, LockTable},
 };
@@ -652,6 +652,10 @@ impl Store for MemoryStore {
 
     fn size_on_disk(&self) -> Result<u64> {
         Ok(0)
+    }
+
+    async fn reclaim(&self, _policy: CompactionPolicy) -> Result<Option<Reclaimed>> {
+        Ok(None)
     }
 
     fn observe_flushes(&self, _observer: FlushObserver) -> bool {

@@ -42,7 +42,10 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::super::{FlushObserver, StoreError, feed::FeedQueue};
+use super::{
+    super::{FlushObserver, StoreError, feed::FeedQueue},
+    Current,
+};
 
 /// A failpoint for tests: called before each `fdatasync`; an error is taken
 /// for a failed sync.
@@ -81,10 +84,9 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the committer thread for `db`, whose data file is `data_file`.
+    /// Starts the committer thread for the database in use, `current`.
     pub(crate) fn start(
-        db: sled::Db,
-        data_file: File,
+        current: Current,
         feed: Arc<FeedQueue>,
         failure: Arc<OnceLock<Arc<str>>>,
         fault: Option<SyncFault>,
@@ -93,8 +95,7 @@ impl GroupCommit {
         let observer = Arc::new(ObserverSlot::default());
         let slot = Arc::clone(&observer);
         let committer = Committer {
-            db,
-            data_file,
+            current,
             feed,
             failure,
             fault,
@@ -141,8 +142,9 @@ impl Drop for GroupCommit {
 
 /// What the committer thread owns.
 struct Committer {
-    db: sled::Db,
-    data_file: File,
+    /// The database in use: read at each flush, as a compaction replaces it
+    /// (while no write is applied or waiting).
+    current: Current,
     feed: Arc<FeedQueue>,
     failure: Arc<OnceLock<Arc<str>>>,
     fault: Option<SyncFault>,
@@ -193,7 +195,8 @@ impl Committer {
         }
         // Every change pushed by now was applied before the flush starts.
         let covered = self.feed.last();
-        match flush_and_sync(&self.db, &self.data_file, self.fault.as_ref()) {
+        let live = super::live(&self.current);
+        match flush_and_sync(&live.db, &live.data_file, self.fault.as_ref()) {
             Ok(()) => {
                 self.feed.deliver_through(covered);
                 Ok(())

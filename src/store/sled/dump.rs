@@ -168,10 +168,10 @@ fn decode_item(key: &[u8], value: &[u8]) -> Result<Option<DumpItem>> {
     Ok(Some(item))
 }
 
-fn raw_records<'a>(
-    db: &'a sled::Db,
+fn raw_records(
+    db: sled::Db,
     tenant: Option<&Tenant>,
-) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> + Send + 'a {
+) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> + Send + 'static {
     let tenant = tenant.cloned();
     keys::DUMPED_TYPES
         .into_iter()
@@ -179,10 +179,10 @@ fn raw_records<'a>(
 }
 
 /// Every record of `tenant` (all tenants when `None`), decoded, in key order, read live.
-pub(crate) fn dump<'a>(
-    db: &'a sled::Db,
+pub(crate) fn dump(
+    db: sled::Db,
     tenant: Option<&Tenant>,
-) -> impl Iterator<Item = Result<DumpItem>> + Send + 'a {
+) -> impl Iterator<Item = Result<DumpItem>> + Send + 'static {
     raw_records(db, tenant).filter_map(|item| match item {
         Ok((key, value)) => decode_item(&key, &value).transpose(),
         Err(e) => Some(Err(StoreError::from(e))),
@@ -193,7 +193,7 @@ pub(crate) fn dump<'a>(
 /// lock stripe meanwhile.
 pub(crate) fn snapshot(db: &sled::Db, tenant: Option<&Tenant>) -> Result<RawSnapshot> {
     let started = Instant::now();
-    let entries = raw_records(db, tenant).collect::<sled::Result<Vec<_>>>()?;
+    let entries = raw_records(db.clone(), tenant).collect::<sled::Result<Vec<_>>>()?;
     Ok(RawSnapshot {
         entries,
         paused: started.elapsed(),

@@ -19,6 +19,7 @@ mod codec;
 mod commit;
 mod dir_lock;
 mod dump;
+mod generation;
 mod keys;
 mod migrate;
 
@@ -26,16 +27,16 @@ use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
-    time::Duration,
+    sync::{Arc, OnceLock, RwLock},
+    time::{Duration, Instant},
 };
 
 use ::sled::IVec;
 use async_trait::async_trait;
 
 use super::{
-    Change, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver, Loaded, Lock, Page,
-    Position, Result, Snapshot, Store, StoreError, Txn,
+    Change, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver,
+    Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, StoreError, Txn,
     feed::FeedQueue,
     locks::{Held, LockTable},
 };
@@ -74,11 +75,50 @@ impl std::fmt::Debug for SledOptions {
     }
 }
 
+/// The sled database in use: one tree (the default) with typed key
+/// prefixes, in one generation of the data directory (`generation.rs`).
+#[derive(Debug)]
+pub(crate) struct Live {
+    /// The database.
+    db: ::sled::Db,
+    /// Its log file: `fdatasync` of it makes a flush reach the disk.
+    data_file: File,
+    /// Where its files are.
+    generation: generation::Generation,
+}
+
+/// The database in use, replaced by a compaction (see [`SledStore::reclaim`]).
+pub(crate) type Current = Arc<RwLock<Arc<Live>>>;
+
+/// The database in use, also when a panic poisoned the lock (the value is
+/// only ever replaced whole, so it is never half-written).
+pub(crate) fn live(current: &Current) -> Arc<Live> {
+    Arc::clone(
+        &current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+/// When [`SledStore::reclaim`] next counts the records.
+#[derive(Debug, Default)]
+struct ReclaimState {
+    /// Bytes on disk up to which the records are not counted again: the
+    /// threshold found by the last count, where it said "not yet".
+    counted_until: u64,
+}
+
 /// The store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct SledStore {
-    /// The sled database; one tree (the default) with typed key prefixes.
-    db: ::sled::Db,
+    /// The data directory.
+    dir: PathBuf,
+    /// sled's page cache, in bytes.
+    cache_bytes: u64,
+    /// The database in use.
+    current: Current,
+    /// When to look at the records for a compaction; also serialises compactions.
+    reclaim: tokio::sync::Mutex<ReclaimState>,
     /// The group committer that makes changes durable and feeds them on.
     commit: GroupCommit,
     /// Stripes of locks for changes.
@@ -115,6 +155,55 @@ fn open_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
         path: path.to_path_buf(),
         source: Arc::new(source),
     }
+}
+
+/// Records per batch when a compaction copies them.
+const COPY_BATCH: usize = 10_000;
+
+/// Opens the log file of `generation` for `fdatasync`.
+fn open_data_file(generation: &generation::Generation) -> Result<File> {
+    // sled's log lives in `<generation>/db`: fdatasync of this file makes a flush reach the disk.
+    let data_path: PathBuf = generation.path.join("db");
+    OpenOptions::new()
+        .read(true)
+        .open(&data_path)
+        .map_err(open_error(&data_path))
+}
+
+/// Records in `db`, and their bytes (keys and values).
+fn count_records(db: &::sled::Db) -> Result<(u64, u64)> {
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for item in db.iter() {
+        let (key, value) = item?;
+        records += 1;
+        bytes = bytes.saturating_add(u64::try_from(key.len() + value.len()).unwrap_or(u64::MAX));
+    }
+    Ok((records, bytes))
+}
+
+/// Copies every record of `from` into a new database at `to`, and makes it
+/// durable. Returns it and how many records it holds.
+fn copy_into(
+    from: &::sled::Db,
+    to: &generation::Generation,
+    cache_bytes: u64,
+) -> Result<(::sled::Db, u64)> {
+    let db = open_sled(&to.path, cache_bytes)?;
+    let mut batch = ::sled::Batch::default();
+    let (mut records, mut in_batch) = (0u64, 0usize);
+    for item in from.iter() {
+        let (key, value) = item?;
+        batch.insert(key, value);
+        records += 1;
+        in_batch += 1;
+        if in_batch == COPY_BATCH {
+            db.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok((db, records))
 }
 
 /// How long [`open_sled`] waits for sled's own file lock.
@@ -158,33 +247,37 @@ impl SledStore {
     pub fn open_with(dir: &Path, options: SledOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(open_error(dir))?;
         let dir_lock = DirLock::acquire(dir)?;
-        let db = open_sled(dir, options.cache_bytes.unwrap_or(CACHE_BYTES_DEFAULT))?;
+        let generation = generation::open(dir).map_err(open_error(dir))?;
+        let cache_bytes = options.cache_bytes.unwrap_or(CACHE_BYTES_DEFAULT);
+        let db = open_sled(&generation.path, cache_bytes)?;
         // sled never fsyncs the directory. fdatasync of `db` makes its
         // contents durable but, by POSIX, not its name in the directory when
         // the file is new: sync the directory once, before any write is
         // acknowledged (see docs/durability.md).
-        File::open(dir)
+        File::open(&generation.path)
             .and_then(|d| d.sync_all())
-            .map_err(open_error(dir))?;
-        // sled's log lives in `<dir>/db`: fdatasync of this file makes a flush reach the disk.
-        let data_path: PathBuf = dir.join("db");
-        let data_file = OpenOptions::new()
-            .read(true)
-            .open(&data_path)
-            .map_err(open_error(&data_path))?;
+            .map_err(open_error(&generation.path))?;
+        let data_file = open_data_file(&generation)?;
         migrate::run(&db)?;
+        let current: Current = Arc::new(RwLock::new(Arc::new(Live {
+            db,
+            data_file,
+            generation,
+        })));
         let feed = Arc::new(FeedQueue::new(Position(0)));
         let failure = Arc::new(OnceLock::new());
         let commit = GroupCommit::start(
-            db.clone(),
-            data_file,
+            Arc::clone(&current),
             Arc::clone(&feed),
             Arc::clone(&failure),
             options.sync_fault,
         )
-        .map_err(open_error(&data_path))?;
+        .map_err(open_error(dir))?;
         Ok(Self {
-            db,
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            current,
+            reclaim: tokio::sync::Mutex::new(ReclaimState::default()),
             commit,
             locks: LockTable::default(),
             feed,
@@ -193,8 +286,13 @@ impl SledStore {
         })
     }
 
+    /// The database in use (a handle: cheap to clone).
+    fn db(&self) -> ::sled::Db {
+        live(&self.current).db.clone()
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
-        Ok(self.db.get(key)?)
+        Ok(self.db().get(key)?)
     }
 
     /// The record under `key`, decoded.
@@ -250,7 +348,7 @@ impl SledStore {
             None => prefix.to_vec(),
         };
         let mut found: Vec<(IVec, IVec)> = Vec::new();
-        for item in self.db.range(start..) {
+        for item in self.db().range(start..) {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 break;
@@ -288,14 +386,18 @@ impl SledStore {
                     Some(k) => [keys::event_log(tenant, address, k), vec![0]].concat(),
                     None => prefix,
                 };
-                self.db.range(start..end).take(limit).map(decode).collect()
+                self.db()
+                    .range(start..end)
+                    .take(limit)
+                    .map(decode)
+                    .collect()
             }
             Direction::Before => {
                 let upper = match from {
                     Some(k) => keys::event_log(tenant, address, k),
                     None => end,
                 };
-                self.db
+                self.db()
                     .range(prefix..upper)
                     .rev()
                     .take(limit)
@@ -303,6 +405,64 @@ impl SledStore {
                     .collect()
             }
         }
+    }
+
+    /// Copies every record into the next generation and switches to it,
+    /// while no change is in flight. See `generation.rs`.
+    async fn compact(&self, bytes_before: u64) -> Result<Reclaimed> {
+        let paused = self.locks.pause().await;
+        let started = Instant::now();
+        // Every change applied so far is durable, and none is in flight.
+        self.commit.wait().await?;
+        let old = live(&self.current);
+        let next = old.generation.next(&self.dir);
+        let copied = copy_into(&old.db, &next, self.cache_bytes).and_then(|(db, records)| {
+            generation::make_durable(&self.dir, &next).map_err(StoreError::io)?;
+            Ok((db, records, open_data_file(&next)?))
+        });
+        let (db, records, data_file) = match copied {
+            Ok(copied) => copied,
+            Err(error) => {
+                // Still on the old generation: nothing changed.
+                if let Err(e) = generation::remove_all_but(&self.dir, &old.generation) {
+                    tracing::warn!(error = %e, "could not remove a compaction cut short");
+                }
+                return Err(error);
+            }
+        };
+        if let Err(error) = generation::switch_to(&self.dir, &next) {
+            // Which generation a restart opens is not known: both hold the
+            // same records now, but a write to either one from now on could
+            // be lost. Fatal to writes, as a failed flush is.
+            let why: Arc<str> = Arc::from(format!(
+                "switching to the compacted store failed ({error}); restart the server"
+            ));
+            let _ = self.failure.set(Arc::clone(&why));
+            tracing::error!(%error, "compaction could not switch the store; writes are refused until a restart");
+            return Err(StoreError::Failed(why));
+        }
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Live {
+            db,
+            data_file,
+            generation: next.clone(),
+        });
+        let paused_for = started.elapsed();
+        drop(paused);
+        // Readers may still hold the old database for a moment: its files
+        // are unlinked, and go once they are done (what is left, at the next open).
+        drop(old);
+        if let Err(error) = generation::remove_all_but(&self.dir, &next) {
+            tracing::warn!(%error, "could not remove the previous store generation; it goes at the next start");
+        }
+        Ok(Reclaimed {
+            bytes_before,
+            bytes_after: self.db().size_on_disk()?,
+            records,
+            paused: paused_for,
+        })
     }
 
     fn check_healthy(&self) -> Result<()> {
@@ -384,7 +544,7 @@ impl Store for SledStore {
             .min(before.unwrap_or(u64::MAX));
         let start = keys::consent_log(tenant, id, 0);
         let end = keys::consent_log(tenant, id, below);
-        self.db
+        self.db()
             .range(start..end)
             .rev()
             .take(limit)
@@ -397,7 +557,7 @@ impl Store for SledStore {
 
     async fn subscriptions(&self, tenant: &Tenant, id: &ProfileId) -> Result<Vec<Subscription>> {
         let prefix = keys::subscriptions_prefix(tenant, id);
-        self.db
+        self.db()
             .scan_prefix(&prefix)
             .map(|item| {
                 let (key, value) = item?;
@@ -440,7 +600,7 @@ impl Store for SledStore {
     ) -> Result<(Vec<ProfileId>, bool)> {
         let prefix = keys::address_users_prefix(tenant, address);
         let mut ids = Vec::new();
-        for item in self.db.scan_prefix(&prefix).keys() {
+        for item in self.db().scan_prefix(&prefix).keys() {
             let key = item?;
             if ids.len() == limit {
                 return Ok((ids, true));
@@ -476,7 +636,7 @@ impl Store for SledStore {
         };
         let mut items = Vec::new();
         let mut last_tail = Vec::new();
-        for item in self.db.range(start..).keys() {
+        for item in self.db().range(start..).keys() {
             let key = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -549,7 +709,7 @@ impl Store for SledStore {
         &self,
         visit: &mut (dyn FnMut(Loaded) + Send),
     ) -> Result<Position> {
-        dump::load_decision_state(&self.db, visit)?;
+        dump::load_decision_state(&self.db(), visit)?;
         Ok(self.feed.last())
     }
 
@@ -568,19 +728,19 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Expired> {
         self.check_healthy()?;
-        dump::expire(&self.db, markers_before, tokens_before, limit)
+        dump::expire(&self.db(), markers_before, tokens_before, limit)
     }
 
     fn dump<'a>(
         &'a self,
         tenant: Option<&Tenant>,
     ) -> Box<dyn Iterator<Item = Result<DumpItem>> + Send + 'a> {
-        Box::new(dump::dump(&self.db, tenant))
+        Box::new(dump::dump(self.db(), tenant))
     }
 
     async fn snapshot(&self, tenant: Option<&Tenant>) -> Result<Box<dyn Snapshot>> {
         let paused = self.locks.pause().await;
-        let snapshot = dump::snapshot(&self.db, tenant);
+        let snapshot = dump::snapshot(&self.db(), tenant);
         drop(paused);
         Ok(Box::new(snapshot?))
     }
@@ -589,11 +749,43 @@ impl Store for SledStore {
         self.check_healthy()?;
         let locks: Vec<Lock> = items.iter().map(dump::owner_lock).collect();
         let _held = self.locks.lock(&locks).await;
-        dump::restore_all(&self.db, items)
+        dump::restore_all(&self.db(), items)
+    }
+
+    async fn reclaim(&self, policy: CompactionPolicy) -> Result<Option<Reclaimed>> {
+        // The smallest store that can be due: `threshold` grows with the records.
+        let Some(smallest) = policy.threshold(0) else {
+            return Ok(None);
+        };
+        self.check_healthy()?;
+        // One at a time; the state says when counting is worth it again.
+        let mut state = self.reclaim.lock().await;
+        let bytes_before = self.db().size_on_disk()?;
+        if bytes_before <= smallest.max(state.counted_until) {
+            return Ok(None);
+        }
+        // A read of every record, while writes go on.
+        let (_, record_bytes) = count_records(&self.db())?;
+        if !policy.due(bytes_before, record_bytes) {
+            // Not worth counting again before the file reaches the threshold.
+            state.counted_until = policy.threshold(record_bytes).unwrap_or(u64::MAX);
+            return Ok(None);
+        }
+        let reclaimed = self.compact(bytes_before).await?;
+        state.counted_until = policy.threshold(record_bytes).unwrap_or(u64::MAX);
+        tracing::info!(
+            bytes_before = reclaimed.bytes_before,
+            bytes_after = reclaimed.bytes_after,
+            records = reclaimed.records,
+            record_bytes,
+            paused_ms = u64::try_from(reclaimed.paused.as_millis()).unwrap_or(u64::MAX),
+            "store compacted"
+        );
+        Ok(Some(reclaimed))
     }
 
     fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db().size_on_disk()?)
     }
 
     fn observe_flushes(&self, observer: FlushObserver) -> bool {
@@ -738,11 +930,11 @@ impl Txn for SledTxn<'_> {
 
     async fn service_count(&mut self, tenant: &Tenant) -> Result<usize> {
         let prefix = keys::services_prefix(tenant);
-        let stored = self.store.db.scan_prefix(&prefix).keys().count();
+        let stored = self.store.db().scan_prefix(&prefix).keys().count();
         let mut new = 0;
         for key in self.staged.keys() {
             let put = matches!(self.staged_value(key), Some(Some(_)));
-            if key.starts_with(&prefix) && put && !self.store.db.contains_key(key)? {
+            if key.starts_with(&prefix) && put && !self.store.db().contains_key(key)? {
                 new += 1;
             }
         }
@@ -859,7 +1051,7 @@ impl Txn for SledTxn<'_> {
         // meanwhile. The stored ones, and those this change staged.
         let mut found: Vec<Vec<u8>> = self
             .store
-            .db
+            .db()
             .range(start.clone()..end.clone())
             .keys()
             .filter_map(|k| k.ok().map(|k| k.to_vec()))
@@ -995,7 +1187,7 @@ impl Txn for SledTxn<'_> {
             ..
         } = *self;
         store.check_healthy()?;
-        let db = &store.db;
+        let db = &store.db();
         match ops.as_slice() {
             [] => return Ok(store.feed.last()),
             [(key, value, _)] => match value {

@@ -11,7 +11,7 @@ use super::{SledOptions, SledStore, codec, keys};
 use crate::{
     engine::{Channel, ConsentStatus, Profile, ProfileAddresses, Scope},
     store::{
-        Lock, Store, StoreError,
+        CompactionPolicy, Lock, Store, StoreError,
         conformance::{ctx, email, pid, tenant},
     },
 };
@@ -263,4 +263,190 @@ async fn a_format_2_directory_is_migrated_at_open() {
             .len(),
         2
     );
+}
+
+/// Writes profile `id` (with version `version`) and waits until it is durable.
+async fn put_profile(store: &SledStore, id: &str, version: u64) -> crate::store::Result<()> {
+    let t = tenant("t");
+    let address = email(&format!("{id}-{version}@x.io"));
+    let id = pid(id);
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), id.clone())])
+        .await?;
+    tx.put_profile(
+        &t,
+        &Profile::new(
+            id,
+            ProfileAddresses {
+                emails: vec![address],
+                ..ProfileAddresses::default()
+            },
+            // The version as the time of the change: what a read shows of it.
+            i64::try_from(version).expect("small"),
+        ),
+    );
+    tx.commit().await?;
+    store.sync().await
+}
+
+fn dump_all(store: &SledStore) -> Vec<crate::store::DumpItem> {
+    store.dump(None).collect::<Result<_, _>>().expect("dump")
+}
+
+/// Compacts whatever the size (sled's file is far larger than a few records).
+const ALWAYS: CompactionPolicy = CompactionPolicy {
+    ratio: 2,
+    min_bytes: 0,
+};
+
+#[tokio::test]
+async fn a_compaction_keeps_every_record_and_moves_to_a_new_generation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    for round in 1..=3 {
+        for i in 0..50 {
+            put_profile(&store, &format!("p{i}"), round)
+                .await
+                .expect("put");
+        }
+    }
+    let before = dump_all(&store);
+    let reclaimed = store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT"),
+        "gen-1\n"
+    );
+    assert!(!dir.path().join("db").exists(), "generation 0 is removed");
+    assert!(dir.path().join("gen-1").join("db").is_file());
+    assert_eq!(dump_all(&store), before, "every record, as it was");
+    // Profiles, their address index and the format mark.
+    assert!(reclaimed.records > 100, "{reclaimed:?}");
+    assert!(reclaimed.bytes_before > 0 && reclaimed.bytes_after > 0);
+
+    // Writes go to the new generation, and a reopen finds them.
+    put_profile(&store, "after", 1).await.expect("put");
+    let mut expected = dump_all(&store);
+    assert_eq!(expected.len(), before.len() + 1, "one more profile");
+    drop(store);
+    let store = SledStore::open(dir.path()).expect("reopen");
+    assert_eq!(dump_all(&store), expected);
+
+    // And on to the next generation, which removes the one before.
+    put_profile(&store, "later", 1).await.expect("put");
+    expected = dump_all(&store);
+    store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+    assert!(!dir.path().join("gen-1").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT"),
+        "gen-2\n"
+    );
+    drop(store);
+    let store = SledStore::open(dir.path()).expect("reopen");
+    assert_eq!(dump_all(&store), expected);
+}
+
+#[tokio::test]
+async fn a_store_within_the_policy_is_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    put_profile(&store, "p", 1).await.expect("put");
+    let never = CompactionPolicy {
+        ratio: 0,
+        min_bytes: 0,
+    };
+    let big = CompactionPolicy {
+        ratio: 2,
+        min_bytes: u64::MAX,
+    };
+    let lenient = CompactionPolicy {
+        ratio: u32::MAX,
+        min_bytes: 0,
+    };
+    for policy in [never, big, lenient] {
+        assert_eq!(
+            store.reclaim(policy).await.expect("reclaim"),
+            None,
+            "{policy:?}"
+        );
+    }
+    assert!(!dir.path().join("CURRENT").exists());
+    assert!(dir.path().join("db").is_file());
+}
+
+/// A compaction cut short (here: its directory cannot be made) changes
+/// nothing: the store goes on in its generation, and the next one works.
+#[tokio::test]
+async fn a_compaction_that_fails_leaves_the_store_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    put_profile(&store, "p", 1).await.expect("put");
+    let before = dump_all(&store);
+    // A file where the next generation's directory goes.
+    std::fs::write(dir.path().join("gen-1"), b"in the way").expect("write");
+    store.reclaim(ALWAYS).await.expect_err("cannot copy");
+    assert!(!dir.path().join("CURRENT").exists());
+    assert!(
+        !dir.path().join("gen-1").exists(),
+        "what it left is removed"
+    );
+    assert!(store.failure().is_none(), "writes go on");
+    put_profile(&store, "q", 1).await.expect("put");
+    assert_eq!(dump_all(&store).len(), before.len() + 1);
+    store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+    assert!(dir.path().join("gen-1").join("db").is_file());
+}
+
+/// Writers keep going while the store compacts, three times over: they wait
+/// for it, and every acknowledged write is there after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_compaction_wait_for_it_and_none_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SledStore::open(dir.path()).expect("open"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let id = format!("w{w}-{}", n % 40);
+                    put_profile(&store, &id, n).await.expect("put");
+                    acknowledged.push((id, n));
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for writer in writers {
+        for (id, version) in writer.await.expect("writer") {
+            last.insert(id, version);
+        }
+    }
+    drop(store);
+    let store = SledStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT"),
+        "gen-3\n"
+    );
+    let t = tenant("t");
+    for (id, version) in last {
+        let profile = store
+            .profile(&t, &pid(&id))
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("{id} is lost"));
+        assert_eq!(
+            profile.updated_at,
+            i64::try_from(version).expect("small"),
+            "{id}: the last acknowledged write"
+        );
+    }
 }
