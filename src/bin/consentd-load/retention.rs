@@ -358,9 +358,9 @@ pub(crate) async fn soak(
     }
 
     println!(
-        "| elapsed | server RSS | data dir | `db` | feedback/s | subscription/s | opt-in/out/s (changed + repeated) | batch checks/s | history entries | records swept |"
+        "| elapsed | server RSS | data dir | `db` | feedback/s | subscription/s | opt-in/out/s (changed + repeated) | batch checks/s | history entries | records swept | compactions |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |bytes: Option<u64>| {
         bytes.map_or_else(
             || "?".to_owned(),
@@ -383,7 +383,7 @@ pub(crate) async fn soak(
                 / secs
         };
         println!(
-            "| {:.0} s | {} | {} | {} | {:.0} | {:.1} | {:.1} + {:.1} | {:.1} | {} | {} |",
+            "| {:.0} s | {} | {} | {} | {:.0} | {:.1} | {:.1} + {:.1} | {:.1} | {} | {} | {} |",
             now.duration_since(start).as_secs_f64(),
             mib(server.rss_kib().map(|kib| kib * 1024)),
             mib(server.data_bytes()),
@@ -400,6 +400,7 @@ pub(crate) async fn soak(
             rate(&[Kind::Check]),
             counts[Kind::History as usize],
             server.swept(),
+            server.compactions(),
         );
         before = counts;
         at = now;
@@ -558,7 +559,7 @@ fn census_via(bin: &Path, dir: &Path, file: &Path, fresh: &Path) -> Result<Censu
         records,
         export_bytes: std::fs::metadata(file)?.len(),
         fresh_bytes: dir_bytes(fresh),
-        fresh_db_bytes: std::fs::metadata(fresh.join("db"))?.len(),
+        fresh_db_bytes: super::server::db_bytes(&fresh).unwrap_or(0),
     })
 }
 

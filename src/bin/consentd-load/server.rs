@@ -76,6 +76,17 @@ pub(crate) struct Server {
     /// log (`retention sweep removed=N`, logged at debug level: see
     /// [`Target::log_filter`]).
     swept: Arc<AtomicU64>,
+    /// Compactions of the started server's store, from its log (`store compacted`).
+    compactions: Arc<AtomicU64>,
+}
+
+/// Bytes of sled's log file in the store generation in use in `data_dir`.
+pub(crate) fn db_bytes(data_dir: &Path) -> Option<u64> {
+    let generation = match std::fs::read_to_string(data_dir.join("CURRENT")) {
+        Ok(name) => data_dir.join(name.trim_end()),
+        Err(_) => data_dir.to_path_buf(),
+    };
+    Some(std::fs::metadata(generation.join("db")).ok()?.len())
 }
 
 /// The `consentd` binary: `--server-bin`, or the one next to this binary.
@@ -99,6 +110,7 @@ impl Server {
                 data_dir: target.data_dir.clone(),
                 spawned_at: None,
                 swept: Arc::default(),
+                compactions: Arc::default(),
             });
         }
         let bin = consentd_bin(target.server_bin.as_deref())?;
@@ -126,6 +138,8 @@ impl Server {
         let (found, listening) = std::sync::mpsc::channel();
         let swept = Arc::new(AtomicU64::new(0));
         let swept_in_log = Arc::clone(&swept);
+        let compactions = Arc::new(AtomicU64::new(0));
+        let compactions_in_log = Arc::clone(&compactions);
         std::thread::spawn(move || {
             let mut found = Some(found);
             for line in BufReader::new(stderr).lines() {
@@ -142,6 +156,9 @@ impl Server {
                         .and_then(|n| n.parse::<u64>().ok())
                 {
                     swept_in_log.fetch_add(n, Ordering::Relaxed);
+                } else if line.contains("store compacted") {
+                    compactions_in_log.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("server: {line}");
                 } else if line.contains("ERROR") || line.contains("WARN") {
                     eprintln!("server: {line}");
                 }
@@ -155,6 +172,7 @@ impl Server {
             data_dir: Some(data_dir.clone()),
             spawned_at: Some(spawned_at),
             swept,
+            compactions,
         };
         let text = listening
             .recv_timeout(target.serving_timeout)
@@ -227,14 +245,16 @@ impl Server {
         self.data_dir.as_deref()
     }
 
-    /// Bytes of sled's log file, `<data dir>/db` (the rest of the directory
-    /// is its configuration and page-table snapshots).
+    /// Bytes of sled's log file, `db` (the rest of the directory is its
+    /// configuration and page-table snapshots), in the generation that
+    /// `CURRENT` names (`gen-N/db`), or in the data directory itself.
     pub(crate) fn db_bytes(&self) -> Option<u64> {
-        Some(
-            std::fs::metadata(self.data_dir.as_ref()?.join("db"))
-                .ok()?
-                .len(),
-        )
+        db_bytes(self.data_dir.as_ref()?)
+    }
+
+    /// Compactions of the started server's store so far (from its log).
+    pub(crate) fn compactions(&self) -> u64 {
+        self.compactions.load(Ordering::Relaxed)
     }
 
     /// Records the started server's retention sweeps deleted so far (from
