@@ -109,8 +109,8 @@ struct ServeArgs {
     #[arg(long, env = "CONSENTD_RETENTION_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     retention_sweep_interval: Duration,
     /// sled never gives disk space back by itself: the store is compacted
-    /// (its records copied into a fresh file while writes wait) once it
-    /// takes more than this many times the bytes of its records. 0: never.
+    /// (its records copied into a fresh file while writes go on) once it
+    /// takes more than this many times what a fresh copy would. 0: never.
     #[arg(long, env = "CONSENTD_COMPACTION_RATIO", default_value_t = COMPACTION_RATIO_DEFAULT, value_parser = parse_compaction_ratio)]
     compaction_ratio: u32,
     /// A store smaller than this on disk is never compacted.

@@ -50,10 +50,9 @@ pub const FEEDBACK_FUTURE_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
 const STORE_CLOSE_POLL: Duration = Duration::from_millis(2);
 /// Most profiles listed by `GetAddressStatus`.
 pub const ADDRESS_USERS_MAX: usize = 1000;
-/// Default [`Settings::compaction_ratio`]: sled's file right after a
-/// compaction is about 1.5 times the bytes of its records, so a store is
-/// copied once it holds about 2.5 times more than it needs.
-pub const COMPACTION_RATIO_DEFAULT: u32 = 4;
+/// Default [`CompactionPolicy::ratio`]: a store is copied once it takes
+/// three times what a fresh copy of its records would.
+pub const COMPACTION_RATIO_DEFAULT: u32 = 3;
 /// Default [`CompactionPolicy::min_bytes`]: smaller stores are left as they are.
 pub const COMPACTION_MIN_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 

@@ -275,27 +275,28 @@ pub struct Expired {
 /// When [`Store::reclaim`] compacts a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionPolicy {
-    /// Compact once the store takes more than this many times the bytes of
-    /// its records on disk; 0: never.
+    /// Compact once the store takes more than this many times what a fresh
+    /// copy of its records would take on disk; 0: never.
     pub ratio: u32,
     /// Never compact a store smaller than this, in bytes.
     pub min_bytes: u64,
 }
 
 impl CompactionPolicy {
-    /// The size on disk above which a store holding `record_bytes` is
-    /// compacted; `None` when it never is.
-    pub fn threshold(&self, record_bytes: u64) -> Option<u64> {
+    /// The size on disk above which a store whose fresh copy would take
+    /// `fresh_bytes` is compacted; `None` when it never is.
+    pub fn threshold(&self, fresh_bytes: u64) -> Option<u64> {
         (self.ratio > 0).then(|| {
-            record_bytes
+            fresh_bytes
                 .saturating_mul(u64::from(self.ratio))
                 .max(self.min_bytes)
         })
     }
 
-    /// Whether a store of `bytes_on_disk` holding `record_bytes` is compacted.
-    pub fn due(&self, bytes_on_disk: u64, record_bytes: u64) -> bool {
-        self.threshold(record_bytes)
+    /// Whether a store of `bytes_on_disk` whose fresh copy would take
+    /// `fresh_bytes` is compacted.
+    pub fn due(&self, bytes_on_disk: u64, fresh_bytes: u64) -> bool {
+        self.threshold(fresh_bytes)
             .is_some_and(|threshold| bytes_on_disk > threshold)
     }
 }
@@ -438,8 +439,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Gives disk space back when `policy` says the store takes too much
     /// (stores in memory never do): copies every record into a fresh
-    /// database and switches to it, durably, while writes wait (reads go
-    /// on). `None` when it did nothing.
+    /// database while writes go on, and switches to it durably; writes wait
+    /// only while the copy is set up and while the switch is made. `None`
+    /// when it did nothing.
     async fn reclaim(&self, policy: CompactionPolicy) -> Result<Option<Reclaimed>>;
 
     // ---- data tools --------------------------------------------------------

@@ -22,6 +22,7 @@ mod dump;
 mod generation;
 mod keys;
 mod migrate;
+mod shadow;
 
 use std::{
     collections::HashMap,
@@ -50,6 +51,7 @@ pub use codec::CodecError;
 use commit::GroupCommit;
 pub use commit::SyncFault;
 use dir_lock::DirLock;
+use shadow::Shadow;
 
 /// Default size of sled's page cache. sled's own default is 1 GiB; the
 /// decision index holds what the hot path reads, so the cache only serves
@@ -117,8 +119,11 @@ pub struct SledStore {
     cache_bytes: u64,
     /// The database in use.
     current: Current,
-    /// When to look at the records for a compaction; also serialises compactions.
+    /// When to look at the records for a compaction; also serialises
+    /// compactions with the writes that take no lock (expiry, restore).
     reclaim: tokio::sync::Mutex<ReclaimState>,
+    /// The copy of a compaction in progress: every change reaches it too.
+    shadow: RwLock<Option<Arc<Shadow>>>,
     /// The group committer that makes changes durable and feeds them on.
     commit: GroupCommit,
     /// Stripes of locks for changes.
@@ -157,8 +162,10 @@ fn open_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Records per batch when a compaction copies them.
-const COPY_BATCH: usize = 10_000;
+/// What a record costs in a freshly written sled file beyond its key and
+/// value bytes: measured at 185–195 bytes over 290,000–390,000 records of
+/// the retention soak (docs/performance.md, "Retention").
+const FRESH_RECORD_OVERHEAD: u64 = 200;
 
 /// Opens the log file of `generation` for `fdatasync`.
 fn open_data_file(generation: &generation::Generation) -> Result<File> {
@@ -179,31 +186,6 @@ fn count_records(db: &::sled::Db) -> Result<(u64, u64)> {
         bytes = bytes.saturating_add(u64::try_from(key.len() + value.len()).unwrap_or(u64::MAX));
     }
     Ok((records, bytes))
-}
-
-/// Copies every record of `from` into a new database at `to`, and makes it
-/// durable. Returns it and how many records it holds.
-fn copy_into(
-    from: &::sled::Db,
-    to: &generation::Generation,
-    cache_bytes: u64,
-) -> Result<(::sled::Db, u64)> {
-    let db = open_sled(&to.path, cache_bytes)?;
-    let mut batch = ::sled::Batch::default();
-    let (mut records, mut in_batch) = (0u64, 0usize);
-    for item in from.iter() {
-        let (key, value) = item?;
-        batch.insert(key, value);
-        records += 1;
-        in_batch += 1;
-        if in_batch == COPY_BATCH {
-            db.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
-        }
-    }
-    db.apply_batch(batch)?;
-    db.flush()?;
-    Ok((db, records))
 }
 
 /// How long [`open_sled`] waits for sled's own file lock.
@@ -278,6 +260,7 @@ impl SledStore {
             cache_bytes,
             current,
             reclaim: tokio::sync::Mutex::new(ReclaimState::default()),
+            shadow: RwLock::new(None),
             commit,
             locks: LockTable::default(),
             feed,
@@ -407,23 +390,57 @@ impl SledStore {
         }
     }
 
-    /// Copies every record into the next generation and switches to it,
-    /// while no change is in flight. See `generation.rs`.
+    /// The copy of a compaction in progress, if any.
+    fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        *self
+            .shadow
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = shadow;
+    }
+
+    /// Copies every record into the next generation while writes go on,
+    /// and switches to it. Writes wait only while the copy is set up and
+    /// while the switch is made (see `shadow.rs`).
     async fn compact(&self, bytes_before: u64) -> Result<Reclaimed> {
-        let paused = self.locks.pause().await;
-        let started = Instant::now();
-        // Every change applied so far is durable, and none is in flight.
-        self.commit.wait().await?;
         let old = live(&self.current);
         let next = old.generation.next(&self.dir);
-        let copied = copy_into(&old.db, &next, self.cache_bytes).and_then(|(db, records)| {
+        let mut paused_for = Duration::ZERO;
+        let copied = async {
+            let shadow = Arc::new(Shadow::new(open_sled(&next.path, self.cache_bytes)?));
+            // 1. From now on, every change reaches the copy too.
+            let started = Instant::now();
+            let paused = self.locks.pause().await;
+            self.set_shadow(Some(Arc::clone(&shadow)));
+            drop(paused);
+            paused_for += started.elapsed();
+            // 2. The copy, and most of its sync, while writes go on.
+            let records = shadow.copy_from(&old.db)?;
+            shadow.db().flush()?;
             generation::make_durable(&self.dir, &next).map_err(StoreError::io)?;
-            Ok((db, records, open_data_file(&next)?))
-        });
-        let (db, records, data_file) = match copied {
+            // 3. What came in meanwhile, with no change in flight.
+            let started = Instant::now();
+            let paused = self.locks.pause().await;
+            // Every change applied so far is on the feed's way out, and in the copy.
+            self.commit.wait().await?;
+            shadow.check()?;
+            shadow.db().flush()?;
+            generation::make_durable(&self.dir, &next).map_err(StoreError::io)?;
+            let data_file = open_data_file(&next)?;
+            Ok((shadow, records, data_file, paused, started))
+        }
+        .await;
+        let (shadow, records, data_file, paused, started) = match copied {
             Ok(copied) => copied,
             Err(error) => {
                 // Still on the old generation: nothing changed.
+                self.set_shadow(None);
                 if let Err(e) = generation::remove_all_but(&self.dir, &old.generation) {
                     tracing::warn!(error = %e, "could not remove a compaction cut short");
                 }
@@ -438,6 +455,7 @@ impl SledStore {
                 "switching to the compacted store failed ({error}); restart the server"
             ));
             let _ = self.failure.set(Arc::clone(&why));
+            self.set_shadow(None);
             tracing::error!(%error, "compaction could not switch the store; writes are refused until a restart");
             return Err(StoreError::Failed(why));
         }
@@ -445,11 +463,13 @@ impl SledStore {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Live {
-            db,
+            db: shadow.db().clone(),
             data_file,
             generation: next.clone(),
         });
-        let paused_for = started.elapsed();
+        self.set_shadow(None);
+        drop(shadow);
+        paused_for += started.elapsed();
         drop(paused);
         // Readers may still hold the old database for a moment: its files
         // are unlinked, and go once they are done (what is left, at the next open).
@@ -728,6 +748,8 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Expired> {
         self.check_healthy()?;
+        // Its writes take no lock: never beside a compaction's copy.
+        let _no_compaction = self.reclaim.lock().await;
         dump::expire(&self.db(), markers_before, tokens_before, limit)
     }
 
@@ -747,6 +769,8 @@ impl Store for SledStore {
 
     async fn restore(&self, items: &[DumpItem]) -> Result<()> {
         self.check_healthy()?;
+        // Not beside a compaction's copy (taken before the locks, as a compaction does).
+        let _no_compaction = self.reclaim.lock().await;
         let locks: Vec<Lock> = items.iter().map(dump::owner_lock).collect();
         let _held = self.locks.lock(&locks).await;
         dump::restore_all(&self.db(), items)
@@ -765,19 +789,21 @@ impl Store for SledStore {
             return Ok(None);
         }
         // A read of every record, while writes go on.
-        let (_, record_bytes) = count_records(&self.db())?;
-        if !policy.due(bytes_before, record_bytes) {
+        let (records, record_bytes) = count_records(&self.db())?;
+        let fresh = record_bytes.saturating_add(records.saturating_mul(FRESH_RECORD_OVERHEAD));
+        if !policy.due(bytes_before, fresh) {
             // Not worth counting again before the file reaches the threshold.
-            state.counted_until = policy.threshold(record_bytes).unwrap_or(u64::MAX);
+            state.counted_until = policy.threshold(fresh).unwrap_or(u64::MAX);
             return Ok(None);
         }
         let reclaimed = self.compact(bytes_before).await?;
-        state.counted_until = policy.threshold(record_bytes).unwrap_or(u64::MAX);
+        state.counted_until = policy.threshold(fresh).unwrap_or(u64::MAX);
         tracing::info!(
             bytes_before = reclaimed.bytes_before,
             bytes_after = reclaimed.bytes_after,
             records = reclaimed.records,
             record_bytes,
+            fresh_estimate = fresh,
             paused_ms = u64::try_from(reclaimed.paused.as_millis()).unwrap_or(u64::MAX),
             "store compacted"
         );
@@ -1207,14 +1233,17 @@ impl Txn for SledTxn<'_> {
             }
             _ => {
                 let mut batch = ::sled::Batch::default();
-                for (key, value, _) in ops {
+                for (key, value, _) in &ops {
                     match value {
-                        Some(value) => batch.insert(key, value),
-                        None => batch.remove(key),
+                        Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                        None => batch.remove(key.as_slice()),
                     }
                 }
                 db.apply_batch(batch)?;
             }
+        }
+        if let Some(shadow) = store.shadow() {
+            shadow.apply(ops.iter().map(|(key, value, _)| (key.as_slice(), value.as_deref())));
         }
         Ok(store.feed.push(changes))
     }

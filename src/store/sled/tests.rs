@@ -293,11 +293,11 @@ fn dump_all(store: &SledStore) -> Vec<crate::store::DumpItem> {
     store.dump(None).collect::<Result<_, _>>().expect("dump")
 }
 
-/// Compacts whatever the size (sled's file is far larger than a few records).
-const ALWAYS: CompactionPolicy = CompactionPolicy {
-    ratio: 2,
-    min_bytes: 0,
-};
+/// Compacts now, whatever the policy would say.
+async fn compact_now(store: &SledStore) -> crate::store::Result<crate::store::Reclaimed> {
+    let size = store.size_on_disk()?;
+    store.compact(size).await
+}
 
 #[tokio::test]
 async fn a_compaction_keeps_every_record_and_moves_to_a_new_generation() {
@@ -311,7 +311,7 @@ async fn a_compaction_keeps_every_record_and_moves_to_a_new_generation() {
         }
     }
     let before = dump_all(&store);
-    let reclaimed = store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+    let reclaimed = compact_now(&store).await.expect("compact");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT"),
         "gen-1\n"
@@ -334,7 +334,7 @@ async fn a_compaction_keeps_every_record_and_moves_to_a_new_generation() {
     // And on to the next generation, which removes the one before.
     put_profile(&store, "later", 1).await.expect("put");
     expected = dump_all(&store);
-    store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+    compact_now(&store).await.expect("compact");
     assert!(!dir.path().join("gen-1").exists());
     assert_eq!(
         std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT"),
@@ -383,7 +383,7 @@ async fn a_compaction_that_fails_leaves_the_store_as_it_was() {
     let before = dump_all(&store);
     // A file where the next generation's directory goes.
     std::fs::write(dir.path().join("gen-1"), b"in the way").expect("write");
-    store.reclaim(ALWAYS).await.expect_err("cannot copy");
+    compact_now(&store).await.expect_err("cannot copy");
     assert!(!dir.path().join("CURRENT").exists());
     assert!(
         !dir.path().join("gen-1").exists(),
@@ -392,7 +392,7 @@ async fn a_compaction_that_fails_leaves_the_store_as_it_was() {
     assert!(store.failure().is_none(), "writes go on");
     put_profile(&store, "q", 1).await.expect("put");
     assert_eq!(dump_all(&store).len(), before.len() + 1);
-    store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+    compact_now(&store).await.expect("compact");
     assert!(dir.path().join("gen-1").join("db").is_file());
 }
 
@@ -421,7 +421,7 @@ async fn writes_during_a_compaction_wait_for_it_and_none_is_lost() {
         .collect();
     for _ in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        store.reclaim(ALWAYS).await.expect("reclaim").expect("due");
+        compact_now(&store).await.expect("compact");
     }
     stop.store(true, Ordering::SeqCst);
     let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
