@@ -113,8 +113,8 @@ struct ServeArgs {
     /// takes more than this many times what a fresh copy would. 0: never.
     #[arg(long, env = "CONSENTD_COMPACTION_RATIO", default_value_t = COMPACTION_RATIO_DEFAULT, value_parser = parse_compaction_ratio)]
     compaction_ratio: u32,
-    /// A store smaller than this on disk is never compacted.
-    #[arg(long, env = "CONSENTD_COMPACTION_MIN_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    /// A store smaller than this on disk is never compacted (0: any size).
+    #[arg(long, env = "CONSENTD_COMPACTION_MIN_SIZE", default_value = "64MiB", value_parser = parse_size_or_zero)]
     compaction_min_size: u64,
     /// Most events an address's log keeps, whatever their age.
     #[arg(long, env = "CONSENTD_ADDRESS_LOG_EVENTS_MAX", default_value_t = ADDRESS_LOG_EVENTS_MAX_DEFAULT)]
@@ -378,6 +378,15 @@ fn parse_bytes(raw: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// A byte size as [`parse_bytes`] reads it, or 0.
+fn parse_size_or_zero(raw: &str) -> Result<u64, String> {
+    if raw.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_bytes(raw)
+    }
+}
+
 /// A compaction ratio: 0 (never), or 2 and up (a fresh copy already takes
 /// more than its records' bytes, so 1 would compact at every sweep).
 fn parse_compaction_ratio(raw: &str) -> Result<u32, String> {
@@ -459,6 +468,17 @@ mod tests {
                 "--compaction-ratio {bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_compaction_minimum_is_a_size_or_zero() {
+        for (raw, bytes) in [("0", 0), ("1MiB", 1 << 20), ("64MiB", 64 << 20)] {
+            let args = serve_args(&["consentd", "serve", "--compaction-min-size", raw]);
+            assert_eq!(args.settings().expect("valid").compaction.min_bytes, bytes);
+        }
+        assert!(
+            Cli::try_parse_from(["consentd", "serve", "--compaction-min-size", "1KiB"]).is_err()
+        );
     }
 
     #[test]

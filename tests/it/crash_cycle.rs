@@ -17,6 +17,10 @@
 //!   and history entry) or not at all; a confirmation token is used up
 //!   exactly when its confirmation was applied.
 //!
+//! The server compacts its store whenever it may (`--compaction-ratio 2
+//! --compaction-min-size 0`, a sweep every second), so kills land before,
+//! during and after compactions too.
+//!
 //! Each client owns its own profiles and addresses, so it knows exactly the
 //! state it last had acknowledged. `CONSENTD_CRASH_SEED` replays a run's
 //! choice of writes (the kill moments depend on timing too);
@@ -39,7 +43,7 @@ use std::{
 
 use crate::common::{
     error_info,
-    process::{ServerProcess, connect},
+    process::{ServerProcess, connect, serve_args},
 };
 use consentd::pb::{
     self, AddressEventType, AddressHistoryEntry, AddressState, AddressStatus, ChangeContext,
@@ -1508,6 +1512,32 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
+/// The server's flags: compactions as often as the store allows, so that
+/// kills land before, during and after them.
+const SERVE_FLAGS: [&str; 6] = [
+    "--compaction-ratio",
+    "2",
+    "--compaction-min-size",
+    "0",
+    "--retention-sweep-interval",
+    "1s",
+];
+
+fn start_server(data_dir: &std::path::Path) -> ServerProcess {
+    let mut args = serve_args(data_dir);
+    args.extend(SERVE_FLAGS.iter().map(std::ffi::OsStr::new));
+    ServerProcess::start_with(&args)
+}
+
+/// Compactions the server logged so far.
+fn compactions(server: &mut ServerProcess) -> usize {
+    server
+        .lines_so_far()
+        .iter()
+        .filter(|line| line.contains("store compacted"))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_repeated_sigkill() {
     let seed = env_u64("CONSENTD_CRASH_SEED").unwrap_or_else(|| fastrand::u64(..));
@@ -1523,8 +1553,9 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
     let mut models: Vec<ClientModel> = (0..CLIENTS)
         .map(|client| ClientModel::new(client, rng.u64(..)))
         .collect();
-    let mut server = ServerProcess::start(data_dir.path());
+    let mut server = start_server(data_dir.path());
     let mut addr = server.wait_listening().await;
+    let mut compacted = 0;
     ensure_services(addr).await;
 
     for cycle in 1..=cycles {
@@ -1542,12 +1573,13 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         tokio::time::sleep(Duration::from_millis(rng.u64(0..=KILL_AFTER_MS_MAX))).await;
         killed.store(true, Ordering::SeqCst);
         server.kill();
+        compacted += compactions(&mut server);
         for task in tasks {
             models.push(task.await.expect("a client task panicked"));
         }
 
         // Restart and read everything back.
-        server = ServerProcess::start(data_dir.path());
+        server = start_server(data_dir.path());
         addr = server.wait_listening().await;
         ensure_services(addr).await;
         let mut checks = Vec::new();
@@ -1559,7 +1591,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         }
         let acknowledged: u64 = models.iter().map(|m| m.acknowledged).sum();
         eprintln!(
-            "cycle {cycle}: {acknowledged} writes acknowledged so far, all read back; in-flight writes applied {} / not applied or changing nothing {}",
+            "cycle {cycle}: {acknowledged} writes acknowledged so far, all read back; {compacted} compactions; in-flight writes applied {} / not applied or changing nothing {}",
             models.iter().map(|m| m.pending_applied).sum::<u64>(),
             models.iter().map(|m| m.pending_lost).sum::<u64>(),
         );
@@ -1576,6 +1608,8 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         sum
     });
     if cycles >= 10 {
+        // The store compacts at the first sweep of about every other cycle.
+        assert!(compacted > 0, "no compaction in {cycles} cycles");
         // Hundreds of subscription writes are expected: none of a kind means
         // the client never picks it (e.g. never holds a token).
         assert!(

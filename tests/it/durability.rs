@@ -439,7 +439,10 @@ async fn a_compacted_store_keeps_every_decision_across_a_restart() {
     assert!(line.contains("bytes_before="), "{line}");
     let current = std::fs::read_to_string(data_dir.path().join("CURRENT")).expect("CURRENT");
     assert!(current.starts_with("gen-"), "{current}");
-    assert!(!data_dir.path().join("db").exists(), "the first generation is gone");
+    assert!(
+        !data_dir.path().join("db").exists(),
+        "the first generation is gone"
+    );
     assert_eq!(email_decisions(&channel, &ids).await, before);
 
     // Writes go on after it, and a restart finds everything.

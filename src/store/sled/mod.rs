@@ -1243,7 +1243,10 @@ impl Txn for SledTxn<'_> {
             }
         }
         if let Some(shadow) = store.shadow() {
-            shadow.apply(ops.iter().map(|(key, value, _)| (key.as_slice(), value.as_deref())));
+            shadow.apply(
+                ops.iter()
+                    .map(|(key, value, _)| (key.as_slice(), value.as_deref())),
+            );
         }
         Ok(store.feed.push(changes))
     }

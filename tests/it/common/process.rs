@@ -103,6 +103,14 @@ impl ServerProcess {
         }
     }
 
+    /// Every stderr line the child wrote so far (without waiting for more).
+    pub(crate) fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            self.seen.push(strip_ansi(&line));
+        }
+        &self.seen
+    }
+
     pub(crate) fn stderr_text(&self) -> String {
         self.seen.join("\n")
     }
