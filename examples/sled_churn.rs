@@ -5,11 +5,13 @@
 //! ```sh
 //! # EVENTS FLUSH_EVERY (0: only sled's own flusher) KEYS (clustered|random) WRITES (single|batch) DIR
 //! cargo run --release --example sled_churn -- 3000000 4 clustered single /tmp/churn
+//! SCALE=10 CACHE_MIB=512 cargo run --release --example sled_churn -- 6000000 4 clustered batch /tmp/churn
 //! ```
 //!
 //! 10,000 "state" records (300 bytes) are rewritten in turn, and each event
 //! appends a 400-byte record and deletes the one written 24,000 events
-//! earlier, so about 34,000 records (13 MiB) are live at any time.
+//! earlier, so about 34,000 records (13 MiB) are live at any time; `SCALE`
+//! multiplies both counts, and `CACHE_MIB` sets sled's cache (16 MiB).
 //! `clustered` keys each event record under its state's key (as consentd's
 //! address logs are); `random` spreads them over the whole key space (as
 //! consentd's event-id markers are). `single` writes each record on its own;

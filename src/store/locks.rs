@@ -51,6 +51,11 @@ impl LockTable {
         let mut stripes: Vec<usize> = locks.iter().map(Self::stripe).collect();
         stripes.sort_unstable();
         stripes.dedup();
+        if stripes.is_empty() {
+            // A change that names no lock still holds a stripe, so that
+            // `pause` (a backup, a compaction) waits for it too.
+            stripes.push(0);
+        }
         let mut guards = Vec::with_capacity(stripes.len());
         for i in stripes {
             guards.push(self.stripes[i].lock().await);
@@ -66,5 +71,23 @@ impl LockTable {
             guards.push(stripe.lock().await);
         }
         Held { _guards: guards }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::LockTable;
+
+    #[tokio::test]
+    async fn a_change_without_locks_still_holds_back_a_pause() {
+        let table = LockTable::default();
+        let held = table.lock(&[]).await;
+        let waited = tokio::time::timeout(Duration::from_millis(50), table.pause()).await;
+        assert!(waited.is_err(), "pause went ahead of a change in flight");
+        drop(held);
+        let paused = tokio::time::timeout(Duration::from_secs(5), table.pause()).await;
+        assert!(paused.is_ok(), "pause after the change");
     }
 }

@@ -313,6 +313,8 @@ pub struct Reclaimed {
     pub records: u64,
     /// How long writes waited.
     pub paused: Duration,
+    /// How long the whole compaction took.
+    pub took: Duration,
 }
 
 /// Told the duration of each group flush and how many waiters it answered

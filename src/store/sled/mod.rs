@@ -409,6 +409,7 @@ impl SledStore {
     /// and switches to it. Writes wait only while the copy is set up and
     /// while the switch is made (see `shadow.rs`).
     async fn compact(&self, bytes_before: u64) -> Result<Reclaimed> {
+        let began = Instant::now();
         let old = live(&self.current);
         let next = old.generation.next(&self.dir);
         let mut paused_for = Duration::ZERO;
@@ -482,6 +483,7 @@ impl SledStore {
             bytes_after: self.db().size_on_disk()?,
             records,
             paused: paused_for,
+            took: began.elapsed(),
         })
     }
 
@@ -805,6 +807,7 @@ impl Store for SledStore {
             record_bytes,
             fresh_estimate = fresh,
             paused_ms = u64::try_from(reclaimed.paused.as_millis()).unwrap_or(u64::MAX),
+            took_ms = u64::try_from(reclaimed.took.as_millis()).unwrap_or(u64::MAX),
             "store compacted"
         );
         Ok(Some(reclaimed))
