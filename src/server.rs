@@ -161,6 +161,19 @@ async fn sweep(app: App) {
     }
 }
 
+/// Looks at the store's size every `Settings::retention_sweep_interval`,
+/// and compacts it when it takes too much disk.
+async fn compact(app: App) {
+    let mut every = tokio::time::interval(app.settings().retention_sweep_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(error) = app.compact().await {
+            tracing::warn!(%error, "store compaction failed; it is tried again later");
+        }
+    }
+}
+
 /// Serves every service on `listener` until `shutdown` resolves, then drains
 /// and makes the store durable.
 pub async fn run(
@@ -187,6 +200,7 @@ pub async fn run(
         tokio::spawn(start(app.clone())),
         tokio::spawn(follow_health(app.clone(), health.clone())),
         tokio::spawn(sweep(app.clone())),
+        tokio::spawn(compact(app.clone())),
     ];
     let stop_background: Vec<_> = background.iter().map(|t| t.abort_handle()).collect();
     let reflection = || {

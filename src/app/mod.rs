@@ -346,9 +346,8 @@ impl App {
     }
 
     /// Deletes what retention lets go of: feedback event-id markers older
-    /// than the late-event horizon, confirmation tokens past their expiry;
-    /// then compacts the store if it takes too much disk (see
-    /// [`Settings::compaction`]). Returns how many records went.
+    /// than the late-event horizon, confirmation tokens past their expiry.
+    /// Returns how many records went.
     pub async fn sweep(&self) -> Result<u64> {
         self.ready().await?;
         let now = self.now();
@@ -373,12 +372,19 @@ impl App {
             self.sync().await?;
             tracing::debug!(removed, "retention sweep");
         }
-        // Then give the space back, when the store holds far more than it needs.
+        Ok(removed)
+    }
+
+    /// Compacts the store if it takes too much disk (see
+    /// [`Settings::compaction`]); writes go on meanwhile. Runs beside the
+    /// retention sweep, not in it: a compaction copies every record, which
+    /// may take a while, and sweeps must keep their pace.
+    pub async fn compact(&self) -> Result<Option<crate::store::Reclaimed>> {
+        self.ready().await?;
         let store = Arc::clone(&self.store);
         let policy = self.settings.compaction;
         self.off_workers(move || async move { Ok(store.reclaim(policy).await?) })
-            .await?;
-        Ok(removed)
+            .await
     }
 
     /// Makes every write durable, then closes the store once no request holds

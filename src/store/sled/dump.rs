@@ -270,16 +270,16 @@ fn dump_types<'a>(
         })
 }
 
-/// Deletes expired markers (by their expiry index) and expired token records
+/// Finds expired markers (by their expiry index) and expired token records
 /// (a scan: only live and recently used tokens exist), at most `limit` in
-/// all, in one atomic batch.
-pub(crate) fn expire(
+/// all: the keys to remove, in one atomic batch.
+pub(crate) fn expired(
     db: &sled::Db,
     markers_before: UnixMillis,
     tokens_before: UnixMillis,
     limit: usize,
-) -> Result<Expired> {
-    let mut batch = sled::Batch::default();
+) -> Result<(Expired, Vec<IVec>)> {
+    let mut batch = Vec::new();
     let mut expired = Expired::default();
     let mut budget = limit;
     let start = keys::event_id_expiry_prefix();
@@ -290,9 +290,9 @@ pub(crate) fn expire(
         }
         let key = item?;
         if let Some(marker) = keys::event_id_of_expiry(&key) {
-            batch.remove(marker);
+            batch.push(IVec::from(marker));
         }
-        batch.remove(key);
+        batch.push(key);
         expired.event_markers += 1;
         budget -= 1;
     }
@@ -304,13 +304,12 @@ pub(crate) fn expire(
         let record =
             codec::decode_token(&value, migrate::LEGACY_TOKEN_EXPIRY).map_err(corrupt(&key))?;
         if record.expires_at < tokens_before {
-            batch.remove(key);
+            batch.push(key);
             expired.tokens += 1;
             budget -= 1;
         }
     }
-    db.apply_batch(batch)?;
-    Ok(expired)
+    Ok((expired, batch))
 }
 
 /// Writes dumped items as they are, keeping the derived indexes in step: a

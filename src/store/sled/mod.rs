@@ -119,8 +119,8 @@ pub struct SledStore {
     cache_bytes: u64,
     /// The database in use.
     current: Current,
-    /// When to look at the records for a compaction; also serialises
-    /// compactions with the writes that take no lock (expiry, restore).
+    /// When to look at the records for a compaction; also keeps restores
+    /// (whose writes do not reach a compaction's copy) and compactions apart.
     reclaim: tokio::sync::Mutex<ReclaimState>,
     /// The copy of a compaction in progress: every change reaches it too.
     shadow: RwLock<Option<Arc<Shadow>>>,
@@ -750,9 +750,20 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Expired> {
         self.check_healthy()?;
-        // Its writes take no lock: never beside a compaction's copy.
-        let _no_compaction = self.reclaim.lock().await;
-        dump::expire(&self.db(), markers_before, tokens_before, limit)
+        let db = self.db();
+        let (expired, keys) = dump::expired(&db, markers_before, tokens_before, limit)?;
+        let mut batch = ::sled::Batch::default();
+        for key in &keys {
+            batch.remove(key);
+        }
+        db.apply_batch(batch)?;
+        // No lock is held: a compaction may have begun since. Its copy gets
+        // the removals too (or never saw the records, or a compaction that
+        // just switched leaves them for the next sweep).
+        if let Some(shadow) = self.shadow() {
+            shadow.apply(keys.iter().map(|key| (key.as_ref(), None)));
+        }
+        Ok(expired)
     }
 
     fn dump<'a>(
