@@ -254,6 +254,16 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_current_is_refused_rather_than_taken_for_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        touch_sled_files(dir.path());
+        // Reading a directory fails with an error other than NotFound.
+        fs::create_dir(dir.path().join("CURRENT")).expect("mkdir");
+        open(dir.path()).expect_err("CURRENT cannot be read");
+        assert!(dir.path().join("db").exists(), "nothing was removed");
+    }
+
+    #[test]
     fn a_current_naming_nothing_usable_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("CURRENT"), b"gen-7\n").expect("write");

@@ -322,6 +322,10 @@ async fn a_compaction_keeps_every_record_and_moves_to_a_new_generation() {
     // Profiles, their address index and the format mark.
     assert!(reclaimed.records > 100, "{reclaimed:?}");
     assert!(reclaimed.bytes_before > 0 && reclaimed.bytes_after > 0);
+    assert!(
+        reclaimed.paused > std::time::Duration::ZERO && reclaimed.paused <= reclaimed.took,
+        "{reclaimed:?}"
+    );
 
     // Writes go to the new generation, and a reopen finds them.
     put_profile(&store, "after", 1).await.expect("put");
