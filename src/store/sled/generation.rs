@@ -264,6 +264,15 @@ mod tests {
     }
 
     #[test]
+    fn removing_what_is_absent_is_fine_but_other_errors_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        remove_if_present(&dir.path().join("absent")).expect("nothing to remove");
+        fs::write(dir.path().join("file"), b"x").expect("write");
+        // A path through a file: ENOTDIR, not NotFound.
+        remove_if_present(&dir.path().join("file").join("below")).expect_err("not a directory");
+    }
+
+    #[test]
     fn a_current_naming_nothing_usable_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("CURRENT"), b"gen-7\n").expect("write");

@@ -122,6 +122,19 @@ mod tests {
     }
 
     #[test]
+    fn a_change_the_copy_could_not_take_fails_the_copy() {
+        let (from, _a) = temp_db();
+        let (to, _b) = temp_db();
+        from.insert("k", "v").expect("insert");
+        let shadow = Shadow::new(to);
+        assert!(shadow.check().is_ok());
+        let _ = shadow.failed.set("injected: disk full".into());
+        let refused = shadow.copy_from(&from).expect_err("given up");
+        assert!(refused.to_string().contains("injected"), "{refused}");
+        assert!(shadow.check().is_err());
+    }
+
+    #[test]
     fn the_copy_keeps_what_changes_wrote_and_removed_since_it_began() {
         let (from, _a) = temp_db();
         let (to, _b) = temp_db();
