@@ -559,7 +559,7 @@ fn census_via(bin: &Path, dir: &Path, file: &Path, fresh: &Path) -> Result<Censu
         records,
         export_bytes: std::fs::metadata(file)?.len(),
         fresh_bytes: dir_bytes(fresh),
-        fresh_db_bytes: super::server::db_bytes(&fresh).unwrap_or(0),
+        fresh_db_bytes: super::server::db_bytes(fresh).unwrap_or(0),
     })
 }
 

@@ -89,10 +89,11 @@ impl Shadow {
             if removed.contains(key.as_ref()) {
                 continue;
             }
-            match self.db.compare_and_swap(&key, None::<&[u8]>, Some(value))? {
-                Ok(()) => copied += 1,
-                // A change wrote the key since: its value is the newer one.
-                Err(CompareAndSwapError { .. }) => {}
+            // Only where the key is absent: a change that wrote it since has the newer value.
+            let swapped: std::result::Result<(), CompareAndSwapError> =
+                self.db.compare_and_swap(&key, None::<&[u8]>, Some(value))?;
+            if swapped.is_ok() {
+                copied += 1;
             }
             drop(removed);
         }
