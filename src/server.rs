@@ -162,9 +162,11 @@ async fn sweep(app: App) {
 }
 
 /// Looks at the store's size every `Settings::retention_sweep_interval`,
-/// and compacts it when it takes too much disk.
+/// and compacts it when it takes too much disk. The first look comes one
+/// interval after the start, not at it: it may read every record once.
 async fn compact(app: App) {
-    let mut every = tokio::time::interval(app.settings().retention_sweep_interval);
+    let period = app.settings().retention_sweep_interval;
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
