@@ -337,24 +337,49 @@ async fn sigterm_drains_in_flight_requests_flushes_and_exits_zero() {
 }
 
 /// The decisions of `ids` on e-mail, as (id, eligible, reasons).
-async fn email_decisions(
+async fn try_email_decisions(
     channel: &tonic::transport::Channel,
     ids: &[String],
-) -> Vec<(String, bool, Vec<i32>)> {
-    EligibilityServiceClient::new(channel.clone())
+) -> Result<Vec<(String, bool, Vec<i32>)>, tonic::Status> {
+    Ok(EligibilityServiceClient::new(channel.clone())
         .batch_check_eligibility(consentd::pb::BatchCheckEligibilityRequest {
             tenant: TENANT.to_owned(),
             channel: Channel::Email.into(),
             profile_ids: ids.to_vec(),
             ..Default::default()
         })
-        .await
-        .expect("BatchCheckEligibility")
+        .await?
         .into_inner()
         .decisions
         .into_iter()
         .map(|d| (d.profile_id, d.eligible, d.reasons))
-        .collect()
+        .collect())
+}
+
+async fn email_decisions(
+    channel: &tonic::transport::Channel,
+    ids: &[String],
+) -> Vec<(String, bool, Vec<i32>)> {
+    try_email_decisions(channel, ids)
+        .await
+        .expect("BatchCheckEligibility")
+}
+
+/// Opts `id` out of every channel.
+async fn opt_out_everywhere(
+    consent: &mut ConsentServiceClient<tonic::transport::Channel>,
+    id: &str,
+) {
+    consent
+        .opt_out(OptOutRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: id.to_owned(),
+            all_channels: true,
+            context: ctx(Source::Api),
+            ..Default::default()
+        })
+        .await
+        .expect("OptOut");
 }
 
 /// The store compacts itself (`--compaction-ratio`) while the server runs:
@@ -405,16 +430,7 @@ async fn a_compacted_store_keeps_every_decision_across_a_restart() {
                 })
                 .await
                 .expect("UpsertProfile");
-            consent
-                .opt_out(OptOutRequest {
-                    tenant: TENANT.to_owned(),
-                    profile_id: id.clone(),
-                    all_channels: true,
-                    context: ctx(Source::Api),
-                    ..Default::default()
-                })
-                .await
-                .expect("OptOut");
+            opt_out_everywhere(&mut consent, id).await;
             if round < 5 || i % 3 != 0 {
                 consent
                     .opt_in(consentd::pb::OptInRequest {
@@ -446,16 +462,7 @@ async fn a_compacted_store_keeps_every_decision_across_a_restart() {
     assert_eq!(email_decisions(&channel, &ids).await, before);
 
     // Writes go on after it, and a restart finds everything.
-    consent
-        .opt_out(OptOutRequest {
-            tenant: TENANT.to_owned(),
-            profile_id: "c1".to_owned(),
-            all_channels: true,
-            context: ctx(Source::Api),
-            ..Default::default()
-        })
-        .await
-        .expect("OptOut after the compaction");
+    opt_out_everywhere(&mut consent, "c1").await;
     let after = email_decisions(&channel, &ids).await;
     assert!(!after[1].1, "c1 is out: {:?}", after[1]);
     drop((profiles, consent, channel));
@@ -477,18 +484,9 @@ async fn wait_for_decisions(
 ) {
     let deadline = tokio::time::Instant::now() + PROCESS_TIMEOUT;
     loop {
-        let mut client = EligibilityServiceClient::new(channel.clone());
-        let answer = client
-            .batch_check_eligibility(consentd::pb::BatchCheckEligibilityRequest {
-                tenant: TENANT.to_owned(),
-                channel: Channel::Email.into(),
-                profile_ids: ids.to_vec(),
-                ..Default::default()
-            })
-            .await;
-        match answer {
-            Ok(_) => {
-                assert_eq!(email_decisions(channel, ids).await, expected);
+        match try_email_decisions(channel, ids).await {
+            Ok(decisions) => {
+                assert_eq!(decisions, expected);
                 return;
             }
             Err(status) if tokio::time::Instant::now() < deadline => {
