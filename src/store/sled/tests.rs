@@ -289,6 +289,17 @@ async fn put_profile(store: &SledStore, id: &str, version: u64) -> crate::store:
     store.sync().await
 }
 
+/// Writes profiles `p0`… `p{profiles - 1}` once per round, `rounds` times over.
+async fn rewrite_profiles(store: &SledStore, rounds: u64, profiles: usize) {
+    for round in 1..=rounds {
+        for i in 0..profiles {
+            put_profile(store, &format!("p{i}"), round)
+                .await
+                .expect("put");
+        }
+    }
+}
+
 fn dump_all(store: &SledStore) -> Vec<crate::store::DumpItem> {
     store.dump(None).collect::<Result<_, _>>().expect("dump")
 }
@@ -303,13 +314,7 @@ async fn compact_now(store: &SledStore) -> crate::store::Result<crate::store::Re
 async fn a_compaction_keeps_every_record_and_moves_to_a_new_generation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(dir.path()).expect("open");
-    for round in 1..=3 {
-        for i in 0..50 {
-            put_profile(&store, &format!("p{i}"), round)
-                .await
-                .expect("put");
-        }
-    }
+    rewrite_profiles(&store, 3, 50).await;
     let before = dump_all(&store);
     let reclaimed = compact_now(&store).await.expect("compact");
     assert_eq!(
@@ -475,13 +480,7 @@ fn records_are_counted_with_their_key_and_value_bytes() {
 async fn reclaim_compacts_a_store_that_outgrew_its_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(dir.path()).expect("open");
-    for round in 1..=30 {
-        for i in 0..20 {
-            put_profile(&store, &format!("p{i}"), round)
-                .await
-                .expect("put");
-        }
-    }
+    rewrite_profiles(&store, 30, 20).await;
     let before = dump_all(&store);
     let policy = CompactionPolicy {
         ratio: 2,
