@@ -24,6 +24,8 @@ const COLLECTED_AT_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 pub(crate) struct Check {
     /// The problems found so far.
     violations: Vec<FieldViolation>,
+    /// Where phone numbers in national form are read (the tenant's default region).
+    region: Option<engine::Region>,
 }
 
 /// A tuple of options that are all `Some` when no violation was recorded.
@@ -53,6 +55,12 @@ all_some!(A 0, B 1, C 2, D 3, E 4, F 5);
 all_some!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 
 impl Check {
+    /// Reads phone numbers in national form in `region` from now on (the
+    /// tenant's default region; `None`: international numbers only).
+    pub(crate) fn read_phones_in(&mut self, region: Option<engine::Region>) {
+        self.region = region;
+    }
+
     /// Records a violation of `field`.
     pub(crate) fn violation(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.violations
@@ -213,7 +221,7 @@ impl Check {
                 return None;
             }
         };
-        self.field("address", Address::parse(kind, raw))
+        self.field("address", Address::parse_in(kind, raw, self.region))
     }
 
     /// A list of addresses of one kind: at most [`ADDRESSES_PER_KIND_MAX`],
@@ -222,7 +230,7 @@ impl Check {
         &mut self,
         field: &str,
         raw: &[String],
-        parse: fn(&str) -> Result<Address, Invalid>,
+        kind: AddressKind,
     ) -> Option<Vec<Address>> {
         if raw.len() > ADDRESSES_PER_KIND_MAX {
             self.violation(
@@ -237,7 +245,8 @@ impl Check {
         let before = self.violations.len();
         let mut out: Vec<Address> = Vec::with_capacity(raw.len());
         for (i, text) in raw.iter().enumerate() {
-            if let Some(address) = self.field(&format!("{field}[{i}]"), parse(text))
+            let parsed = Address::parse_in(Some(kind), text, self.region);
+            if let Some(address) = self.field(&format!("{field}[{i}]"), parsed)
                 && !out.contains(&address)
             {
                 out.push(address);
@@ -251,9 +260,9 @@ impl Check {
         &mut self,
         req: &pb::UpsertProfileRequest,
     ) -> Option<ProfileAddresses> {
-        let emails = self.addresses("emails", &req.emails, Address::email);
-        let phones = self.addresses("phones", &req.phones, Address::phone);
-        let push_tokens = self.addresses("push_tokens", &req.push_tokens, Address::push_token);
+        let emails = self.addresses("emails", &req.emails, AddressKind::Email);
+        let phones = self.addresses("phones", &req.phones, AddressKind::Phone);
+        let push_tokens = self.addresses("push_tokens", &req.push_tokens, AddressKind::PushToken);
         let postal = self.field(
             "postal_address",
             engine::parse_postal_address(&req.postal_address),
@@ -419,10 +428,18 @@ impl Check {
         if let Err((field, invalid)) = rules.validate() {
             self.violation(format!("quarantine_rules.{field}"), invalid.0);
         }
+        let default_region = match req.default_region.as_deref().map(str::trim) {
+            None => None,
+            Some("") => Some(None),
+            Some(code) => self
+                .field("default_region", engine::Region::parse(code))
+                .map(Some),
+        };
         (self.violations.len() == before).then_some(engine::SettingsUpdate {
             regimes,
             rules,
             reset_rules: req.reset_quarantine_rules,
+            default_region,
         })
     }
 
@@ -868,6 +885,10 @@ pub(crate) fn tenant_settings_to_pb(
             .map(|(name, _)| (*name).to_owned())
             .collect(),
         updated_at: settings.updated_at.map(timestamp),
+        default_region: settings
+            .default_region
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -30,6 +30,7 @@ impl ProfileService for ProfileApi {
         let req = request.into_inner();
         let mut check = Check::default();
         let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
         let id = check.profile_id("profile_id", &req.profile_id);
         let addresses = check.profile_addresses(&req);
         let context = access.context(&mut check, req.context.as_ref());

@@ -30,6 +30,7 @@ impl QuarantineService for QuarantineApi {
         let req = request.into_inner();
         let mut check = Check::default();
         let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
         let address = check.address(&req.address, req.address_type);
         let kind = check.field("kind", convert::feedback_kind_from_pb(req.kind));
         let reason = check.field(
@@ -75,6 +76,7 @@ impl QuarantineService for QuarantineApi {
         let req = request.into_inner();
         let mut check = Check::default();
         let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
         let address = check.address(&req.address, req.address_type);
         let allowed = [AddressStatus::Quarantined, AddressStatus::Denylisted];
         let status = check
@@ -104,6 +106,7 @@ impl QuarantineService for QuarantineApi {
         let req = request.into_inner();
         let mut check = Check::default();
         let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
         let address = check.address(&req.address, req.address_type);
         let context = access.context(&mut check, req.context.as_ref());
         let (tenant, address, context) = check.finish((tenant, address, context))?;
@@ -125,6 +128,7 @@ impl QuarantineService for QuarantineApi {
         let req = request.into_inner();
         let mut check = Check::default();
         let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
         let address = check.address(&req.address, req.address_type);
         let (tenant, address) = check.finish((tenant, address))?;
         let state = self.app.address_state(&tenant, &address).await?;
@@ -186,6 +190,7 @@ impl QuarantineService for QuarantineApi {
         let req = request.into_inner();
         let mut check = Check::default();
         let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
         let address = check.address(&req.address, req.address_type);
         let limit = check.page_size(req.page_size, page::PAGE_SIZE_DEFAULT, page::PAGE_SIZE_MAX);
         // Bound to the normalised address, so `A@X.COM` and `a@x.com` share tokens.

@@ -2,12 +2,18 @@
 
 use super::{App, Written};
 use crate::{
-    engine::{ChangeContext, QuarantineRules, SettingsUpdate, Tenant, TenantSettings},
+    engine::{ChangeContext, QuarantineRules, Region, SettingsUpdate, Tenant, TenantSettings},
     error::Result,
     store::Lock,
 };
 
 impl App {
+    /// Where the tenant's phone numbers in national form are read, if it set
+    /// a region (from memory: the decision index holds every tenant's settings).
+    pub fn default_region(&self, tenant: Option<&Tenant>) -> Option<Region> {
+        tenant.and_then(|t| self.index.tenant_settings(t).default_region)
+    }
+
     /// A tenant's settings (the defaults when it set none).
     pub async fn tenant_settings(&self, tenant: &Tenant) -> Result<TenantSettings> {
         Ok(self

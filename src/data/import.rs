@@ -2,7 +2,7 @@
 //! of it is written.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     io::{BufRead, Read as _},
 };
 
@@ -10,7 +10,10 @@ use super::{
     DataError,
     record::{Header, Record},
 };
-use crate::store::{DumpItem, Store};
+use crate::{
+    engine::{Address, LogMeta, Tenant},
+    store::{DumpItem, Store},
+};
 use tokio::runtime::Handle;
 
 /// Records restored per bulk write (lines are never split between writes).
@@ -59,6 +62,7 @@ pub fn import(
     let mut buf = Vec::with_capacity(4096);
     let mut line_no = 0u64;
     let mut pending: Vec<(&'static str, DumpItem)> = Vec::with_capacity(BATCH_RECORDS);
+    let mut respelled = Respelled::default();
     let mut bytes = 0u64;
     loop {
         buf.clear();
@@ -104,7 +108,10 @@ pub fn import(
             continue;
         }
         match parse_line(text) {
-            Ok(Some(parsed)) => pending.push(parsed),
+            Ok(Some((type_name, item, canonical))) => {
+                let item = respelled.merge(store, runtime, &pending, item, canonical)?;
+                pending.push((type_name, item));
+            }
             Ok(None) => {}
             Err(reason) => {
                 summary.rejected += 1;
@@ -154,15 +161,172 @@ fn restore(
     Ok(())
 }
 
-/// Parses and validates one line in full; `Err` is the reason it is rejected.
-fn parse_line(text: &[u8]) -> Result<Option<(&'static str, DumpItem)>, String> {
+/// Parses and validates one line in full; `Err` is the reason it is
+/// rejected. The flag says whether the line's address (if it has one) was
+/// written in its canonical form.
+fn parse_line(text: &[u8]) -> Result<Option<(&'static str, DumpItem, bool)>, String> {
     let record: Record = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     let type_name = record.type_name();
     if type_name == "header" {
         return Err("a header is allowed only on line 1".to_owned());
     }
+    let raw_address = match &record {
+        Record::AddressState(r) => Some(r.address.clone()),
+        _ => None,
+    };
     let item = record
         .into_item()
         .map_err(|e| format!("{type_name}: {e}"))?;
-    Ok(item.map(|item| (type_name, item)))
+    Ok(item.map(|item| {
+        let canonical = match (&item, raw_address) {
+            (DumpItem::AddressState { address, .. }, Some(raw)) => address.as_str() == raw,
+            _ => true,
+        };
+        (type_name, item, canonical)
+    }))
+}
+
+/// The addresses of an import (an export of an earlier version) that were
+/// written in another spelling than today's canonical form. Two spellings
+/// of one address merge as at a data directory's upgrade: the stricter state
+/// wins (`AddressState::stricter`), the log counts both logs' entries. The
+/// first state of an address written in its canonical form replaces what
+/// the store had, as every record does.
+#[derive(Default)]
+struct Respelled(HashSet<(Tenant, Address)>);
+
+impl Respelled {
+    fn merge(
+        &mut self,
+        store: &dyn Store,
+        runtime: &Handle,
+        pending: &[(&'static str, DumpItem)],
+        item: DumpItem,
+        canonical: bool,
+    ) -> Result<DumpItem, DataError> {
+        let DumpItem::AddressState {
+            tenant,
+            address,
+            state,
+        } = item
+        else {
+            return Ok(item);
+        };
+        let key = (tenant, address);
+        if canonical && !self.0.contains(&key) {
+            let (tenant, address) = key;
+            return Ok(DumpItem::AddressState {
+                tenant,
+                address,
+                state,
+            });
+        }
+        let earlier = pending.iter().rev().find_map(|(_, earlier)| match earlier {
+            DumpItem::AddressState {
+                tenant,
+                address,
+                state,
+            } if (tenant, address) == (&key.0, &key.1) => Some(state.clone()),
+            _ => None,
+        });
+        let earlier = match earlier {
+            Some(state) => Some(state),
+            None => runtime.block_on(store.address_state(&key.0, &key.1))?,
+        };
+        let state = match earlier {
+            None => state,
+            Some(earlier) => {
+                let log = LogMeta {
+                    len: earlier.log.len.saturating_add(state.log.len),
+                    since_checkpoint: earlier.log.len.saturating_add(state.log.len),
+                    start: earlier.log.start.or(state.log.start),
+                };
+                let log_seq = earlier.log_seq.max(state.log_seq);
+                let mut merged = earlier.stricter(state);
+                merged.log = log;
+                merged.log_seq = log_seq;
+                merged
+            }
+        };
+        self.0.insert(key.clone());
+        let (tenant, address) = key;
+        Ok(DumpItem::AddressState {
+            tenant,
+            address,
+            state,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        data::record::Header,
+        engine::{AddressStatus, Tenant},
+        store::memory::MemoryStore,
+    };
+
+    fn state_line(address: &str, status: &str, updated_at: i64, log_seq: u64) -> String {
+        format!(
+            r#"{{"type":"address_state","tenant":"t","address_type":"EMAIL","address":"{address}","status":"{status}","error_count":0,"first_error_at_ms":null,"last_error_at_ms":null,"last_error_reason":"UNSPECIFIED","last_reason":"{status}","updated_at_ms":{updated_at},"last_event_at_ms":null,"log_seq":{log_seq}}}"#
+        )
+    }
+
+    async fn import_lines(store: &MemoryStore, lines: &[String]) -> ImportSummary {
+        let header = serde_json::to_string(&Record::Header(Header::new(None, 1))).expect("json");
+        let text = std::iter::once(header)
+            .chain(lines.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let runtime = Handle::current();
+        let store_ref: &dyn Store = store;
+        tokio::task::block_in_place(|| {
+            import(
+                store_ref,
+                &runtime,
+                text.as_bytes(),
+                |_, r| panic!("{r}"),
+                |_| {},
+            )
+        })
+        .expect("import")
+    }
+
+    /// An export of an earlier version may hold two spellings of one
+    /// address: in either order, they merge and the stricter state wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_spellings_of_one_address_merge_and_the_stricter_state_wins() {
+        let t = Tenant::parse("t").expect("valid");
+        let canonical = Address::email("user@bücher.de").expect("valid");
+        let old = state_line("user@bücher.de", "DENYLISTED", 5, 2);
+        let new = state_line("user@xn--bcher-kva.de", "QUARANTINED", 9, 3);
+        for lines in [[old.clone(), new.clone()], [new.clone(), old.clone()]] {
+            let store = MemoryStore::new();
+            let summary = import_lines(&store, &lines).await;
+            assert_eq!(summary.total(), 2);
+            let state = store
+                .address_state(&t, &canonical)
+                .await
+                .expect("read")
+                .expect("state");
+            assert_eq!(state.status, AddressStatus::Denylisted, "{lines:?}");
+            assert_eq!(state.log_seq, 3, "the merged log numbers after both");
+        }
+        // Without another spelling, a record replaces what the store had,
+        // as every record does.
+        let store = MemoryStore::new();
+        import_lines(&store, std::slice::from_ref(&old)).await;
+        import_lines(
+            &store,
+            &[state_line("user@xn--bcher-kva.de", "VALID", 20, 4)],
+        )
+        .await;
+        let state = store
+            .address_state(&t, &canonical)
+            .await
+            .expect("read")
+            .expect("state");
+        assert_eq!(state.status, AddressStatus::Valid);
+    }
 }

@@ -23,9 +23,10 @@ use crate::{
         AddressKind, AddressState, AddressStatus, Change, ChangeContext, Channel,
         ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, ErrorReason, EventId,
         EventKey, FeedbackKind, LogMeta, PendingConfirmation, Profile, ProfileId, Proof,
-        REASON_LEN_MAX, Regime, RuleOverrides, SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId,
-        Source, Subscription, SubscriptionChange, SubscriptionStatus, Tenant, TenantSettings,
-        TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId, parse_name, parse_postal_address,
+        REASON_LEN_MAX, Regime, Region, RuleOverrides, SERVICE_NAME_LEN_MAX, Scope, Service,
+        ServiceId, Source, Subscription, SubscriptionChange, SubscriptionStatus, Tenant,
+        TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId, parse_name,
+        parse_postal_address,
     },
     store::DumpItem,
 };
@@ -669,6 +670,10 @@ pub struct TenantSettingsRecord {
     pub mailbox_full_reset_period_ms: Option<u64>,
     /// When the settings last changed; `null` if never.
     pub updated_at_ms: Option<UnixMillis>,
+    /// Where phone numbers in national form are read (ISO 3166-1 alpha-2);
+    /// absent if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_region: Option<String>,
 }
 
 /// A service.
@@ -947,6 +952,7 @@ impl Record {
                     error_reset_period_ms: rules.error_reset_period.map(millis),
                     mailbox_full_reset_period_ms: rules.mailbox_full_reset_period.map(millis),
                     updated_at_ms: settings.updated_at,
+                    default_region: settings.default_region.map(|r| r.to_string()),
                 })
             }
             DumpItem::Service { tenant, service } => Record::Service(ServiceRecord {
@@ -1184,6 +1190,12 @@ impl Record {
                         regimes,
                         rules,
                         updated_at: r.updated_at_ms,
+                        default_region: r
+                            .default_region
+                            .as_deref()
+                            .map(Region::parse)
+                            .transpose()
+                            .map_err(|e| format!("default_region: {e}"))?,
                     },
                 }
             }

@@ -19,7 +19,7 @@ use super::DataError;
 use crate::{
     app::{ManualEvent, Recording, record_manual},
     engine::{
-        Address, AddressStatus, ChangeContext, LogLimits, QuarantineRules, Source, Tenant,
+        Address, AddressStatus, ChangeContext, LogLimits, QuarantineRules, Region, Source, Tenant,
         UnixMillis,
     },
     store::Store,
@@ -196,6 +196,10 @@ pub fn import_csv(
         )));
     }
     let date_col = column(&headers, DATE_HEADERS);
+    // Phone numbers in national form are read in the tenant's default region.
+    let region = runtime
+        .block_on(store.tenant_settings(&options.tenant))?
+        .and_then(|settings| settings.default_region);
     let skew_ms = i64::try_from(DATE_FUTURE_SKEW_MAX.as_millis()).unwrap_or(i64::MAX);
 
     let mut summary = SuppressionSummary::default();
@@ -219,7 +223,15 @@ pub fn import_csv(
             continue;
         }
         summary.rows += 1;
-        match parse_row(&row, options, address_col, reason_col, date_col, skew_ms) {
+        match parse_row(
+            &row,
+            options,
+            region,
+            address_col,
+            reason_col,
+            date_col,
+            skew_ms,
+        ) {
             Ok(event) => pending.push(event),
             Err(reason) => {
                 summary.rejected += 1;
@@ -268,13 +280,15 @@ fn record(
 fn parse_row(
     row: &csv::StringRecord,
     options: &SuppressionImport,
+    region: Option<Region>,
     address_col: usize,
     reason_col: Option<usize>,
     date_col: Option<usize>,
     skew_ms: i64,
 ) -> Result<ManualEvent, String> {
     let raw_address = row.get(address_col).unwrap_or_default();
-    let address = Address::parse(None, raw_address).map_err(|e| format!("address: {e}"))?;
+    let address =
+        Address::parse_in(None, raw_address, region).map_err(|e| format!("address: {e}"))?;
     let reason = match reason_col
         .and_then(|c| row.get(c))
         .filter(|r| !r.is_empty())
@@ -347,5 +361,81 @@ mod tests {
         assert_eq!(column(&headers, ADDRESS_HEADERS), Some(0));
         assert_eq!(column(&headers, REASON_HEADERS), Some(1));
         assert_eq!(column(&headers, DATE_HEADERS), Some(2));
+    }
+
+    /// A national number in a suppression list is read in the tenant's
+    /// default region, like in every request; without a region, its row is
+    /// refused with the advice to set one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn national_numbers_are_read_in_the_tenant_region() {
+        use crate::{
+            engine::{Region, SettingsUpdate, TenantSettings},
+            store::{Lock, memory::MemoryStore},
+        };
+        let tenant = Tenant::parse("t").expect("valid");
+        let options = SuppressionImport {
+            tenant: tenant.clone(),
+            actor: "test".into(),
+            default_reason: Some("complaint".into()),
+            now: 1_000,
+            rules: QuarantineRules::default(),
+            limits: LogLimits {
+                horizon: std::time::Duration::from_secs(86_400),
+                events_max: 100,
+            },
+        };
+        let csv = "phone\n06 12 34 56 78\n";
+        let store = MemoryStore::new();
+        let runtime = Handle::current();
+        let mut rejected = Vec::new();
+        let summary = tokio::task::block_in_place(|| {
+            import_csv(
+                &store,
+                &runtime,
+                csv.as_bytes(),
+                &options,
+                |line, why| {
+                    rejected.push((line, why.to_owned()));
+                },
+                |_| {},
+            )
+        })
+        .expect("import");
+        assert_eq!(summary.rejected, 1);
+        assert!(rejected[0].1.contains("default_region"), "{rejected:?}");
+
+        let mut tx = store
+            .begin(vec![Lock::TenantSettings(tenant.clone())])
+            .await
+            .expect("begin");
+        let mut settings = TenantSettings::default();
+        settings.apply(
+            &SettingsUpdate {
+                default_region: Some(Region::parse("FR").ok()),
+                ..SettingsUpdate::default()
+            },
+            1,
+        );
+        tx.put_tenant_settings(&tenant, &settings);
+        tx.commit().await.expect("commit");
+        let summary = tokio::task::block_in_place(|| {
+            import_csv(
+                &store,
+                &runtime,
+                csv.as_bytes(),
+                &options,
+                |_, why| panic!("{why}"),
+                |_| {},
+            )
+        })
+        .expect("import");
+        assert_eq!(summary.denylisted, 1);
+        let address = Address::phone("+33612345678").expect("valid");
+        let state = store
+            .address_state(&tenant, &address)
+            .await
+            .expect("read")
+            .expect("state");
+        assert_eq!(state.status, AddressStatus::Denylisted);
     }
 }

@@ -4,6 +4,7 @@
 //! (time comes in as an argument), so the rules are unit-tested and
 //! benchmarked without a server or a disk.
 
+mod address;
 mod consent;
 mod eligibility;
 mod quarantine;
@@ -12,6 +13,7 @@ mod tenant;
 mod types;
 mod usage;
 
+pub use address::{Address, AddressKind, Region};
 pub use consent::{
     Change, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, Profile,
     ProfileAddresses, Scope,

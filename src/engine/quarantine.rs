@@ -274,6 +274,24 @@ pub struct AddressState {
 }
 
 impl AddressState {
+    /// Of two states of one address (two spellings that turned out to be
+    /// one), the one to keep: the stricter status wins (DENYLISTED over
+    /// QUARANTINED over WITH_ERRORS over VALID); between equals, the one
+    /// that changed last, and `self` on a tie.
+    pub fn stricter(self, other: AddressState) -> AddressState {
+        fn rank(status: AddressStatus) -> u8 {
+            match status {
+                AddressStatus::Valid => 0,
+                AddressStatus::WithErrors => 1,
+                AddressStatus::Quarantined => 2,
+                AddressStatus::Denylisted => 3,
+            }
+        }
+        let ours = (rank(self.status), self.updated_at);
+        let theirs = (rank(other.status), other.updated_at);
+        if theirs > ours { other } else { self }
+    }
+
     /// The state at time `now`: a WITH_ERRORS address whose last counted
     /// error is older than the reset period reads as VALID.
     pub fn as_of(&self, now: UnixMillis, rules: &QuarantineRules) -> AddressState {
@@ -474,6 +492,44 @@ pub fn refold(
 mod tests {
     use super::super::types::Source;
     use super::*;
+
+    #[test]
+    fn of_two_spellings_the_stricter_state_wins() {
+        let state = |status, updated_at| AddressState {
+            status,
+            updated_at,
+            ..AddressState::default()
+        };
+        use AddressStatus::*;
+        let order = [Valid, WithErrors, Quarantined, Denylisted];
+        for (i, &weaker) in order.iter().enumerate() {
+            for &stronger in &order[i + 1..] {
+                // Whatever the times and whichever comes first.
+                for (w_at, s_at) in [(Some(9), Some(1)), (Some(1), Some(9)), (None, Some(1))] {
+                    let w = state(weaker, w_at);
+                    let s = state(stronger, s_at);
+                    assert_eq!(w.clone().stricter(s.clone()).status, stronger);
+                    assert_eq!(s.stricter(w).status, stronger);
+                }
+            }
+        }
+        // Equal statuses: the later change wins, and `self` on a tie.
+        let early = AddressState {
+            last_reason: "early".into(),
+            ..state(Quarantined, Some(1))
+        };
+        let late = AddressState {
+            last_reason: "late".into(),
+            ..state(Quarantined, Some(2))
+        };
+        assert_eq!(early.clone().stricter(late.clone()).last_reason, "late");
+        assert_eq!(late.clone().stricter(early.clone()).last_reason, "late");
+        let twin = AddressState {
+            last_reason: "twin".into(),
+            ..state(Quarantined, Some(2))
+        };
+        assert_eq!(late.stricter(twin).last_reason, "late");
+    }
 
     const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::address::Region;
 use super::quarantine::QuarantineRules;
 use super::types::{Channel, Invalid, UnixMillis};
 
@@ -102,6 +103,9 @@ pub struct TenantSettings {
     pub rules: RuleOverrides,
     /// When the settings last changed; `None` if never.
     pub updated_at: Option<UnixMillis>,
+    /// Where phone numbers written in national form (`06 12 34 56 78`)
+    /// are read; `None`: only international numbers are accepted.
+    pub default_region: Option<Region>,
 }
 
 /// A change of settings: only what is given changes.
@@ -113,6 +117,8 @@ pub struct SettingsUpdate {
     pub rules: RuleOverrides,
     /// Drop every quarantine override first (back to the server's rules).
     pub reset_rules: bool,
+    /// The default region to set: `Some(None)` clears it, `None` leaves it.
+    pub default_region: Option<Option<Region>>,
 }
 
 impl TenantSettings {
@@ -148,6 +154,9 @@ impl TenantSettings {
             self.rules = RuleOverrides::default();
         }
         self.rules.merge(&update.rules);
+        if let Some(region) = update.default_region {
+            self.default_region = region;
+        }
         let changed = *self != before;
         if changed {
             self.updated_at = Some(now);
@@ -204,6 +213,30 @@ mod tests {
         );
         assert_eq!(settings.regime(Channel::Sms), Regime::OptIn);
         assert_eq!(settings.regime(Channel::Email), Regime::OptOut);
+    }
+
+    #[test]
+    fn the_default_region_is_set_cleared_or_left() {
+        let fr = Region::parse("FR").ok();
+        let mut settings = TenantSettings::default();
+        let set = SettingsUpdate {
+            default_region: Some(fr),
+            ..SettingsUpdate::default()
+        };
+        assert!(settings.apply(&set, 1));
+        assert_eq!(settings.default_region, fr);
+        assert!(!settings.apply(&set, 2), "the same region changes nothing");
+        assert!(!settings.apply(&SettingsUpdate::default(), 3));
+        assert_eq!(settings.default_region, fr, "left as it was");
+        let clear = SettingsUpdate {
+            default_region: Some(None),
+            ..SettingsUpdate::default()
+        };
+        assert!(settings.apply(&clear, 4));
+        assert_eq!(
+            (settings.default_region, settings.updated_at),
+            (None, Some(4))
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+pub(crate) use super::address::{Address, AddressKind};
+
 /// Longest tenant name, in bytes.
 pub const TENANT_LEN_MAX: usize = 64;
 /// Longest profile id, in bytes.
@@ -35,17 +37,13 @@ pub const SERVICE_ID_LEN_MAX: usize = 128;
 pub const SERVICE_NAME_LEN_MAX: usize = 256;
 /// Longest product user id, in bytes.
 pub const USER_ID_LEN_MAX: usize = 256;
-/// Fewest digits in an E.164 phone number.
-const PHONE_DIGITS_MIN: usize = 8;
-/// Most digits in an E.164 phone number.
-const PHONE_DIGITS_MAX: usize = 15;
 
 /// Why a value did not parse: a sentence for a human, naming the rule broken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);
 
 impl Invalid {
-    fn new(description: impl Into<String>) -> Self {
+    pub(crate) fn new(description: impl Into<String>) -> Self {
         Self(description.into())
     }
 }
@@ -59,7 +57,7 @@ impl fmt::Display for Invalid {
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = i64;
 
-fn check_len(value: &str, what: &str, min: usize, max: usize) -> Result<(), Invalid> {
+pub(crate) fn check_len(value: &str, what: &str, min: usize, max: usize) -> Result<(), Invalid> {
     if value.is_empty() && min > 0 {
         return Err(Invalid::new(format!("{what} is required")));
     }
@@ -177,160 +175,6 @@ impl Channel {
             Channel::Push => Some(AddressKind::PushToken),
             Channel::DirectMail => None,
         }
-    }
-}
-
-/// The kind of a quarantinable address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AddressKind {
-    /// An e-mail address.
-    Email,
-    /// A phone number.
-    Phone,
-    /// A push token.
-    PushToken,
-}
-
-/// A normalised, valid address: an e-mail address (trimmed, lower-cased), a
-/// phone number (E.164) or a push token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Address {
-    /// What kind of address this is.
-    kind: AddressKind,
-    /// The normalised text.
-    value: String,
-}
-
-impl Address {
-    /// Parses an address of a known kind, or infers the kind when `kind` is
-    /// `None`: an `@` makes an e-mail address, a leading `+` a phone number.
-    ///
-    /// ```
-    /// use consentd::engine::{Address, AddressKind};
-    ///
-    /// let email = Address::parse(None, "  Jane.Doe@Example.COM ").unwrap();
-    /// assert_eq!((email.kind(), email.as_str()), (AddressKind::Email, "jane.doe@example.com"));
-    ///
-    /// let phone = Address::parse(None, "+33 6 12-34-56-78").unwrap();
-    /// assert_eq!(phone.as_str(), "+33612345678");
-    ///
-    /// // A push token cannot be inferred: its type must be given.
-    /// assert!(Address::parse(None, "f00dcafe").is_err());
-    /// ```
-    pub fn parse(kind: Option<AddressKind>, raw: &str) -> Result<Self, Invalid> {
-        if raw.len() > ADDRESS_INPUT_LEN_MAX {
-            return Err(Invalid::new(format!(
-                "address must be at most {ADDRESS_INPUT_LEN_MAX} bytes long, not {}",
-                raw.len()
-            )));
-        }
-        let trimmed = raw.trim();
-        let kind = match kind {
-            Some(kind) => kind,
-            None if trimmed.contains('@') => AddressKind::Email,
-            None if trimmed.starts_with('+') => AddressKind::Phone,
-            None if trimmed.is_empty() => return Err(Invalid::new("address is required")),
-            None => {
-                return Err(Invalid::new(
-                    "cannot infer the address type: set address_type, or give an e-mail \
-                     address (with '@') or a phone number (with a leading '+')",
-                ));
-            }
-        };
-        match kind {
-            AddressKind::Email => Self::email(raw),
-            AddressKind::Phone => Self::phone(raw),
-            AddressKind::PushToken => Self::push_token(raw),
-        }
-    }
-
-    /// Parses an e-mail address: trimmed, lower-cased, `local@domain` with a dotted domain.
-    pub fn email(raw: &str) -> Result<Self, Invalid> {
-        let value = raw.trim().to_lowercase();
-        check_len(&value, "e-mail address", 3, EMAIL_LEN_MAX)?;
-        let invalid = || Invalid::new(format!("'{value}' is not a valid e-mail address"));
-        let (local, domain) = value.split_once('@').ok_or_else(invalid)?;
-        let local_ok = !local.is_empty()
-            && local.len() <= 64
-            && !local
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '<' | '>'));
-        let labels: Vec<&str> = domain.split('.').collect();
-        let domain_ok = labels.len() >= 2
-            && labels.iter().all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
-            });
-        if !(local_ok && domain_ok) {
-            return Err(invalid());
-        }
-        Ok(Self {
-            kind: AddressKind::Email,
-            value,
-        })
-    }
-
-    /// Parses a phone number into E.164: separators (space, `.`, `-`, `(`, `)`)
-    /// are removed, and the rest must be `+` and 8 to 15 digits, the first not 0.
-    pub fn phone(raw: &str) -> Result<Self, Invalid> {
-        let compact: String = raw
-            .trim()
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '.' | '-' | '(' | ')'))
-            .collect();
-        let digits = compact.strip_prefix('+').ok_or_else(|| {
-            Invalid::new(format!(
-                "'{}' is not an E.164 phone number: it must start with '+' and a country code",
-                raw.trim()
-            ))
-        })?;
-        let digits_ok = (PHONE_DIGITS_MIN..=PHONE_DIGITS_MAX).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
-        if !digits_ok {
-            return Err(Invalid::new(format!(
-                "'{}' is not an E.164 phone number: '+' then {PHONE_DIGITS_MIN} to \
-                 {PHONE_DIGITS_MAX} digits, the first not 0",
-                raw.trim()
-            )));
-        }
-        Ok(Self {
-            kind: AddressKind::Phone,
-            value: compact,
-        })
-    }
-
-    /// Parses a push token: trimmed, 1 to 512 bytes, no white space inside.
-    pub fn push_token(raw: &str) -> Result<Self, Invalid> {
-        let value = raw.trim();
-        check_len(value, "push token", 1, PUSH_TOKEN_LEN_MAX)?;
-        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Invalid::new(
-                "push token may not contain white space or control characters",
-            ));
-        }
-        Ok(Self {
-            kind: AddressKind::PushToken,
-            value: value.to_owned(),
-        })
-    }
-
-    /// Rebuilds an address that was valid when it was stored. Only the store calls this.
-    pub(crate) fn from_trusted(kind: AddressKind, value: String) -> Self {
-        Self { kind, value }
-    }
-
-    /// The kind of address.
-    pub fn kind(&self) -> AddressKind {
-        self.kind
-    }
-
-    /// The normalised text.
-    pub fn as_str(&self) -> &str {
-        &self.value
     }
 }
 
@@ -558,6 +402,7 @@ pub fn parse_postal_address(raw: &str) -> Result<String, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Address, AddressKind};
 
     #[test]
     fn tenants() {
@@ -573,52 +418,6 @@ mod tests {
         assert!(ProfileId::parse(&"x".repeat(256)).is_ok());
         assert!(ProfileId::parse(&"x".repeat(257)).is_err());
         assert!(ProfileId::parse("").is_err());
-    }
-
-    #[test]
-    fn emails_are_normalised_and_validated() {
-        let a = Address::email("  Foo.Bar@Example.COM ").map(|a| a.as_str().to_owned());
-        assert_eq!(a, Ok("foo.bar@example.com".to_owned()));
-        for bad in [
-            "",
-            "plain",
-            "@example.com",
-            "a@b",
-            "a@-b.com",
-            "a b@c.com",
-            "a@b..com",
-            "a@@b.com",
-        ] {
-            assert!(Address::email(bad).is_err(), "{bad:?} should be rejected");
-        }
-    }
-
-    #[test]
-    fn phones_are_normalised_to_e164() {
-        let p = Address::phone(" +33 (1) 23-45.67.89 ").map(|a| a.as_str().to_owned());
-        assert_eq!(p, Ok("+33123456789".to_owned()));
-        for bad in [
-            "0123456789",
-            "+1234567",
-            "+1234567890123456",
-            "+0123456789",
-            "+12345abc9",
-        ] {
-            assert!(Address::phone(bad).is_err(), "{bad:?} should be rejected");
-        }
-    }
-
-    #[test]
-    fn address_kind_is_inferred() {
-        let kind = |raw| Address::parse(None, raw).map(|a| a.kind());
-        assert_eq!(kind("a@b.io"), Ok(AddressKind::Email));
-        assert_eq!(kind("+4915112345678"), Ok(AddressKind::Phone));
-        assert!(kind("token-without-type").is_err());
-        assert_eq!(
-            Address::parse(Some(AddressKind::PushToken), "tok").map(|a| a.kind()),
-            Ok(AddressKind::PushToken)
-        );
-        assert!(Address::push_token("has space").is_err());
     }
 
     proptest::proptest! {

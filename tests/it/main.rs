@@ -20,6 +20,7 @@ mod docs;
 mod durability;
 mod faults;
 mod fsync_trace;
+mod identity;
 mod observability;
 mod scenarios;
 mod subscriptions;

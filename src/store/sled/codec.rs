@@ -12,7 +12,7 @@ use crate::engine::{
     Address, AddressEvent, AddressEventKind, AddressKind, AddressState, AddressStatus, Change,
     ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus,
     ErrorReason, EventId, FeedbackKind, PendingConfirmation, Profile, ProfileId, Proof, Regime,
-    RuleOverrides, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
+    Region, RuleOverrides, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
     SubscriptionStatus, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
 use crate::engine::{EventKey, LogMeta};
@@ -577,6 +577,9 @@ pub(crate) fn encode_tenant_settings(t: &TenantSettings) -> Vec<u8> {
     put_opt_duration(&mut w, t.rules.error_reset_period);
     put_opt_duration(&mut w, t.rules.mailbox_full_reset_period);
     w.opt_i64(t.updated_at);
+    // Added after format 3 without a new version: a record that ends
+    // before it has no default region.
+    w.str(t.default_region.as_ref().map_or("", |r| r.as_str()));
     w.0
 }
 
@@ -605,6 +608,17 @@ pub(crate) fn decode_tenant_settings(bytes: &[u8]) -> Result<TenantSettings, Cod
             mailbox_full_reset_period: get_opt_duration(&mut r)?,
         },
         updated_at: r.opt_i64()?,
+        default_region: if r.0.is_empty() {
+            None
+        } else {
+            match r.string()?.as_str() {
+                "" => None,
+                code => Some(Region::parse(code).map_err(|_| CodecError::BadTag {
+                    what: "region",
+                    tag: 0xff,
+                })?),
+            }
+        },
     })
 }
 
@@ -1052,9 +1066,21 @@ mod tests {
                 ..RuleOverrides::default()
             },
             updated_at: Some(9),
+            default_region: Region::parse("SE").ok(),
         };
         let bytes = encode_tenant_settings(&settings);
         assert_eq!(decode_tenant_settings(&bytes).expect("decodes"), settings);
+        // Settings written before the default region existed end before it.
+        let without = TenantSettings {
+            default_region: None,
+            ..settings.clone()
+        };
+        let old = &bytes[..bytes.len() - 3];
+        assert_eq!(decode_tenant_settings(old).expect("decodes"), without);
+        assert_eq!(
+            decode_tenant_settings(&encode_tenant_settings(&without)).expect("decodes"),
+            without
+        );
 
         let id = ServiceId::parse("weekly").expect("valid");
         let service = Service {

@@ -47,6 +47,7 @@ const EVENT_ID: u8 = b'e';
 const EVENT_ID_EXPIRY: u8 = b'E';
 /// Type bytes that whole-store scans start from.
 pub(crate) const PROFILE_TYPE: u8 = PROFILE;
+pub(crate) const ADDRESS_TYPE: u8 = ADDRESS;
 pub(crate) const STATUS_INDEX_TYPE: u8 = STATUS_INDEX;
 pub(crate) const SUBSCRIPTION_TYPE: u8 = SUBSCRIPTION;
 pub(crate) const TOKEN_TYPE: u8 = TOKEN;

@@ -265,6 +265,186 @@ async fn a_format_2_directory_is_migrated_at_open() {
     );
 }
 
+/// A format-3 directory holds addresses as earlier builds spelled them: at
+/// open, each moves to its canonical form, and two spellings of one address
+/// merge (the profiles use one address, the stricter state wins, both logs
+/// are kept).
+#[tokio::test]
+async fn a_format_3_directory_gets_canonical_addresses_at_open() {
+    use crate::engine::{
+        Address, AddressEvent, AddressEventKind, AddressKind, AddressState, AddressStatus, EventId,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t");
+    let old_phone = Address::from_trusted(AddressKind::Phone, "+330612345678".into());
+    let phone = Address::phone("+33612345678").expect("valid");
+    let old_email = Address::from_trusted(AddressKind::Email, "user@bücher.de".into());
+    let new_email = Address::email("user@bücher.de").expect("valid");
+    assert_eq!(new_email.as_str(), "user@xn--bcher-kva.de");
+    let event = |sequence, at, new_status| AddressEvent {
+        sequence,
+        kind: AddressEventKind::Release,
+        occurred_at: at,
+        recorded_at: at,
+        old_status: AddressStatus::Valid,
+        new_status,
+        context: ctx(),
+        folded_at: at,
+        checkpoint: None,
+    };
+    let state = |status, updated_at, log_len| AddressState {
+        status,
+        updated_at: Some(updated_at),
+        log_seq: u64::from(log_len),
+        log: crate::engine::LogMeta {
+            len: log_len,
+            since_checkpoint: log_len,
+            start: None,
+        },
+        ..AddressState::default()
+    };
+    {
+        let store = SledStore::open(dir.path()).expect("open");
+        let mut tx = store.begin(vec![]).await.expect("begin");
+        // p1 has both spellings of the phone; p2 the old e-mail spelling.
+        let mut p1 = Profile::new(pid("p1"), ProfileAddresses::default(), 1);
+        p1.phones = vec![old_phone.clone(), phone.clone()];
+        tx.put_profile(&t, &p1);
+        let mut p2 = Profile::new(pid("p2"), ProfileAddresses::default(), 1);
+        p2.emails = vec![old_email.clone()];
+        tx.put_profile(&t, &p2);
+        // The old phone spelling is QUARANTINED (newer), the canonical one WITH_ERRORS.
+        tx.put_address_state(&t, &old_phone, &state(AddressStatus::Quarantined, 20, 1));
+        tx.put_address_event(&t, &old_phone, &event(1, 20, AddressStatus::Quarantined));
+        tx.put_address_state(&t, &phone, &state(AddressStatus::WithErrors, 30, 2));
+        tx.put_address_event(&t, &phone, &event(1, 10, AddressStatus::WithErrors));
+        tx.put_address_event(&t, &phone, &event(2, 30, AddressStatus::WithErrors));
+        tx.put_address_state(&t, &old_email, &state(AddressStatus::Denylisted, 5, 1));
+        tx.put_address_event(&t, &old_email, &event(1, 5, AddressStatus::Denylisted));
+        tx.put_event_marker(&t, &EventId::parse("ev").expect("valid"), &old_phone, 20);
+        tx.commit().await.expect("commit");
+        store.sync().await.expect("sync");
+    }
+    {
+        let db = sled::Config::new().path(dir.path()).open().expect("sled");
+        db.insert(keys::META_FORMAT, &[3]).expect("format 3");
+        db.flush().expect("flush");
+    }
+    let store = SledStore::open(dir.path()).expect("open migrates");
+    let p1 = store
+        .profile(&t, &pid("p1"))
+        .await
+        .expect("read")
+        .expect("p1");
+    assert_eq!(p1.phones, vec![phone.clone()], "one spelling, one address");
+    let p2 = store
+        .profile(&t, &pid("p2"))
+        .await
+        .expect("read")
+        .expect("p2");
+    assert_eq!(p2.emails, vec![new_email.clone()]);
+    assert_eq!(
+        store.address_users(&t, &phone, 10).await.expect("users"),
+        (vec![pid("p1")], false)
+    );
+    assert_eq!(
+        store
+            .address_users(&t, &old_phone, 10)
+            .await
+            .expect("users"),
+        (vec![], false)
+    );
+    assert_eq!(
+        store
+            .address_users(&t, &new_email, 10)
+            .await
+            .expect("users"),
+        (vec![pid("p2")], false)
+    );
+    let merged = store
+        .address_state(&t, &phone)
+        .await
+        .expect("read")
+        .expect("state");
+    assert_eq!(
+        merged.status,
+        AddressStatus::Quarantined,
+        "the stricter state wins"
+    );
+    assert_eq!((merged.log.len, merged.log_seq), (3, 3));
+    let history = store
+        .address_history(&t, &phone, None, 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| (e.occurred_at, e.sequence))
+            .collect::<Vec<_>>(),
+        vec![(30, 2), (20, 3), (10, 1)],
+        "both logs, newest first, the moved entry renumbered"
+    );
+    assert_eq!(
+        store.address_state(&t, &old_phone).await.expect("read"),
+        None
+    );
+    let moved = store
+        .address_state(&t, &new_email)
+        .await
+        .expect("read")
+        .expect("state");
+    assert_eq!(
+        (moved.status, moved.log.len),
+        (AddressStatus::Denylisted, 1)
+    );
+    assert_eq!(
+        store
+            .address_history(&t, &new_email, None, 10)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
+    let listed: Vec<_> = store
+        .list_addresses(&t, None, None, 10)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|(a, s)| (a.as_str().to_owned(), s.status))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (phone.as_str().to_owned(), AddressStatus::Quarantined),
+            (new_email.as_str().to_owned(), AddressStatus::Denylisted),
+        ]
+    );
+    let markers: Vec<_> = store
+        .dump(None)
+        .filter_map(|i| match i.expect("item") {
+            crate::store::DumpItem::FeedbackEventId { address, .. } => Some(address),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        markers,
+        vec![phone.clone()],
+        "the marker names the canonical address"
+    );
+    drop(store);
+    // Opening again changes nothing more.
+    let store = SledStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store
+            .address_history(&t, &phone, None, 10)
+            .await
+            .expect("history")
+            .len(),
+        3
+    );
+}
+
 /// Writes profile `id` (with version `version`) and waits until it is durable.
 async fn put_profile(store: &SledStore, id: &str, version: u64) -> crate::store::Result<()> {
     let t = tenant("t");
