@@ -108,7 +108,7 @@ fn benches(c: &mut Criterion) {
                 Some(black_box(&profile)),
                 Channel::Email,
                 engine::Policy::default(),
-                |_| Ok(AddressStatus::Valid),
+                |_| Ok((AddressStatus::Valid, false)),
             );
             black_box(decision)
         });

@@ -49,10 +49,12 @@ pub enum Role {
     /// Profiles, consent, quarantine, eligibility and subscriptions; not tenant
     /// settings, product usage or administration.
     Operator,
-    /// Eligibility checks and `RecordDeliveryFeedback`.
+    /// Eligibility checks, `RecordDeliveryFeedback` and `OptOutAddress`
+    /// (an SMS STOP reaches the delivery system).
     Delivery,
     /// What a public sign-up or unsubscribe page needs: `OptOut`, `OptIn`,
-    /// `Subscribe`, `Unsubscribe`, `ConfirmSubscription`.
+    /// `OptOutAddress`, `OptInAddress`, `Subscribe`, `Unsubscribe`,
+    /// `ConfirmSubscription`.
     LandingPage,
     /// `CheckTracking` and `FilterUsageEvents`.
     Tracking,
@@ -246,6 +248,15 @@ pub const RPC_ROLES: &[(&str, &[Role])] = {
         ("/consent.v1.ConsentService/GetConsent", &[Operator]),
         ("/consent.v1.ConsentService/ListConsentHistory", &[Operator]),
         (
+            "/consent.v1.ConsentService/OptOutAddress",
+            &[Operator, Delivery, LandingPage],
+        ),
+        (
+            "/consent.v1.ConsentService/OptInAddress",
+            &[Operator, LandingPage],
+        ),
+        ("/consent.v1.ConsentService/GetAddressConsent", &[Operator]),
+        (
             "/consent.v1.QuarantineService/RecordDeliveryFeedback",
             &[Operator, Delivery],
         ),
@@ -276,6 +287,10 @@ pub const RPC_ROLES: &[(&str, &[Role])] = {
         ),
         (
             "/consent.v1.EligibilityService/StreamEligibility",
+            &[Operator, Delivery],
+        ),
+        (
+            "/consent.v1.EligibilityService/BatchCheckAddresses",
             &[Operator, Delivery],
         ),
         ("/consent.v1.TenantService/GetTenantSettings", &[]),
@@ -779,11 +794,19 @@ mod tests {
                     "CheckEligibility"
                         | "BatchCheckEligibility"
                         | "StreamEligibility"
+                        | "BatchCheckAddresses"
                         | "RecordDeliveryFeedback"
+                        | "OptOutAddress"
                 ),
                 Role::LandingPage => matches!(
                     method,
-                    "OptOut" | "OptIn" | "Subscribe" | "Unsubscribe" | "ConfirmSubscription"
+                    "OptOut"
+                        | "OptIn"
+                        | "OptOutAddress"
+                        | "OptInAddress"
+                        | "Subscribe"
+                        | "Unsubscribe"
+                        | "ConfirmSubscription"
                 ),
                 Role::Tracking => matches!(method, "CheckTracking" | "FilterUsageEvents"),
             };
@@ -795,7 +818,7 @@ mod tests {
         }
         assert_eq!(
             RPC_ROLES.len(),
-            30,
+            34,
             "every RPC of the issue is in the table"
         );
     }

@@ -317,6 +317,7 @@ fn reason_label(reason: ExclusionReason) -> &'static str {
         ExclusionReason::NoAddress => "no_address",
         ExclusionReason::AddressQuarantined => "address_quarantined",
         ExclusionReason::AddressDenylisted => "address_denylisted",
+        ExclusionReason::AddressOptedOut => "address_opted_out",
     }
 }
 

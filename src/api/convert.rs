@@ -255,6 +255,42 @@ impl Check {
         (self.violations.len() == before).then_some(out)
     }
 
+    /// Every address of a list, each of `kind` (duplicates kept, in order):
+    /// `None` when one is bad (each is named).
+    pub(crate) fn each_address(
+        &mut self,
+        field: &str,
+        raw: &[String],
+        kind: AddressKind,
+    ) -> Option<Vec<Address>> {
+        let before = self.violations.len();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, text) in raw.iter().enumerate() {
+            match Address::parse_in(Some(kind), text, self.region) {
+                Ok(address) => out.push(address),
+                Err(invalid) => self.violation(format!("{field}[{i}]"), invalid.0),
+            }
+        }
+        (self.violations.len() == before).then_some(out)
+    }
+
+    /// The channel of an address opt-out: required, and one that uses the
+    /// address's kind.
+    pub(crate) fn address_channel(
+        &mut self,
+        raw: i32,
+        address: Option<&Address>,
+    ) -> Option<Channel> {
+        let channel = self.channel("channel", raw)?;
+        if let Some(address) = address {
+            return self.field(
+                "channel",
+                engine::check_channel(address.kind(), channel).map(|()| channel),
+            );
+        }
+        Some(channel)
+    }
+
     /// The addresses of an upsert.
     pub(crate) fn profile_addresses(
         &mut self,
@@ -734,6 +770,7 @@ pub(crate) fn exclusion_reason_to_pb(reason: engine::ExclusionReason) -> pb::Exc
         R::NoAddress => pb::ExclusionReason::NoAddress,
         R::AddressQuarantined => pb::ExclusionReason::AddressQuarantined,
         R::AddressDenylisted => pb::ExclusionReason::AddressDenylisted,
+        R::AddressOptedOut => pb::ExclusionReason::AddressOptedOut,
     }
 }
 
@@ -840,6 +877,35 @@ fn duration_to_pb(d: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// An address's opt-outs: one entry per channel of its kind.
+pub(crate) fn address_consent_to_pb(
+    address: &Address,
+    consent: &engine::AddressConsent,
+) -> pb::AddressConsent {
+    pb::AddressConsent {
+        address: address.as_str().to_owned(),
+        address_type: address_type_to_pb(address.kind()).into(),
+        channels: Channel::ALL
+            .iter()
+            .filter(|channel| channel.address_kind() == Some(address.kind()))
+            .map(|&channel| {
+                let mark = consent.channels[channel.index()].as_ref();
+                pb::AddressChannelConsent {
+                    channel: channel_to_pb(channel).into(),
+                    status: if consent.opted_out(channel) {
+                        pb::ConsentStatus::OptedOut
+                    } else {
+                        pb::ConsentStatus::NoPreference
+                    }
+                    .into(),
+                    changed_at: mark.map(|m| timestamp(m.changed_at)),
+                    context: mark.map(|m| context_to_pb(&m.context)),
+                }
+            })
+            .collect(),
     }
 }
 

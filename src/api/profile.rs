@@ -115,6 +115,43 @@ impl ProfileApi {
             convert::consent_to_pb(&written.value.consent),
         ))
     }
+
+    /// OptOutAddress and OptInAddress: an address's opt-out of one channel.
+    async fn change_address_consent(
+        &self,
+        access: &Access,
+        req: AddressConsentChange<'_>,
+        opted_out: bool,
+    ) -> Result<(bool, pb::AddressConsent), Status> {
+        let mut check = Check::default();
+        let tenant = access.tenant(&mut check, req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
+        let address = check.address(req.address, req.address_type);
+        let channel = check.address_channel(req.channel, address.as_ref());
+        let context = access.context(&mut check, req.context);
+        if !opted_out {
+            check.consent_proof(context.as_ref());
+        }
+        let (tenant, address, channel, context) =
+            check.finish((tenant, address, channel, context))?;
+        let written = self
+            .app
+            .set_address_consent(&tenant, &address, channel, opted_out, &context)
+            .await?;
+        Ok((
+            written.changed,
+            convert::address_consent_to_pb(&address, &written.value),
+        ))
+    }
+}
+
+/// The fields of an OptOutAddress or OptInAddress request.
+struct AddressConsentChange<'a> {
+    tenant: &'a str,
+    address: &'a str,
+    address_type: i32,
+    channel: i32,
+    context: Option<&'a pb::ChangeContext>,
 }
 
 #[tonic::async_trait]
@@ -176,6 +213,63 @@ impl ConsentService for ProfileApi {
         let profile = self.app.profile(&tenant, &id).await?;
         Ok(Response::new(pb::GetConsentResponse {
             consent: Some(convert::consent_to_pb(&profile.consent)),
+        }))
+    }
+
+    async fn opt_out_address(
+        &self,
+        request: Request<pb::OptOutAddressRequest>,
+    ) -> Result<Response<pb::OptOutAddressResponse>, Status> {
+        let access = Access::of(&request, &self.app);
+        let req = request.into_inner();
+        let change = AddressConsentChange {
+            tenant: &req.tenant,
+            address: &req.address,
+            address_type: req.address_type,
+            channel: req.channel,
+            context: req.context.as_ref(),
+        };
+        let (changed, consent) = self.change_address_consent(&access, change, true).await?;
+        Ok(Response::new(pb::OptOutAddressResponse {
+            changed,
+            consent: Some(consent),
+        }))
+    }
+
+    async fn opt_in_address(
+        &self,
+        request: Request<pb::OptInAddressRequest>,
+    ) -> Result<Response<pb::OptInAddressResponse>, Status> {
+        let access = Access::of(&request, &self.app);
+        let req = request.into_inner();
+        let change = AddressConsentChange {
+            tenant: &req.tenant,
+            address: &req.address,
+            address_type: req.address_type,
+            channel: req.channel,
+            context: req.context.as_ref(),
+        };
+        let (changed, consent) = self.change_address_consent(&access, change, false).await?;
+        Ok(Response::new(pb::OptInAddressResponse {
+            changed,
+            consent: Some(consent),
+        }))
+    }
+
+    async fn get_address_consent(
+        &self,
+        request: Request<pb::GetAddressConsentRequest>,
+    ) -> Result<Response<pb::GetAddressConsentResponse>, Status> {
+        let access = Access::of(&request, &self.app);
+        let req = request.into_inner();
+        let mut check = Check::default();
+        let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
+        let address = check.address(&req.address, req.address_type);
+        let (tenant, address) = check.finish((tenant, address))?;
+        let consent = self.app.address_consent(&tenant, &address).await?;
+        Ok(Response::new(pb::GetAddressConsentResponse {
+            consent: Some(convert::address_consent_to_pb(&address, &consent)),
         }))
     }
 

@@ -3,7 +3,8 @@
 use super::{App, Page, Written, page_by_key};
 use crate::{
     engine::{
-        ChangeContext, ConsentHistoryEntry, ConsentStatus, Profile, ProfileId, Scope, Tenant,
+        Address, AddressConsent, ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus,
+        Profile, ProfileId, Scope, Tenant,
     },
     error::{Error, Result},
     store::Lock,
@@ -66,5 +67,50 @@ impl App {
             })
             .await?;
         Ok(page_by_key(items, limit, |e| e.sequence))
+    }
+
+    /// Opts an address out of a channel (`opted_out`), or back in. Durable
+    /// when it returns, also when it changed nothing. The channel must use
+    /// the address's kind (the edge checks it first).
+    pub async fn set_address_consent(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+        channel: Channel,
+        opted_out: bool,
+        context: &ChangeContext,
+    ) -> Result<Written<AddressConsent>> {
+        let now = self.now();
+        let mut tx = self
+            .begin(vec![Lock::Address(tenant.clone(), address.clone())])
+            .await?;
+        let mut consent = tx
+            .address_consent(tenant, address)
+            .await?
+            .unwrap_or_default();
+        let changed = consent
+            .set(address, channel, opted_out, now, context)
+            .map_err(|invalid| Error::invalid("channel", invalid.0))?;
+        if changed {
+            tx.put_address_consent(tenant, address, &consent);
+        }
+        let position = tx.commit().await?;
+        self.settle(position).await?;
+        Ok(Written {
+            value: consent,
+            changed,
+        })
+    }
+
+    /// An address's opt-outs (none when it never had one). What it reports
+    /// is durable: it waits for every change committed before the read.
+    pub async fn address_consent(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<AddressConsent> {
+        let consent = self.store.address_consent(tenant, address).await?;
+        self.settle(self.store.position()).await?;
+        Ok(consent.unwrap_or_default())
     }
 }

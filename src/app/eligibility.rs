@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::App;
 use crate::{
-    engine::{Channel, Decision, ProfileId, ServiceId, Summary, Tenant},
+    engine::{Address, Channel, Decision, ProfileId, Reasons, ServiceId, Summary, Tenant},
     error::{Error, Result},
     index::{Delivery, Lookup, Verdict, empty_lookup},
 };
@@ -218,5 +218,33 @@ impl App {
         drop(lookup);
         self.metrics.decision(delivery.channel, &decision);
         Ok(decision)
+    }
+
+    /// Decides for addresses without profiles on the delivery's channel:
+    /// from each address's status and opt-outs in the index, under the
+    /// same rule as profiles ([`crate::engine::judge`]). Returns the
+    /// reasons of each, in order, and the summary.
+    pub async fn check_addresses(
+        &self,
+        tenant: &Tenant,
+        addresses: &[Address],
+        delivery: &Delivery,
+    ) -> Result<(Vec<Reasons>, Summary)> {
+        self.ready().await?;
+        let index = self.index.tenant_index(tenant);
+        let mut reasons = Vec::with_capacity(addresses.len());
+        let mut summary = Summary::default();
+        for stretch in addresses.chunks(DECISIONS_PER_LOCK) {
+            let lookup = match &index {
+                Some(index) => index.lookup(delivery),
+                None => empty_lookup(delivery),
+            };
+            for address in stretch {
+                let decided = lookup.decide_address(address);
+                summary.count(decided.primary());
+                reasons.push(decided);
+            }
+        }
+        Ok((reasons, summary))
     }
 }

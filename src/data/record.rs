@@ -19,14 +19,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::{
-        ACTOR_LEN_MAX, ADDRESSES_PER_KIND_MAX, Address, AddressEvent, AddressEventKind,
-        AddressKind, AddressState, AddressStatus, Change, ChangeContext, Channel,
-        ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, ErrorReason, EventId,
-        EventKey, FeedbackKind, LogMeta, PendingConfirmation, Profile, ProfileId, Proof,
-        REASON_LEN_MAX, Regime, Region, RuleOverrides, SERVICE_NAME_LEN_MAX, Scope, Service,
-        ServiceId, Source, Subscription, SubscriptionChange, SubscriptionStatus, Tenant,
-        TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId, parse_name,
-        parse_postal_address,
+        ACTOR_LEN_MAX, ADDRESSES_PER_KIND_MAX, Address, AddressConsent, AddressEvent,
+        AddressEventKind, AddressKind, AddressMark, AddressState, AddressStatus, Change,
+        ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus,
+        ErrorReason, EventId, EventKey, FeedbackKind, LogMeta, PendingConfirmation, Profile,
+        ProfileId, Proof, REASON_LEN_MAX, Regime, Region, RuleOverrides, SERVICE_NAME_LEN_MAX,
+        Scope, Service, ServiceId, Source, Subscription, SubscriptionChange, SubscriptionStatus,
+        Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+        check_channel, parse_name, parse_postal_address,
     },
     store::DumpItem,
 };
@@ -62,6 +62,8 @@ pub enum Record {
     ConfirmationToken(ConfirmationTokenRecord),
     /// A product user's usage opt-out.
     UsageOptOut(UsageOptOutRecord),
+    /// An address's opt-outs, per channel.
+    AddressConsent(AddressConsentRecord),
 }
 
 /// The header line.
@@ -756,6 +758,34 @@ pub struct UsageOptOutRecord {
     pub context: ContextRecord,
 }
 
+/// An address's opt-outs: the last change of each channel that has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressConsentRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// EMAIL, PHONE or PUSH_TOKEN.
+    pub address_type: AddressTypeName,
+    /// The address.
+    pub address: String,
+    /// One entry per channel that has a mark.
+    pub channels: Vec<AddressMarkRecord>,
+}
+
+/// The last change of one channel of an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressMarkRecord {
+    /// The channel.
+    pub channel: ChannelName,
+    /// True: opted out; false: opted back in.
+    pub opted_out: bool,
+    /// When it changed.
+    pub changed_at_ms: UnixMillis,
+    /// Who, how and why, with the proof.
+    pub context: ContextRecord,
+}
+
 fn hex(hash: &TokenHash) -> String {
     hash.0.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -996,6 +1026,28 @@ impl Record {
                 opted_out_at_ms: opt_out.opted_out_at,
                 context: (&opt_out.context).into(),
             }),
+            DumpItem::AddressConsent {
+                tenant,
+                address,
+                consent,
+            } => Record::AddressConsent(AddressConsentRecord {
+                tenant: tenant.as_str().to_owned(),
+                address_type: address.kind().into(),
+                address: address.as_str().to_owned(),
+                channels: Channel::ALL
+                    .iter()
+                    .filter_map(|&channel| {
+                        consent.channels[channel.index()]
+                            .as_ref()
+                            .map(|mark| AddressMarkRecord {
+                                channel: channel.into(),
+                                opted_out: mark.opted_out,
+                                changed_at_ms: mark.changed_at,
+                                context: (&mark.context).into(),
+                            })
+                    })
+                    .collect(),
+            }),
         }
     }
 
@@ -1013,6 +1065,7 @@ impl Record {
             Record::Subscription(_) => "subscription",
             Record::ConfirmationToken(_) => "confirmation_token",
             Record::UsageOptOut(_) => "usage_opt_out",
+            Record::AddressConsent(_) => "address_consent",
         }
     }
 
@@ -1254,6 +1307,32 @@ impl Record {
                     context: r.context.parse()?,
                 },
             },
+            Record::AddressConsent(r) => {
+                let address = address(r.address_type, &r.address, "address")?;
+                let mut consent = AddressConsent::default();
+                for (i, mark) in r.channels.iter().enumerate() {
+                    let channel: Channel = mark.channel.into();
+                    check_channel(address.kind(), channel)
+                        .map_err(|e| format!("channels[{i}].channel: {e}"))?;
+                    let slot = &mut consent.channels[channel.index()];
+                    if slot.is_some() {
+                        return Err(format!("channels[{i}].channel: given twice"));
+                    }
+                    *slot = Some(Box::new(AddressMark {
+                        opted_out: mark.opted_out,
+                        changed_at: mark.changed_at_ms,
+                        context: mark
+                            .context
+                            .parse()
+                            .map_err(|e| format!("channels[{i}].context: {e}"))?,
+                    }));
+                }
+                DumpItem::AddressConsent {
+                    tenant: tenant(&r.tenant)?,
+                    address,
+                    consent,
+                }
+            }
         };
         Ok(Some(item))
     }

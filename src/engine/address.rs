@@ -261,9 +261,22 @@ impl Address {
                 national.len()
             )));
         }
+        let value = format!("+{code}{national}");
+        // The canonical form must read back as itself: a number that the
+        // numbering plan reads one way here and another way in E.164 (a
+        // too-short number whose digits look like a trunk prefix) has no
+        // one identity, and is refused.
+        let again = phonenumber::parse(None, &value)
+            .ok()
+            .map(|n| format!("+{}{}", n.code().value(), n.national()));
+        if again.as_deref() != Some(value.as_str()) {
+            return Err(Invalid::new(format!(
+                "'{shown}' is not a valid phone number: it does not read as one E.164 number"
+            )));
+        }
         Ok(Self {
             kind: AddressKind::Phone,
-            value: format!("+{code}{national}"),
+            value,
         })
     }
 

@@ -27,11 +27,14 @@ pub enum ExclusionReason {
     AddressQuarantined,
     /// No usable address, and at least one is denylisted.
     AddressDenylisted,
+    /// No usable address, and at least one is opted out of this channel
+    /// (an address opt-out, such as an SMS STOP).
+    AddressOptedOut,
 }
 
 impl ExclusionReason {
     /// Every reason, in order.
-    pub const ALL: [ExclusionReason; 8] = [
+    pub const ALL: [ExclusionReason; 9] = [
         ExclusionReason::ProfileNotFound,
         ExclusionReason::OptedOutAllChannels,
         ExclusionReason::OptedOutChannel,
@@ -40,6 +43,7 @@ impl ExclusionReason {
         ExclusionReason::NoAddress,
         ExclusionReason::AddressQuarantined,
         ExclusionReason::AddressDenylisted,
+        ExclusionReason::AddressOptedOut,
     ];
 
     fn index(self) -> usize {
@@ -49,7 +53,7 @@ impl ExclusionReason {
 
 /// A set of exclusion reasons, listed in [`ExclusionReason::ALL`] order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct Reasons(u8);
+pub struct Reasons(u16);
 
 impl Reasons {
     /// Adds a reason.
@@ -92,17 +96,26 @@ pub struct Reach {
     pub quarantined: bool,
     /// Whether one of them is denylisted.
     pub denylisted: bool,
+    /// Whether one of them is opted out of the channel.
+    pub opted_out: bool,
 }
 
 impl Reach {
     /// Counts one address with its status.
     pub fn add(&mut self, status: AddressStatus) {
+        self.add_address(status, false);
+    }
+
+    /// Counts one address with its status and whether it is opted out of
+    /// the channel: it is usable when its status is and it is not.
+    pub fn add_address(&mut self, status: AddressStatus, opted_out: bool) {
         self.addresses += 1;
-        if status.is_usable() {
+        if status.is_usable() && !opted_out {
             self.usable += 1;
         }
         self.quarantined |= status == AddressStatus::Quarantined;
         self.denylisted |= status == AddressStatus::Denylisted;
+        self.opted_out |= opted_out;
     }
 
     /// A postal address (never quarantined), when there is one.
@@ -159,6 +172,9 @@ pub fn judge(facts: Option<Facts>, policy: Policy) -> Reasons {
         if reach.denylisted {
             reasons.add(ExclusionReason::AddressDenylisted);
         }
+        if reach.opted_out {
+            reasons.add(ExclusionReason::AddressOptedOut);
+        }
     }
     reasons
 }
@@ -195,12 +211,13 @@ pub struct Policy {
 }
 
 /// Decides for one profile (`None`: it does not exist). `status_of` gives
-/// the status of each of its addresses on the channel (one lookup each).
+/// the status of each of its addresses on the channel and whether the
+/// address is opted out of the channel (one lookup each).
 pub fn decide<E>(
     profile: Option<&Profile>,
     channel: Channel,
     policy: Policy,
-    mut status_of: impl FnMut(&Address) -> Result<AddressStatus, E>,
+    mut status_of: impl FnMut(&Address) -> Result<(AddressStatus, bool), E>,
 ) -> Result<Decision, E> {
     let Some(profile) = profile else {
         return Ok(Decision {
@@ -220,11 +237,11 @@ pub fn decide<E>(
         Some(kind) => {
             let mut reach = Reach::default();
             for address in profile.addresses(kind) {
-                let status = status_of(address)?;
-                if status.is_usable() {
+                let (status, opted_out) = status_of(address)?;
+                if status.is_usable() && !opted_out {
                     usable.push(address.as_str().to_owned());
                 }
-                reach.add(status);
+                reach.add_address(status, opted_out);
             }
             reach
         }
@@ -319,10 +336,14 @@ mod tests {
         )
     }
 
-    fn run(p: Option<&Profile>, channel: Channel, statuses: &[(&str, AddressStatus)]) -> Decision {
-        let map: HashMap<String, AddressStatus> = statuses
+    fn run(
+        p: Option<&Profile>,
+        channel: Channel,
+        statuses: &[(&str, AddressStatus, bool)],
+    ) -> Decision {
+        let map: HashMap<String, (AddressStatus, bool)> = statuses
             .iter()
-            .map(|(a, s)| ((*a).to_owned(), *s))
+            .map(|(a, s, o)| ((*a).to_owned(), (*s, *o)))
             .collect();
         let result: Result<Decision, Infallible> = decide(p, channel, Policy::default(), |a| {
             Ok(map.get(a.as_str()).copied().unwrap_or_default())
@@ -335,7 +356,7 @@ mod tests {
         &'a str,
         Option<&'a Profile>,
         Channel,
-        Vec<(&'a str, AddressStatus)>,
+        Vec<(&'a str, AddressStatus, bool)>,
         Vec<ExclusionReason>,
         Vec<&'a str>,
     );
@@ -376,7 +397,7 @@ mod tests {
                 "one quarantined",
                 Some(&plain),
                 Channel::Email,
-                vec![("a@x.io", q)],
+                vec![("a@x.io", q, false)],
                 vec![],
                 vec!["b@x.io"],
             ),
@@ -384,7 +405,7 @@ mod tests {
                 "all unusable",
                 Some(&plain),
                 Channel::Email,
-                vec![("a@x.io", q), ("b@x.io", d)],
+                vec![("a@x.io", q, false), ("b@x.io", d, false)],
                 vec![AddressQuarantined, AddressDenylisted],
                 vec![],
             ),
@@ -392,8 +413,35 @@ mod tests {
                 "opted out, all reasons",
                 Some(&opted_out),
                 Channel::Email,
-                vec![("a@x.io", d), ("b@x.io", d)],
+                vec![("a@x.io", d, false), ("b@x.io", d, false)],
                 vec![OptedOutAllChannels, OptedOutChannel, AddressDenylisted],
+                vec![],
+            ),
+            (
+                "one opted out of the channel",
+                Some(&plain),
+                Channel::Email,
+                vec![("a@x.io", AddressStatus::Valid, true)],
+                vec![],
+                vec!["b@x.io"],
+            ),
+            (
+                "all opted out of the channel",
+                Some(&plain),
+                Channel::Email,
+                vec![
+                    ("a@x.io", AddressStatus::Valid, true),
+                    ("b@x.io", AddressStatus::WithErrors, true),
+                ],
+                vec![AddressOptedOut],
+                vec![],
+            ),
+            (
+                "opted out and quarantined",
+                Some(&plain),
+                Channel::Email,
+                vec![("a@x.io", q, false), ("b@x.io", AddressStatus::Valid, true)],
+                vec![AddressQuarantined, AddressOptedOut],
                 vec![],
             ),
             (
@@ -434,7 +482,7 @@ mod tests {
         let decide_with = |p: &Profile, policy: Policy| -> Vec<ExclusionReason> {
             let result: Result<Decision, Infallible> =
                 decide(Some(p), Channel::Email, policy, |_| {
-                    Ok(AddressStatus::Valid)
+                    Ok((AddressStatus::Valid, false))
                 });
             result.unwrap_or_else(|never| match never {}).reasons
         };

@@ -5,6 +5,7 @@
 //! benchmarked without a server or a disk.
 
 mod address;
+mod address_consent;
 mod consent;
 mod eligibility;
 mod quarantine;
@@ -14,6 +15,7 @@ mod types;
 mod usage;
 
 pub use address::{Address, AddressKind, Region};
+pub use address_consent::{AddressConsent, AddressMark, check_channel};
 pub use consent::{
     Change, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, Profile,
     ProfileAddresses, Scope,

@@ -102,8 +102,10 @@ struct AddressSlot {
     kind: AddressKind,
     /// Its stored status.
     status: AddressStatus,
+    /// The channels it is opted out of, one bit per [`Channel::index`].
+    opted_out: u8,
     /// How many profiles use it; a slot no profile uses is kept only while
-    /// its status is not usable.
+    /// its status is not usable or it is opted out of a channel.
     users: u32,
 }
 
@@ -113,8 +115,21 @@ impl Default for AddressSlot {
             text: Text::default(),
             kind: AddressKind::Email,
             status: AddressStatus::Valid,
+            opted_out: 0,
             users: 0,
         }
+    }
+}
+
+impl AddressSlot {
+    /// Whether the address is opted out of `channel`.
+    fn opted_out_of(&self, channel: Channel) -> bool {
+        self.opted_out & (1 << channel.index()) != 0
+    }
+
+    /// Whether a delivery on `channel` may use the address.
+    fn usable_on(&self, channel: Channel) -> bool {
+        self.status.is_usable() && !self.opted_out_of(channel)
     }
 }
 
@@ -202,6 +217,7 @@ impl TenantState {
                 text: text.into(),
                 kind,
                 status: AddressStatus::Valid,
+                opted_out: 0,
                 users: 0,
             })
     }
@@ -211,7 +227,7 @@ impl TenantState {
         let unused = self
             .addresses
             .get(slot)
-            .is_some_and(|a| a.users == 0 && a.status.is_usable());
+            .is_some_and(|a| a.users == 0 && a.status.is_usable() && a.opted_out == 0);
         if unused {
             self.addresses.remove(slot);
         }
@@ -298,6 +314,36 @@ impl TenantState {
         self.release_if_unused(slot);
     }
 
+    fn put_address_consent(&mut self, address: &Address, opted_out: u8) {
+        let slot = if opted_out == 0 {
+            match self
+                .addresses
+                .find((kind_byte(address.kind()), address.as_str()))
+            {
+                Some(slot) => slot,
+                // Opted out of nothing and unknown: nothing to keep.
+                None => return,
+            }
+        } else {
+            self.address_slot(address.kind(), address.as_str())
+        };
+        if let Some(a) = self.addresses.get_mut(slot) {
+            a.opted_out = opted_out;
+        }
+        self.release_if_unused(slot);
+    }
+
+    /// An address's status (VALID when unknown; WITH_ERRORS reads as VALID)
+    /// and whether it is opted out of `channel`.
+    fn address(&self, address: &Address, channel: Channel) -> (AddressStatus, bool) {
+        self.addresses
+            .find((kind_byte(address.kind()), address.as_str()))
+            .and_then(|slot| self.addresses.get(slot))
+            .map_or((AddressStatus::Valid, false), |a| {
+                (a.status, a.opted_out_of(channel))
+            })
+    }
+
     fn put_subscription(&mut self, profile: &ProfileId, service: &ServiceId, active: bool) {
         let Some(slot) = self.profiles.find((0, profile.as_str())) else {
             return;
@@ -331,7 +377,7 @@ impl TenantState {
                     if let Some(address) = self.addresses.get(a)
                         && address.kind == kind
                     {
-                        reach.add(address.status);
+                        reach.add_address(address.status, address.opted_out_of(channel));
                     }
                 }
                 reach
@@ -380,7 +426,8 @@ impl<'a> Verdict<'a> {
     fn address_texts(&self) -> impl Iterator<Item = &'a Text> + 'a {
         let state = self.state;
         let eligible = self.reasons.is_empty() && self.slot != NONE;
-        let kind = self.channel.address_kind();
+        let channel = self.channel;
+        let kind = channel.address_kind();
         let postal = match (eligible, kind) {
             (true, None) => state.postal.get(&self.slot),
             _ => None,
@@ -396,7 +443,7 @@ impl<'a> Verdict<'a> {
                     state
                         .addresses
                         .get(a)
-                        .filter(|a| a.kind == kind && a.status.is_usable())
+                        .filter(|a| a.kind == kind && a.usable_on(channel))
                         .map(|a| &a.text)
                 })
             }))
@@ -443,6 +490,21 @@ impl Lookup<'_> {
             slot,
             channel: self.delivery.channel,
         }
+    }
+
+    /// Decides for one address on the delivery's channel, from its status
+    /// and its opt-outs alone (no profile's consent): the same rule as a
+    /// profile with that one address and no consent of its own.
+    pub fn decide_address(&self, address: &Address) -> Reasons {
+        let (status, opted_out) = self.state().address(address, self.delivery.channel);
+        let mut reach = Reach::default();
+        reach.add_address(status, opted_out);
+        let facts = Facts {
+            all_channels: ConsentStatus::NoPreference,
+            channel: ConsentStatus::NoPreference,
+            reach,
+        };
+        judge(Some(facts), Policy::default())
     }
 
     /// Decides for ids `0..n` (`id(i)` gives each) and hands each verdict to
@@ -543,6 +605,9 @@ impl Index {
             Loaded::Address(t, address, status) => {
                 self.write(&t, |s| s.put_address(&address, status));
             }
+            Loaded::AddressConsent(t, address, opted_out) => {
+                self.write(&t, |s| s.put_address_consent(&address, opted_out));
+            }
             Loaded::Subscription(t, profile, service, status) => self.write(&t, |s| {
                 s.put_subscription(&profile, &service, status == SubscriptionStatus::Active);
             }),
@@ -617,6 +682,11 @@ impl Index {
                 self.write(tenant, |s| s.settings = settings.clone());
             }
             Change::Service { tenant, service } => self.write(tenant, |s| s.put_service(service)),
+            Change::AddressConsent {
+                tenant,
+                address,
+                opted_out,
+            } => self.write(tenant, |s| s.put_address_consent(address, *opted_out)),
             // Not read by decisions.
             Change::UsageOptOut { .. } => {}
         }

@@ -143,6 +143,80 @@ fn a_shared_address_lives_while_used_or_not_usable() {
     assert_eq!(index.position(), Position(7));
 }
 
+const EMAIL_BIT: u8 = 1 << 0;
+
+fn opt_out(address: &str, opted_out: u8) -> Change {
+    Change::AddressConsent {
+        tenant: t(),
+        address: Address::email(address).expect("valid"),
+        opted_out,
+    }
+}
+
+#[test]
+fn an_opted_out_address_lives_while_opted_out_and_is_decided_alone() {
+    use crate::engine::ExclusionReason::{AddressOptedOut, AddressQuarantined};
+    let index = Index::new();
+    // Opted out with no profile: kept, and decided alone.
+    apply(&index, 1, vec![opt_out("stop@x.io", EMAIL_BIT)]);
+    assert_eq!(index.counts(), (0, 1));
+    let lookup_reasons = |address: &str, channel: Channel| {
+        let delivery = Delivery {
+            channel,
+            regime: Regime::OptOut,
+            service: None,
+        };
+        let tenant = index.tenant_index(&t()).expect("tenant");
+        let lookup = tenant.lookup(&delivery);
+        lookup
+            .decide_address(&Address::email(address).expect("valid"))
+            .iter()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lookup_reasons("stop@x.io", Channel::Email),
+        vec![AddressOptedOut]
+    );
+    assert!(
+        lookup_reasons("other@x.io", Channel::Email).is_empty(),
+        "unknown: eligible"
+    );
+    // A profile that takes it up is excluded on e-mail through it.
+    apply(&index, 2, vec![put(&profile("p", &["stop@x.io"]))]);
+    assert_eq!(
+        verdict(&index, "p", &email_delivery()),
+        (vec![AddressOptedOut], vec![])
+    );
+    // Quarantined too: both reasons, the quarantine first.
+    apply(
+        &index,
+        3,
+        vec![status("stop@x.io", AddressStatus::Quarantined)],
+    );
+    assert_eq!(
+        lookup_reasons("stop@x.io", Channel::Email),
+        vec![AddressQuarantined, AddressOptedOut]
+    );
+    // Opted back in and released: eligible again, and freed once unused.
+    apply(
+        &index,
+        4,
+        vec![
+            opt_out("stop@x.io", 0),
+            status("stop@x.io", AddressStatus::Valid),
+        ],
+    );
+    assert_eq!(
+        verdict(&index, "p", &email_delivery()),
+        (vec![], vec!["stop@x.io".to_owned()])
+    );
+    apply(&index, 5, vec![put(&profile("p", &[]))]);
+    assert_eq!(index.counts(), (1, 0));
+    // An opt-in for an address never seen keeps nothing.
+    apply(&index, 6, vec![opt_out("never@x.io", 0)]);
+    assert_eq!(index.counts(), (1, 0));
+}
+
 #[test]
 fn decisions_match_the_engine_for_every_consent_and_status() {
     let ctx = ChangeContext::new(Source::Api, "", "").expect("valid");
@@ -162,7 +236,11 @@ fn decisions_match_the_engine_for_every_consent_and_status() {
         for channel_status in consents {
             for first in statuses {
                 for second in statuses {
-                    for regime in [Regime::OptOut, Regime::OptIn] {
+                    for (regime, a_opted_out) in [
+                        (Regime::OptOut, false),
+                        (Regime::OptIn, false),
+                        (Regime::OptOut, true),
+                    ] {
                         n += 1;
                         let index = Index::new();
                         let mut p = profile("p", &["a@x.io", "b@x.io"]);
@@ -172,7 +250,12 @@ fn decisions_match_the_engine_for_every_consent_and_status() {
                         apply(
                             &index,
                             n,
-                            vec![put(&p), status("a@x.io", first), status("b@x.io", second)],
+                            vec![
+                                put(&p),
+                                status("a@x.io", first),
+                                status("b@x.io", second),
+                                opt_out("a@x.io", if a_opted_out { EMAIL_BIT } else { 0 }),
+                            ],
                         );
                         for channel in [Channel::Email, Channel::DirectMail, Channel::Sms] {
                             let delivery = Delivery {
@@ -189,9 +272,9 @@ fn decisions_match_the_engine_for_every_consent_and_status() {
                                 },
                                 |a| {
                                     Ok(if a.as_str() == "a@x.io" {
-                                        first
+                                        (first, a_opted_out && channel == Channel::Email)
                                     } else {
-                                        second
+                                        (second, false)
                                     })
                                 },
                             );
@@ -199,7 +282,7 @@ fn decisions_match_the_engine_for_every_consent_and_status() {
                             assert_eq!(
                                 verdict(&index, "p", &delivery),
                                 (expected.reasons, expected.addresses),
-                                "{all:?} {channel_status:?} {first:?} {second:?} {regime:?} {channel:?}"
+                                "{all:?} {channel_status:?} {first:?} {second:?} {regime:?} {channel:?} {a_opted_out}"
                             );
                         }
                     }

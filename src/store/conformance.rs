@@ -19,10 +19,11 @@ use std::{
 
 use super::{Change, Committed, Cursor, Direction, DumpItem, Loaded, Lock, Store};
 use crate::engine::{
-    Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, Change as History,
-    ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, EventId, EventKey, Profile,
-    ProfileAddresses, ProfileId, Regime, Scope, Service, ServiceId, Source, Subscription,
-    SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressEventKind, AddressState, AddressStatus,
+    Change as History, ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, EventId,
+    EventKey, Profile, ProfileAddresses, ProfileId, Regime, Scope, Service, ServiceId, Source,
+    Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UsageOptOut,
+    UserId,
 };
 
 pub(crate) fn tenant(name: &str) -> Tenant {
@@ -765,13 +766,18 @@ pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: 
     tx.put_service(&t, &service("news"));
     tx.put_token(&t, &TokenHash([3; 32]), &token("p1", 77));
     tx.put_tenant_settings(&t, &TenantSettings::default());
+    let mut consent = AddressConsent::default();
+    consent
+        .set(&email("a@x.io"), Channel::Email, true, 3, &ctx())
+        .expect("email");
+    tx.put_address_consent(&t, &email("a@x.io"), &consent);
     tx.commit().await.expect("commit");
     let items: Vec<DumpItem> = store.dump(None).map(|i| i.expect("item")).collect();
     let snapshot = store.snapshot(None).await.expect("snapshot");
     let snapped: Vec<DumpItem> = snapshot.items().map(|i| i.expect("item")).collect();
     let as_set = |v: &[DumpItem]| v.iter().map(|i| format!("{i:?}")).collect::<BTreeSet<_>>();
     assert_eq!(as_set(&items), as_set(&snapped));
-    assert_eq!(items.len(), 8, "{items:?}");
+    assert_eq!(items.len(), 9, "{items:?}");
     let twice: Vec<DumpItem> = items.iter().chain(&items).cloned().collect();
     empty.restore(&twice).await.expect("restore");
     empty.sync().await.expect("sync");
@@ -814,6 +820,102 @@ pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: 
     );
 }
 
+/// An address's opt-outs: read back in the change and after it, on the
+/// feed with the channels opted out of, in the decision state only while
+/// some channel is opted out of, and in dumps.
+pub(crate) async fn address_opt_outs_are_stored_fed_and_loaded(store: &dyn Store) {
+    let t = tenant("t");
+    let phone = Address::phone("+33612345678").expect("valid");
+    let other = Address::phone("+33687654321").expect("valid");
+    let seen: Arc<Mutex<Vec<Committed>>> = Arc::default();
+    let sink_seen = Arc::clone(&seen);
+    store
+        .follow(
+            store.position(),
+            Box::new(move |batch: &[Committed]| {
+                sink_seen.lock().expect("lock").extend_from_slice(batch);
+            }),
+        )
+        .expect("follow");
+    assert_eq!(store.address_consent(&t, &phone).await.expect("read"), None);
+    let mut stop = AddressConsent::default();
+    stop.set(&phone, Channel::Sms, true, 5, &ctx())
+        .expect("sms");
+    let mut lifted = AddressConsent::default();
+    lifted
+        .set(&other, Channel::Voice, true, 5, &ctx())
+        .expect("voice");
+    lifted
+        .set(&other, Channel::Voice, false, 6, &ctx())
+        .expect("voice back");
+    let mut tx = store
+        .begin(vec![
+            Lock::Address(t.clone(), phone.clone()),
+            Lock::Address(t.clone(), other.clone()),
+        ])
+        .await
+        .expect("begin");
+    tx.put_address_consent(&t, &phone, &stop);
+    assert_eq!(
+        tx.address_consent(&t, &phone).await.expect("read"),
+        Some(stop.clone()),
+        "a change reads its own write"
+    );
+    tx.put_address_consent(&t, &other, &lifted);
+    let position = tx.commit().await.expect("commit");
+    store.sync().await.expect("sync");
+    assert_eq!(
+        store.address_consent(&t, &phone).await.expect("read"),
+        Some(stop.clone())
+    );
+    assert_eq!(
+        store
+            .address_consent(&tenant("u"), &phone)
+            .await
+            .expect("read"),
+        None,
+        "tenants share nothing"
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.last().map(|c| c.position), Some(position));
+    assert_eq!(
+        seen.last().map(|c| c.changes.clone()),
+        Some(vec![
+            Change::AddressConsent {
+                tenant: t.clone(),
+                address: phone.clone(),
+                opted_out: 1 << Channel::Sms.index(),
+            },
+            Change::AddressConsent {
+                tenant: t.clone(),
+                address: other.clone(),
+                opted_out: 0,
+            },
+        ])
+    );
+    let mut loaded = Vec::new();
+    store
+        .load_decision_state(&mut |item| loaded.push(item))
+        .await
+        .expect("load");
+    assert_eq!(
+        loaded,
+        vec![Loaded::AddressConsent(
+            t.clone(),
+            phone.clone(),
+            1 << Channel::Sms.index()
+        )],
+        "only what some channel is opted out of"
+    );
+    let dumped: Vec<DumpItem> = store.dump(None).map(|i| i.expect("item")).collect();
+    assert_eq!(dumped.len(), 2, "{dumped:?}");
+    assert!(dumped.contains(&DumpItem::AddressConsent {
+        tenant: t,
+        address: other,
+        consent: lifted,
+    }));
+}
+
 /// One `#[tokio::test]` per check, over stores made by `$make` (an
 /// expression giving `(Arc<dyn Store>, guard)`; the guard lives as long as
 /// the test, e.g. a temporary directory).
@@ -823,6 +925,12 @@ macro_rules! conformance_suite {
             #[allow(unused_imports)]
             use super::*;
             use $crate::store::conformance as suite;
+
+            #[tokio::test]
+            async fn address_opt_outs_are_stored_fed_and_loaded() {
+                let (store, _guard) = $make;
+                suite::address_opt_outs_are_stored_fed_and_loaded(store.as_ref()).await;
+            }
 
             #[tokio::test]
             async fn changes_commit_as_one_and_read_their_own_writes() {

@@ -76,6 +76,15 @@ pub enum Change {
         /// True when opted out.
         opted_out: bool,
     },
+    /// An address's opt-outs were written.
+    AddressConsent {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The address.
+        address: Address,
+        /// The channels it is opted out of ([`AddressConsent::mask`](crate::engine::AddressConsent::mask)).
+        opted_out: u8,
+    },
 }
 
 /// The changes of one committed transaction.

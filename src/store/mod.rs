@@ -34,9 +34,9 @@ use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use crate::engine::{
-    Address, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry, EventId, EventKey,
-    Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus, Tenant,
-    TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
+    EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
+    Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
 
 pub use feed::{Change, Committed, FeedSink, Position};
@@ -156,6 +156,8 @@ pub enum Loaded {
     Profile(Tenant, Box<Profile>),
     /// An address whose stored status is not VALID.
     Address(Tenant, Address, AddressStatus),
+    /// An address opted out of some channel: the channels, one bit each.
+    AddressConsent(Tenant, Address, u8),
     /// A profile's subscription status.
     Subscription(Tenant, ProfileId, ServiceId, SubscriptionStatus),
 }
@@ -246,6 +248,15 @@ pub enum DumpItem {
         tenant: Tenant,
         /// The opt-out (its user id included).
         opt_out: UsageOptOut,
+    },
+    /// An address's opt-outs, per channel.
+    AddressConsent {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The address.
+        address: Address,
+        /// Its opt-outs.
+        consent: AddressConsent,
     },
 }
 
@@ -365,6 +376,12 @@ pub trait Store: Send + Sync + fmt::Debug {
         tenant: &Tenant,
         address: &Address,
     ) -> Result<Option<AddressState>>;
+    /// An address's opt-outs.
+    async fn address_consent(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressConsent>>;
     /// The profiles that use an address, by id: at most `limit`, and whether
     /// there were more.
     async fn address_users(
@@ -491,6 +508,12 @@ pub trait Txn: Send {
         tenant: &Tenant,
         address: &Address,
     ) -> Result<Option<AddressState>>;
+    /// An address's opt-outs.
+    async fn address_consent(
+        &mut self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressConsent>>;
     /// Log entries of an address from `from` (exclusive; the start or the
     /// end of the log when `None`) in `direction`, at most `limit`.
     async fn address_events(
@@ -551,6 +574,8 @@ pub trait Txn: Send {
     fn put_usage_opt_out(&mut self, tenant: &Tenant, opt_out: &UsageOptOut);
     /// Deletes a usage opt-out.
     fn delete_usage_opt_out(&mut self, tenant: &Tenant, user: &UserId);
+    /// Writes an address's opt-outs.
+    fn put_address_consent(&mut self, tenant: &Tenant, address: &Address, consent: &AddressConsent);
 
     /// Applies every staged write as one unit and puts the change on the
     /// feed. Visible to reads at once; durable after [`Store::sync`]. A

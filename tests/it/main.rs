@@ -13,6 +13,7 @@
 mod common;
 
 mod access;
+mod address_opt_out;
 mod clients;
 mod crash_cycle;
 mod data_tools;

@@ -34,6 +34,8 @@ use wire::{Encoded, IdsCodec, IdsRequest, PartEncoder, View, summary_field};
 
 /// Most profile ids in one `BatchCheckEligibility` request or stream chunk.
 pub const BATCH_PROFILE_IDS_MAX: usize = 10_000;
+/// Most addresses in one `BatchCheckAddresses` request.
+pub(crate) const BATCH_ADDRESSES_MAX: usize = 10_000;
 /// Answered chunks a stream buffers before it stops reading (back-pressure).
 const STREAM_CHUNKS_BUFFERED: usize = 2;
 
@@ -117,6 +119,67 @@ impl EligibilityApi {
             .await?;
         let parts = decided.parts.into_iter().map(PartEncoder::finish).collect();
         Ok((parts, decided.summary))
+    }
+
+    async fn batch_check_addresses(
+        &self,
+        request: Request<pb::BatchCheckAddressesRequest>,
+    ) -> Result<Response<pb::BatchCheckAddressesResponse>, Status> {
+        let access = Access::of(&request, &self.app);
+        let req = request.into_inner();
+        if req.addresses.len() > BATCH_ADDRESSES_MAX {
+            return Err(Error::ListTooLong {
+                field: "addresses",
+                len: req.addresses.len(),
+                limit: BATCH_ADDRESSES_MAX,
+            }
+            .into());
+        }
+        let mut check = Check::default();
+        let tenant = access.tenant(&mut check, &req.tenant)?;
+        check.read_phones_in(self.app.default_region(tenant.as_ref()));
+        let channel = check.channel("channel", req.channel);
+        let kind = match channel.map(|c| (c, c.address_kind())) {
+            Some((_, Some(kind))) => Some(kind),
+            Some((_, None)) => {
+                check.violation(
+                    "channel",
+                    "CHANNEL_DIRECT_MAIL has no address to check: give CHANNEL_EMAIL, \
+                     CHANNEL_SMS, CHANNEL_VOICE or CHANNEL_PUSH",
+                );
+                None
+            }
+            None => None,
+        };
+        if req.addresses.is_empty() {
+            check.violation("addresses", "at least one address is required");
+        }
+        let addresses = kind.and_then(|kind| check.each_address("addresses", &req.addresses, kind));
+        let (tenant, channel, addresses) = check.finish((tenant, channel, addresses))?;
+        let delivery = self.app.delivery(&tenant, Some(channel), None).await?;
+        let (reasons, summary) = self
+            .app
+            .check_addresses(&tenant, &addresses, &delivery)
+            .await?;
+        let decisions = req
+            .addresses
+            .into_iter()
+            .zip(addresses)
+            .zip(reasons)
+            .map(|((given, address), reasons)| pb::AddressDecision {
+                address: given,
+                canonical_address: address.as_str().to_owned(),
+                eligible: reasons.is_empty(),
+                reasons: reasons
+                    .iter()
+                    .map(|r| convert::exclusion_reason_to_pb(r).into())
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::BatchCheckAddressesResponse {
+            decisions,
+            summary: Some(convert::summary_to_pb(&summary)),
+        }))
     }
 
     async fn check_eligibility(
@@ -352,6 +415,16 @@ where
                 let mut grpc = self.grpc(IdsCodec);
                 let method = Method(api, |api: Arc<EligibilityApi>, r| async move {
                     api.batch_check_eligibility(r).await
+                });
+                Box::pin(async move { Ok(grpc.unary(method, request).await) })
+            }
+            "/consent.v1.EligibilityService/BatchCheckAddresses" => {
+                let mut grpc = self.grpc(tonic_prost::ProstCodec::<
+                    pb::BatchCheckAddressesResponse,
+                    pb::BatchCheckAddressesRequest,
+                >::default());
+                let method = Method(api, |api: Arc<EligibilityApi>, r| async move {
+                    api.batch_check_addresses(r).await
                 });
                 Box::pin(async move { Ok(grpc.unary(method, request).await) })
             }

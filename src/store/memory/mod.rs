@@ -21,9 +21,9 @@ use super::{
     locks::{Held, LockTable},
 };
 use crate::engine::{
-    Address, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry, EventId, EventKey,
-    Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus, Tenant,
-    TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
+    EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
+    Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
 
 /// Everything, in typed maps.
@@ -39,6 +39,7 @@ struct State {
     subscriptions: BTreeMap<(Tenant, ProfileId, ServiceId), Subscription>,
     tokens: BTreeMap<(Tenant, TokenHash), TokenRecord>,
     usage: BTreeMap<(Tenant, UserId), UsageOptOut>,
+    address_consent: BTreeMap<(Tenant, Address), AddressConsent>,
 }
 
 /// The in-memory store.
@@ -84,6 +85,7 @@ enum Op {
     Settings(Tenant, TenantSettings),
     Service(Tenant, Service),
     Usage(Tenant, UserId, Option<UsageOptOut>),
+    AddressConsent(Tenant, Address, AddressConsent),
 }
 
 fn page<T, K: Ord + Clone>(
@@ -233,6 +235,15 @@ fn all_items(state: &State, tenant: Option<&Tenant>) -> Vec<DumpItem> {
             });
         }
     }
+    for ((t, address), consent) in &state.address_consent {
+        if mine(t) {
+            items.push(DumpItem::AddressConsent {
+                tenant: t.clone(),
+                address: address.clone(),
+                consent: consent.clone(),
+            });
+        }
+    }
     items
 }
 
@@ -322,6 +333,13 @@ fn restore_into(state: &mut State, item: &DumpItem) {
             state
                 .usage
                 .insert((tenant, opt_out.user_id.clone()), opt_out);
+        }
+        DumpItem::AddressConsent {
+            tenant,
+            address,
+            consent,
+        } => {
+            state.address_consent.insert((tenant, address), consent);
         }
     }
 }
@@ -514,6 +532,18 @@ impl Store for MemoryStore {
         ))
     }
 
+    async fn address_consent(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressConsent>> {
+        Ok(self
+            .state()
+            .address_consent
+            .get(&(tenant.clone(), address.clone()))
+            .cloned())
+    }
+
     async fn usage_opt_out(&self, tenant: &Tenant, user: &UserId) -> Result<Option<UsageOptOut>> {
         Ok(self
             .state()
@@ -578,6 +608,15 @@ impl Store for MemoryStore {
         }
         for ((t, profile, service), sub) in state.subscriptions {
             visit(Loaded::Subscription(t, profile, service, sub.status));
+        }
+        for ((t, address), consent) in &state.address_consent {
+            if consent.mask() != 0 {
+                visit(Loaded::AddressConsent(
+                    t.clone(),
+                    address.clone(),
+                    consent.mask(),
+                ));
+            }
         }
         Ok(position)
     }
@@ -840,6 +879,20 @@ impl Txn for MemoryTxn<'_> {
         Ok(stored + staged)
     }
 
+    async fn address_consent(
+        &mut self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressConsent>> {
+        if let Some(staged) = self.staged(|op| match op {
+            Op::AddressConsent(t, a, c) if t == tenant && a == address => Some(Some(c.clone())),
+            _ => None,
+        }) {
+            return Ok(staged);
+        }
+        self.store.address_consent(tenant, address).await
+    }
+
     async fn usage_opt_out(
         &mut self,
         tenant: &Tenant,
@@ -937,6 +990,19 @@ impl Txn for MemoryTxn<'_> {
         self.ops.push(Op::Usage(tenant.clone(), user.clone(), None));
     }
 
+    fn put_address_consent(
+        &mut self,
+        tenant: &Tenant,
+        address: &Address,
+        consent: &AddressConsent,
+    ) {
+        self.ops.push(Op::AddressConsent(
+            tenant.clone(),
+            address.clone(),
+            consent.clone(),
+        ));
+    }
+
     async fn commit(self: Box<Self>) -> Result<Position> {
         let MemoryTxn { store, _held, ops } = *self;
         let mut state = store.state();
@@ -1031,6 +1097,14 @@ impl Txn for MemoryTxn<'_> {
                         Some(o) => state.usage.insert((t, u), o),
                         None => state.usage.remove(&(t, u)),
                     };
+                }
+                Op::AddressConsent(t, a, c) => {
+                    changes.push(Change::AddressConsent {
+                        tenant: t.clone(),
+                        address: a.clone(),
+                        opted_out: c.mask(),
+                    });
+                    state.address_consent.insert((t, a), c);
                 }
             }
         }

@@ -9,11 +9,12 @@
 use std::time::Duration;
 
 use crate::engine::{
-    Address, AddressEvent, AddressEventKind, AddressKind, AddressState, AddressStatus, Change,
-    ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus,
-    ErrorReason, EventId, FeedbackKind, PendingConfirmation, Profile, ProfileId, Proof, Regime,
-    Region, RuleOverrides, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
-    SubscriptionStatus, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressEventKind, AddressKind, AddressMark,
+    AddressState, AddressStatus, Change, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark,
+    ConsentState, ConsentStatus, ErrorReason, EventId, FeedbackKind, PendingConfirmation, Profile,
+    ProfileId, Proof, Regime, Region, RuleOverrides, Scope, Service, ServiceId, Source,
+    Subscription, SubscriptionChange, SubscriptionStatus, TenantSettings, TokenHash, TokenRecord,
+    UnixMillis, UsageOptOut, UserId,
 };
 use crate::engine::{EventKey, LogMeta};
 
@@ -743,6 +744,46 @@ pub(crate) fn decode_usage_opt_out(
     })
 }
 
+/// Encodes an address's opt-outs (the address lives in the key): per
+/// channel, 0 for no mark, or 1 (opted back in) / 2 (opted out) and the mark.
+pub(crate) fn encode_address_consent(c: &AddressConsent) -> Vec<u8> {
+    let mut w = Writer::new();
+    for mark in &c.channels {
+        match mark {
+            None => w.u8(0),
+            Some(mark) => {
+                w.u8(if mark.opted_out { 2 } else { 1 });
+                w.i64(mark.changed_at);
+                put_context(&mut w, &mark.context);
+            }
+        }
+    }
+    w.0
+}
+
+/// Decodes an address's opt-outs.
+pub(crate) fn decode_address_consent(bytes: &[u8]) -> Result<AddressConsent, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    let mut consent = AddressConsent::default();
+    for mark in &mut consent.channels {
+        *mark = match r.u8()? {
+            0 => None,
+            tag @ (1 | 2) => Some(Box::new(AddressMark {
+                opted_out: tag == 2,
+                changed_at: r.i64()?,
+                context: get_context(&mut r)?,
+            })),
+            tag => {
+                return Err(CodecError::BadTag {
+                    what: "address mark",
+                    tag,
+                });
+            }
+        };
+    }
+    Ok(consent)
+}
+
 /// Encodes an address state.
 pub(crate) fn encode_address_state(s: &AddressState) -> Vec<u8> {
     let mut w = Writer::new();
@@ -1140,6 +1181,20 @@ mod tests {
             opted_out_at: 11,
             context: ctx(),
         };
+        let mut consent = AddressConsent::default();
+        let phone = Address::phone("+33612345678").expect("valid");
+        consent
+            .set(&phone, Channel::Sms, true, 5, &ctx())
+            .expect("sms");
+        consent
+            .set(&phone, Channel::Voice, true, 6, &ctx())
+            .expect("voice");
+        consent
+            .set(&phone, Channel::Voice, false, 7, &ctx())
+            .expect("voice back in");
+        let bytes = encode_address_consent(&consent);
+        assert_eq!(decode_address_consent(&bytes).expect("decodes"), consent);
+        assert!(decode_address_consent(&bytes[..bytes.len() - 1]).is_err());
         let bytes = encode_usage_opt_out(&opt_out);
         assert_eq!(
             decode_usage_opt_out(user, &bytes).expect("decodes"),

@@ -156,6 +156,15 @@ fn decode_item(key: &[u8], value: &[u8]) -> Result<Option<DumpItem>> {
             record: codec::decode_token(value, migrate::LEGACY_TOKEN_EXPIRY)
                 .map_err(corrupt(key))?,
         },
+        KeyParts::AddressConsent {
+            tenant,
+            kind,
+            address,
+        } => DumpItem::AddressConsent {
+            tenant: tenant_of(key, tenant)?,
+            address: address_of(key, kind, address)?,
+            consent: codec::decode_address_consent(value).map_err(corrupt(key))?,
+        },
         KeyParts::UsageOptOut { tenant, user_id } => DumpItem::UsageOptOut {
             tenant: tenant_of(key, tenant)?,
             opt_out: codec::decode_usage_opt_out(
@@ -235,6 +244,24 @@ pub(crate) fn load_decision_state(
             address_of(&key, kind, address)?,
             status,
         ));
+    }
+    for item in db.scan_prefix([keys::ADDRESS_CONSENT_TYPE]) {
+        let (key, value) = item?;
+        if let Some(KeyParts::AddressConsent {
+            tenant,
+            kind,
+            address,
+        }) = keys::parse(&key)
+        {
+            let consent = codec::decode_address_consent(&value).map_err(corrupt(&key))?;
+            if consent.mask() != 0 {
+                visit(Loaded::AddressConsent(
+                    tenant_of(&key, tenant)?,
+                    address_of(&key, kind, address)?,
+                    consent.mask(),
+                ));
+            }
+        }
     }
     for item in db.scan_prefix([keys::SUBSCRIPTION_TYPE]) {
         let (key, value) = item?;
@@ -453,6 +480,14 @@ fn restore_into(db: &sled::Db, item: &DumpItem, batch: &mut sled::Batch) -> Resu
             keys::usage_opt_out(tenant, &opt_out.user_id),
             codec::encode_usage_opt_out(opt_out),
         ),
+        DumpItem::AddressConsent {
+            tenant,
+            address,
+            consent,
+        } => batch.insert(
+            keys::address_consent(tenant, address),
+            codec::encode_address_consent(consent),
+        ),
     }
     Ok(())
 }
@@ -472,6 +507,9 @@ pub(crate) fn owner_lock(item: &DumpItem) -> Lock {
             tenant, address, ..
         }
         | DumpItem::AddressEvent {
+            tenant, address, ..
+        }
+        | DumpItem::AddressConsent {
             tenant, address, ..
         } => Lock::Address(tenant.clone(), address.clone()),
         DumpItem::FeedbackEventId {

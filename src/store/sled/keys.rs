@@ -19,6 +19,7 @@
 //! | `c`  | len16(service id), id, profile id         | status byte (subscriber index) |
 //! | `k`  | SHA-256 of a confirmation token (32 bytes) | token record         |
 //! | `x`  | user id                                  | usage opt-out record   |
+//! | `o`  | address kind, address                    | address opt-outs, per channel |
 //!
 //! And `M` alone: the store's format version (see `migrate.rs`). Format 2
 //! stores kept the address log under `l`, in arrival order; `migrate.rs`
@@ -48,6 +49,7 @@ const EVENT_ID_EXPIRY: u8 = b'E';
 /// Type bytes that whole-store scans start from.
 pub(crate) const PROFILE_TYPE: u8 = PROFILE;
 pub(crate) const ADDRESS_TYPE: u8 = ADDRESS;
+pub(crate) const ADDRESS_CONSENT_TYPE: u8 = ADDRESS_CONSENT;
 pub(crate) const STATUS_INDEX_TYPE: u8 = STATUS_INDEX;
 pub(crate) const SUBSCRIPTION_TYPE: u8 = SUBSCRIPTION;
 pub(crate) const TOKEN_TYPE: u8 = TOKEN;
@@ -63,6 +65,7 @@ const SUBSCRIPTION: u8 = b'b';
 const SUBSCRIBER: u8 = b'c';
 const TOKEN: u8 = b'k';
 const USAGE_OPT_OUT: u8 = b'x';
+const ADDRESS_CONSENT: u8 = b'o';
 
 fn prefix(record_type: u8, tenant: &Tenant, extra: usize) -> Vec<u8> {
     let t = tenant.as_str().as_bytes();
@@ -263,7 +266,7 @@ pub(crate) fn status_index_tail<'k>(tenant: &Tenant, key: &'k [u8]) -> Option<(u
 /// The record types a logical export holds, in export order (settings first,
 /// services before subscriptions). The `u`, `s` and `c` indexes are left
 /// out: they are derived from profiles, address states and subscriptions.
-pub(crate) const DUMPED_TYPES: [u8; 10] = [
+pub(crate) const DUMPED_TYPES: [u8; 11] = [
     TENANT_SETTINGS,
     PROFILE,
     CONSENT_LOG,
@@ -274,6 +277,7 @@ pub(crate) const DUMPED_TYPES: [u8; 10] = [
     SUBSCRIPTION,
     TOKEN,
     USAGE_OPT_OUT,
+    ADDRESS_CONSENT,
 ];
 
 /// The prefix of every record of one type: of one tenant, or of all tenants.
@@ -354,6 +358,15 @@ pub(crate) enum KeyParts<'k> {
         /// The token's SHA-256.
         hash: &'k [u8; 32],
     },
+    /// `o`: an address's opt-outs.
+    AddressConsent {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The address kind byte.
+        kind: u8,
+        /// The address's bytes.
+        address: &'k [u8],
+    },
     /// `x`: a usage opt-out.
     UsageOptOut {
         /// The tenant's bytes.
@@ -422,6 +435,14 @@ pub(crate) fn parse(key: &[u8]) -> Option<KeyParts<'_>> {
             tenant,
             hash: rest.try_into().ok()?,
         }),
+        ADDRESS_CONSENT => {
+            let (&kind, address) = rest.split_first()?;
+            Some(KeyParts::AddressConsent {
+                tenant,
+                kind,
+                address,
+            })
+        }
         USAGE_OPT_OUT => Some(KeyParts::UsageOptOut {
             tenant,
             user_id: rest,
@@ -479,6 +500,14 @@ pub(crate) fn subscriber(tenant: &Tenant, service: &ServiceId, profile: &Profile
 pub(crate) fn token(tenant: &Tenant, hash: &TokenHash) -> Vec<u8> {
     let mut key = prefix(TOKEN, tenant, hash.0.len());
     key.extend_from_slice(&hash.0);
+    key
+}
+
+/// The key of an address's opt-outs.
+pub(crate) fn address_consent(tenant: &Tenant, address: &Address) -> Vec<u8> {
+    let mut key = prefix(ADDRESS_CONSENT, tenant, 1 + address.as_str().len());
+    key.push(address_kind_byte(address.kind()));
+    key.extend_from_slice(address.as_str().as_bytes());
     key
 }
 
@@ -622,6 +651,14 @@ mod tests {
         assert_eq!(
             parse(&status_index(&tenant, AddressStatus::Quarantined, &a)),
             None
+        );
+        assert_eq!(
+            parse(&address_consent(&tenant, &a)),
+            Some(KeyParts::AddressConsent {
+                tenant: b"acme",
+                kind: address_kind_byte(a.kind()),
+                address: a.as_str().as_bytes(),
+            })
         );
         assert_eq!(parse(b"p\x09acme"), None);
         assert_eq!(

@@ -42,9 +42,9 @@ use super::{
     locks::{Held, LockTable},
 };
 use crate::engine::{
-    Address, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry, EventId, EventKey,
-    Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus, Tenant,
-    TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
+    EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
+    Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
 
 pub use codec::CodecError;
@@ -681,6 +681,17 @@ impl Store for SledStore {
         Ok(Page { items, next: None })
     }
 
+    async fn address_consent(
+        &self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressConsent>> {
+        let key = keys::address_consent(tenant, address);
+        self.get(&key)?
+            .map(|bytes| codec::decode_address_consent(&bytes).map_err(corrupt(&key)))
+            .transpose()
+    }
+
     async fn usage_opt_out(&self, tenant: &Tenant, user: &UserId) -> Result<Option<UsageOptOut>> {
         let key = keys::usage_opt_out(tenant, user);
         self.get(&key)?
@@ -981,6 +992,17 @@ impl Txn for SledTxn<'_> {
         Ok(stored + new)
     }
 
+    async fn address_consent(
+        &mut self,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressConsent>> {
+        let key = keys::address_consent(tenant, address);
+        self.read(&key)?
+            .map(|bytes| codec::decode_address_consent(&bytes).map_err(corrupt(&key)))
+            .transpose()
+    }
+
     async fn usage_opt_out(
         &mut self,
         tenant: &Tenant,
@@ -1194,6 +1216,24 @@ impl Txn for SledTxn<'_> {
             tenant: tenant.clone(),
             user_id: opt_out.user_id.clone(),
             opted_out: true,
+        });
+    }
+
+    fn put_address_consent(
+        &mut self,
+        tenant: &Tenant,
+        address: &Address,
+        consent: &AddressConsent,
+    ) {
+        self.stage(
+            keys::address_consent(tenant, address),
+            Some(codec::encode_address_consent(consent)),
+            OpKind::Other,
+        );
+        self.changes.push(Change::AddressConsent {
+            tenant: tenant.clone(),
+            address: address.clone(),
+            opted_out: consent.mask(),
         });
     }
 
