@@ -171,13 +171,13 @@ impl Address {
     /// Parses an e-mail address into its canonical form (see the module
     /// documentation).
     pub fn email(raw: &str) -> Result<Self, Invalid> {
-        let shown = raw.trim();
-        if shown.len() > ADDRESS_INPUT_LEN_MAX {
+        if raw.len() > ADDRESS_INPUT_LEN_MAX {
             return Err(Invalid::new(format!(
                 "e-mail address must be at most {ADDRESS_INPUT_LEN_MAX} bytes long, not {}",
-                shown.len()
+                raw.len()
             )));
         }
+        let shown = raw.trim();
         if shown.is_empty() {
             return Err(Invalid::new("e-mail address is required"));
         }
@@ -213,15 +213,15 @@ impl Address {
     /// Parses a phone number into E.164; a number in national form is read
     /// in `region`, and refused without one.
     pub fn phone_in(raw: &str, region: Option<Region>) -> Result<Self, Invalid> {
+        if raw.len() > ADDRESS_INPUT_LEN_MAX {
+            return Err(Invalid::new(format!(
+                "phone number must be at most {ADDRESS_INPUT_LEN_MAX} bytes long, not {}",
+                raw.len()
+            )));
+        }
         let shown = raw.trim();
         if shown.is_empty() {
             return Err(Invalid::new("phone number is required"));
-        }
-        if shown.len() > ADDRESS_INPUT_LEN_MAX {
-            return Err(Invalid::new(format!(
-                "phone number must be at most {ADDRESS_INPUT_LEN_MAX} bytes long, not {}",
-                shown.len()
-            )));
         }
         refuse_hidden_characters(shown, "phone number")?;
         let text: String = shown.chars().map(narrow).collect();
@@ -658,6 +658,60 @@ mod tests {
         for bad in ["", "F", "FRA", "F1", "ZZ", "été"] {
             assert!(Region::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Each refusal says what is wrong, so that a client can fix it: the
+    /// messages are part of the rules (mutation testing showed that a check
+    /// could be skipped when a later one refused the same input for another
+    /// reason).
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let why = |kind, raw: &str| Address::parse(kind, raw).expect_err(raw).0;
+        assert_eq!(why(None, "   "), "address is required");
+        assert!(why(None, "token-without-type").contains("cannot infer"));
+        assert!(why(Some(AddressKind::Email), "a@b@x.com").contains("second '@'"));
+        assert!(why(Some(AddressKind::Email), "a\"b@x.com").contains("quoted"));
+        let region = |raw| Region::parse(raw).expect_err(raw).0;
+        assert!(region("FRA").contains("two letters"), "{}", region("FRA"));
+        assert!(region("F1").contains("two letters"));
+        assert!(region("ZZ").contains("numbering plan"));
+    }
+
+    /// Inputs are bounded before any work: at most 512 bytes as given
+    /// (white space included), whatever the kind.
+    #[test]
+    fn inputs_are_bounded_as_given() {
+        let padded = |address: &str, len: usize| format!("{address:<len$}");
+        for (kind, address) in [
+            (None, "a@x.io"),
+            (Some(AddressKind::Email), "a@x.io"),
+            (Some(AddressKind::Phone), "+33612345678"),
+        ] {
+            let at_limit = padded(address, ADDRESS_INPUT_LEN_MAX);
+            assert_eq!(at_limit.len(), ADDRESS_INPUT_LEN_MAX);
+            assert!(
+                Address::parse(kind, &at_limit).is_ok(),
+                "{kind:?} at the limit"
+            );
+            let over = padded(address, ADDRESS_INPUT_LEN_MAX + 1);
+            let error = Address::parse(kind, &over).expect_err("over the limit");
+            assert!(error.0.contains("at most 512 bytes"), "{kind:?}: {error}");
+        }
+        // The e-mail parser called alone bounds its input too.
+        let over = padded("a@x.io", ADDRESS_INPUT_LEN_MAX + 1);
+        assert!(
+            Address::email(&over)
+                .expect_err("over")
+                .0
+                .contains("at most 512")
+        );
+        assert!(Address::email(&padded("a@x.io", ADDRESS_INPUT_LEN_MAX)).is_ok());
+        assert!(
+            Address::phone(&padded("+33612345678", ADDRESS_INPUT_LEN_MAX + 1))
+                .expect_err("over")
+                .0
+                .contains("at most 512")
+        );
     }
 
     #[test]
