@@ -240,12 +240,8 @@ impl Address {
         }
         let number = phonenumber::parse(region.map(|r| r.0), &text)
             .map_err(|e| Invalid::new(format!("'{shown}' is not a valid phone number: {e}")))?;
+        // (The library refuses a country calling code that does not exist.)
         let code = number.code().value();
-        if code == 0 || phonenumber::metadata::DATABASE.region(&code).is_none() {
-            return Err(Invalid::new(format!(
-                "'{shown}' is not a valid phone number: +{code} is not a country calling code"
-            )));
-        }
         if number.extension().is_some() {
             return Err(Invalid::new(format!(
                 "'{shown}' has an extension: give the number alone"
@@ -626,6 +622,16 @@ mod tests {
             phone("(415) 555-2671", Some("US")),
             Ok("+14155552671".to_owned())
         );
+        // The bounds: 4 digits after the country code (Niue), and 15 in all.
+        assert_eq!(phone("+683 4002", None), Ok("+6834002".to_owned()));
+        assert_eq!(
+            phone("+882 123456789012", None),
+            Ok("+882123456789012".to_owned())
+        );
+        let long = phone("+882 1234567890123", None).expect_err("16 digits");
+        assert!(long.0.contains("4 to 12 digits"), "{long}");
+        let unknown = phone("+999 1234 5678", None).expect_err("no such country code");
+        assert!(unknown.0.contains("country code"), "{unknown}");
         assert_eq!(
             phone("+44 (0)20 7031 3000", None),
             Ok("+442070313000".to_owned())
