@@ -20,6 +20,7 @@ mod docs;
 mod durability;
 mod faults;
 mod fsync_trace;
+mod limits;
 mod observability;
 mod scenarios;
 mod subscriptions;
