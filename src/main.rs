@@ -158,7 +158,8 @@ struct ServeArgs {
     /// ended with DEADLINE_EXCEEDED.
     #[arg(long, env = "CONSENTD_STREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     stream_idle_timeout: Duration,
-    /// The longest a stream may last; then it is ended with DEADLINE_EXCEEDED.
+    /// The longest a StreamEligibility stream may last; then it is ended with
+    /// DEADLINE_EXCEEDED. (A backup has no maximum: it runs while its client reads.)
     #[arg(long, env = "CONSENTD_STREAM_MAX_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     stream_max_duration: Duration,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off when not set).

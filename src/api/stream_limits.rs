@@ -128,7 +128,8 @@ impl<T> Outbox<T> {
 pub(crate) struct StreamLimits {
     idle: Duration,
     max: Duration,
-    ends: Instant,
+    /// When the stream ends; `None`: no maximum duration.
+    ends: Option<Instant>,
 }
 
 impl StreamLimits {
@@ -137,7 +138,16 @@ impl StreamLimits {
         Self {
             idle: settings.stream_idle_timeout,
             max: settings.stream_max_duration,
-            ends: Instant::now() + settings.stream_max_duration,
+            ends: Some(Instant::now() + settings.stream_max_duration),
+        }
+    }
+
+    /// The idle timeout of `settings` only: for a stream that may rightly
+    /// last long as long as the client keeps up (a backup).
+    pub(crate) fn idle_only(settings: &Settings) -> Self {
+        Self {
+            ends: None,
+            ..Self::start(settings)
         }
     }
 
@@ -149,7 +159,8 @@ impl StreamLimits {
         waiting: &str,
         step: impl Future<Output = T>,
     ) -> Result<T, Error> {
-        let deadline = (Instant::now() + self.idle).min(self.ends);
+        let idle = Instant::now() + self.idle;
+        let deadline = self.ends.map_or(idle, |ends| idle.min(ends));
         tokio::time::timeout_at(deadline, step)
             .await
             .map_err(|_| self.cut(waiting))
@@ -157,7 +168,7 @@ impl StreamLimits {
 
     /// Why the stream was ended while waiting for `waiting`.
     fn cut(&self, waiting: &str) -> Error {
-        let message = if Instant::now() >= self.ends {
+        let message = if self.ends.is_some_and(|ends| Instant::now() >= ends) {
             format!(
                 "the stream reached its maximum duration of {} (--stream-max-duration); \
                  what was answered stands: open a new stream for the rest",

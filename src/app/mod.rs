@@ -360,9 +360,9 @@ impl App {
         Ok(())
     }
 
-    /// Copies the records of `tenant` (every tenant when `None`) as of one
-    /// moment, for an online backup: writes wait while the records are copied
-    /// into memory, reads go on.
+    /// The records of `tenant` (every tenant when `None`) as of one moment,
+    /// for an online backup: writes wait only while the moment is taken (on
+    /// the sled store), reads and writes go on while it is read.
     pub async fn snapshot(&self, tenant: Option<Tenant>) -> Result<Box<dyn Snapshot>> {
         let store = Arc::clone(&self.store);
         self.off_workers(move || async move { Ok(store.snapshot(tenant.as_ref()).await?) })
