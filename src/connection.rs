@@ -41,7 +41,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 use tokio_stream::{Stream, StreamExt as _};
-use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::{Layer, Service};
 
 /// The limits [`limit`] applies.
@@ -340,15 +340,11 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let extensions = request.extensions();
-        let activity = extensions
+        // tonic puts the connect info of a TLS connection's socket there too.
+        let activity = request
+            .extensions()
             .get::<ConnInfo>()
-            .map(|info| &info.activity)
-            .or_else(|| {
-                extensions
-                    .get::<TlsConnectInfo<ConnInfo>>()
-                    .map(|info| &info.get_ref().activity)
-            });
+            .map(|info| &info.activity);
         let in_flight = activity.map(Activity::begin);
         let response = self.inner.call(request);
         Box::pin(async move {
