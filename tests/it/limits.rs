@@ -72,7 +72,7 @@ async fn connections_that_send_nothing_are_closed_after_the_handshake_timeout() 
     }))
     .await;
     let mut silent = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..200 {
         silent.push(TcpStream::connect(app.addr).await.expect("connect"));
     }
     // One sends the preface and settings, and then no request.

@@ -539,3 +539,23 @@ async fn a_backup_keeps_only_the_records_changed_since_its_cut_and_lets_go_when_
     tx.commit().await.expect("commit");
     assert!(store.backups.active().is_empty());
 }
+
+/// A compaction would switch databases under a backup: while one runs, a
+/// due compaction waits for a later sweep.
+#[tokio::test]
+async fn reclaim_waits_while_a_backup_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    rewrite_profiles(&store, 30, 20).await;
+    let policy = CompactionPolicy {
+        ratio: 2,
+        min_bytes: 0,
+    };
+    let snapshot = store.snapshot(None).await.expect("snapshot");
+    assert_eq!(store.reclaim(policy).await.expect("reclaim"), None);
+    drop(snapshot);
+    assert!(
+        store.reclaim(policy).await.expect("reclaim").is_some(),
+        "due once the backup is over"
+    );
+}
