@@ -530,6 +530,16 @@ async fn a_backup_keeps_only_the_records_changed_since_its_cut_and_lets_go_when_
     }
     assert_eq!(views[0].kept(), 3);
     assert_eq!(snapshot.items().count(), 200);
+    // A backup of one tenant keeps nothing of another's changes.
+    let of_t = store.snapshot(Some(&t)).await.expect("snapshot of t");
+    let views_now = store.backups.active();
+    let view_of_t = views_now.last().expect("registered");
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    tx.put_profile(&tenant("other"), &bare("p010"));
+    tx.commit().await.expect("commit");
+    assert_eq!(view_of_t.kept(), 0);
+    assert_eq!(views[0].kept(), 4, "the backup of every tenant keeps it");
+    drop((views_now, of_t));
     drop(views);
     drop(snapshot);
     assert!(!store.backups.any(), "the view is dropped with the backup");
