@@ -72,6 +72,10 @@ pub enum Error {
     /// The server is shutting down or the store cannot take writes.
     #[error("{0}")]
     Unavailable(String),
+    /// A stream was ended by one of its limits (`--stream-idle-timeout`,
+    /// `--stream-max-duration`); what was answered before stands.
+    #[error("{0}")]
+    StreamCut(String),
     /// The store failed. The cause is logged; the caller sees an opaque message.
     #[error("storage error")]
     Storage(#[from] crate::store::StoreError),

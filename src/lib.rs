@@ -14,6 +14,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod clock;
+pub mod connection;
 pub mod data;
 pub mod engine;
 pub mod error;

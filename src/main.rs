@@ -20,9 +20,10 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use consentd::{
-    app::{COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT},
+    app::{COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT},
     auth::{KeySet, Role, Security, TenantScope, TlsPem},
     clock::SystemClock,
+    connection::ConnectionLimits,
     engine::{ADDRESS_LOG_EVENTS_MAX_DEFAULT, CHECKPOINT_EVERY, LogLimits, QuarantineRules},
     server::{self, App, Settings},
     store::CompactionPolicy,
@@ -135,6 +136,32 @@ struct ServeArgs {
     /// Concurrent requests (HTTP/2 streams) per client connection.
     #[arg(long, env = "CONSENTD_MAX_CONCURRENT_STREAMS", default_value_t = CONCURRENT_STREAMS_MAX_DEFAULT)]
     max_concurrent_streams: u32,
+    /// Client connections open at once; a connection accepted beyond it is
+    /// closed at once. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, env = "CONSENTD_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    max_connections: usize,
+    /// A connection that has not sent its first request this long after it
+    /// was accepted (TCP, TLS handshake, HTTP/2 preface, request headers) is closed.
+    #[arg(long, env = "CONSENTD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, env = "CONSENTD_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Time between two HTTP/2 keep-alive pings on a quiet connection.
+    #[arg(long, env = "CONSENTD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    keepalive_interval: Duration,
+    /// A connection whose keep-alive ping is not answered within this is closed, with its requests.
+    #[arg(long, env = "CONSENTD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Duration,
+    /// A stream (StreamEligibility, Backup) that waits this long for the
+    /// client's next message, or for the client to take the next answer, is
+    /// ended with DEADLINE_EXCEEDED.
+    #[arg(long, env = "CONSENTD_STREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    stream_idle_timeout: Duration,
+    /// The longest a StreamEligibility stream may last; then it is ended with
+    /// DEADLINE_EXCEEDED. (A backup has no maximum: it runs while its client reads.)
+    #[arg(long, env = "CONSENTD_STREAM_MAX_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    stream_max_duration: Duration,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off when not set).
     #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -166,6 +193,9 @@ impl ServeArgs {
         if self.max_concurrent_streams == 0 {
             return Err("--max-concurrent-streams must be at least 1".into());
         }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
         if self.address_log_events_max < 2 * CHECKPOINT_EVERY {
             return Err(format!(
                 "--address-log-events-max must be at least {}",
@@ -186,6 +216,12 @@ impl ServeArgs {
             ("--confirmation-token-ttl", self.confirmation_token_ttl),
             ("--late-event-horizon", self.late_event_horizon),
             ("--retention-sweep-interval", self.retention_sweep_interval),
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--keepalive-interval", self.keepalive_interval),
+            ("--keepalive-timeout", self.keepalive_timeout),
+            ("--stream-idle-timeout", self.stream_idle_timeout),
+            ("--stream-max-duration", self.stream_max_duration),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be longer than zero"));
@@ -208,6 +244,15 @@ impl ServeArgs {
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             max_concurrent_streams: self.max_concurrent_streams,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                handshake_timeout: self.handshake_timeout,
+                idle_timeout: self.idle_timeout,
+            },
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            stream_idle_timeout: self.stream_idle_timeout,
+            stream_max_duration: self.stream_max_duration,
             cache_bytes: Some(self.cache_size),
             retention_sweep_interval: self.retention_sweep_interval,
             compaction: CompactionPolicy {
@@ -447,6 +492,64 @@ mod tests {
             defaults.max_concurrent_streams
         );
         assert_eq!(settings.compaction, defaults.compaction);
+        assert_eq!(settings.connections, defaults.connections);
+        assert_eq!(settings.keepalive_interval, defaults.keepalive_interval);
+        assert_eq!(settings.keepalive_timeout, defaults.keepalive_timeout);
+        assert_eq!(settings.stream_idle_timeout, defaults.stream_idle_timeout);
+        assert_eq!(settings.stream_max_duration, defaults.stream_max_duration);
+    }
+
+    #[test]
+    fn connection_and_stream_limits_are_read_from_flags() {
+        let settings = serve_args(&[
+            "consentd",
+            "serve",
+            "--max-connections",
+            "7",
+            "--handshake-timeout",
+            "3s",
+            "--idle-timeout",
+            "2m",
+            "--keepalive-interval",
+            "20s",
+            "--keepalive-timeout",
+            "4s",
+            "--stream-idle-timeout",
+            "5s",
+            "--stream-max-duration",
+            "1h",
+        ])
+        .settings()
+        .expect("valid");
+        assert_eq!(
+            settings.connections,
+            ConnectionLimits {
+                max_connections: 7,
+                handshake_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(120),
+            }
+        );
+        assert_eq!(settings.keepalive_interval, Duration::from_secs(20));
+        assert_eq!(settings.keepalive_timeout, Duration::from_secs(4));
+        assert_eq!(settings.stream_idle_timeout, Duration::from_secs(5));
+        assert_eq!(settings.stream_max_duration, Duration::from_secs(3600));
+        for flag in [
+            "--handshake-timeout",
+            "--idle-timeout",
+            "--keepalive-interval",
+            "--keepalive-timeout",
+            "--stream-idle-timeout",
+            "--stream-max-duration",
+        ] {
+            let refused = serve_args(&["consentd", "serve", flag, "0s"])
+                .settings()
+                .expect_err("zero refused");
+            assert!(refused.contains(flag), "{refused}");
+        }
+        let refused = serve_args(&["consentd", "serve", "--max-connections", "0"])
+            .settings()
+            .expect_err("zero refused");
+        assert!(refused.contains("--max-connections"), "{refused}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::T
 use crate::{
     api::{Services, auth_layer::AuthLayer},
     auth::{Security, TlsPem},
+    connection::{self, ActivityLayer},
     error::Error,
     metrics::MetricsLayer,
     pb,
@@ -245,11 +246,20 @@ pub async fn run(
     // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add tens of
     // milliseconds to every response that spans several segments.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // At most so many connections, each closed when it sends no request in
+    // time or stays idle (hyper and tonic have neither limit).
+    let incoming = connection::limit(incoming, settings.connections);
     let server = builder
         .timeout(settings.request_timeout)
         .max_concurrent_streams(settings.max_concurrent_streams)
+        // A peer that no longer answers pings is closed, in-flight requests
+        // and all (its streams would otherwise wait for it forever).
+        .http2_keepalive_interval(Some(settings.keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout))
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
+        // Outermost: a connection's idle time starts when its last response is done.
+        .layer(ActivityLayer)
         // These read only HTTP, so they work at any position; added first they
         // are outermost, so they also count and tag what later layers refuse.
         .layer(RequestIdLayer)

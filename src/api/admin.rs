@@ -1,23 +1,27 @@
 //! `consent.v1.AdminService`: the online backup (server side), and the client
 //! that `consentd backup` uses.
 //!
-//! The server copies the records as of one moment (`App::snapshot`, writes
-//! paused for the copy only), then encodes the copy in the export format off
-//! the async workers and streams it in chunks of whole lines. The stream is
+//! The server takes a consistent view of the records as of one moment
+//! (`App::snapshot`: writes pause only while it is registered, and nothing is
+//! copied), then reads and encodes the records in the export format off the
+//! async workers and streams them in chunks of whole lines. The stream is
 //! bounded: the encoder waits while the client has not taken the chunks
-//! already sent.
+//! already sent, for `--stream-idle-timeout` at most; then the backup ends
+//! with DEADLINE_EXCEEDED and its view is dropped.
 
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tokio_stream::StreamExt as _;
 use tonic::{
     Request, Response, Status,
     metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
 
-use super::convert::Check;
+use super::{
+    convert::Check,
+    stream_limits::{Answers, Ended, StreamLimits, outbox},
+};
 use crate::{
     app::App,
     data::{DataError, export::write_records, record::Header},
@@ -40,7 +44,7 @@ pub(crate) struct AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    type BackupStream = ReceiverStream<Result<pb::BackupResponse, Status>>;
+    type BackupStream = Answers<pb::BackupResponse>;
 
     async fn backup(
         &self,
@@ -60,24 +64,33 @@ impl AdminService for AdminApi {
         tracing::info!(
             records = records_total,
             writes_paused_ms = snapshot.paused().as_secs_f64() * 1000.0,
-            "backup: records copied"
+            "backup: consistent view taken, records counted"
         );
         let header = Header::new(tenant.as_ref(), self.app.now());
-        let (tx, rx) = mpsc::channel(BACKUP_CHUNKS_BUFFERED);
+        let (mut answers, stream) = outbox(
+            StreamLimits::idle_only(self.app.settings()),
+            BACKUP_CHUNKS_BUFFERED,
+        );
         let span = tracing::Span::current();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
                 let started = Instant::now();
                 let mut chunk = Vec::with_capacity(BACKUP_CHUNK_BYTES + 64 * 1024);
                 let mut records = 0u64;
                 let mut header_line = true;
-                let send = |data: Vec<u8>, records: u64| {
-                    tx.blocking_send(Ok(pb::BackupResponse {
-                        data,
-                        records,
-                        records_total,
-                    }))
-                    .map_err(|_| std::io::Error::other("the client went away"))
+                let mut send = |data: Vec<u8>, records: u64| {
+                    runtime
+                        .block_on(answers.send(pb::BackupResponse {
+                            data,
+                            records,
+                            records_total,
+                        }))
+                        .map_err(|Ended| {
+                            std::io::Error::other(
+                                "the client went away, or took no chunk for --stream-idle-timeout",
+                            )
+                        })
                 };
                 let written = write_records(&header, snapshot.items(), |line| {
                     chunk.extend_from_slice(line);
@@ -107,14 +120,12 @@ impl AdminService for AdminApi {
                         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                         "backup: streamed"
                     ),
-                    Err(DataError::Store(e)) => {
-                        let _ = tx.blocking_send(Err(Status::from(Error::Storage(e))));
-                    }
+                    Err(DataError::Store(e)) => answers.end(Status::from(Error::Storage(e))),
                     Err(error) => tracing::warn!(%error, "backup: stopped"),
                 }
             });
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 }
 

@@ -12,6 +12,7 @@ mod page;
 mod profile;
 mod quarantine;
 mod status;
+mod stream_limits;
 mod subscription;
 mod tenant;
 mod usage;

@@ -129,6 +129,13 @@ impl From<Error> for Status {
                 HashMap::new(),
                 ErrorDetails::new(),
             ),
+            Error::StreamCut(_) => status(
+                Code::DeadlineExceeded,
+                message,
+                "STREAM_LIMIT",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
             Error::Storage(store) => storage_status(&store),
         }
     }

@@ -34,6 +34,7 @@ pub use subscriptions::{Confirmed, SERVICES_PER_TENANT_MAX};
 pub use crate::index::Delivery;
 use crate::{
     clock::Clock,
+    connection::ConnectionLimits,
     engine::{LogLimits, QuarantineRules, Tenant, UnixMillis},
     error::{Error, Result},
     index::{Index, Readiness},
@@ -69,6 +70,21 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
 /// Default limit of concurrent HTTP/2 streams (requests) per connection.
 pub const CONCURRENT_STREAMS_MAX_DEFAULT: u32 = 256;
+/// Default limit of client connections open at once.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 512;
+/// Default time from a connection's accept to its first request.
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default time a connection stays open with no request in flight.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
+/// Default time between two HTTP/2 keep-alive pings on a quiet connection.
+pub const KEEPALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+/// Default time a keep-alive ping waits for its answer before the connection is closed.
+pub const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default time a stream waits for the client's next message, or for the
+/// client to take the next answer, before it is ended.
+pub const STREAM_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Default longest a stream may last.
+pub const STREAM_MAX_DURATION_DEFAULT: Duration = Duration::from_secs(10 * 60);
 /// Default lifetime of a double opt-in confirmation token.
 pub const CONFIRMATION_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -87,6 +103,18 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Client connections open at once, and how long one may take to send
+    /// its first request or stay idle (see `connection`).
+    pub connections: ConnectionLimits,
+    /// Time between two HTTP/2 keep-alive pings on a quiet connection.
+    pub keepalive_interval: Duration,
+    /// How long a keep-alive ping waits for its answer; then the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// How long a stream (StreamEligibility, Backup) waits for the client's
+    /// next message, or for the client to take the next answer.
+    pub stream_idle_timeout: Duration,
+    /// The longest a stream may last.
+    pub stream_max_duration: Duration,
     /// sled's page cache, in bytes (`None`: the store's default).
     pub cache_bytes: Option<u64>,
     /// Time between two retention sweeps.
@@ -106,6 +134,15 @@ impl Default for Settings {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             max_concurrent_streams: CONCURRENT_STREAMS_MAX_DEFAULT,
+            connections: ConnectionLimits {
+                max_connections: CONNECTIONS_MAX_DEFAULT,
+                handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
+                idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            },
+            keepalive_interval: KEEPALIVE_INTERVAL_DEFAULT,
+            keepalive_timeout: KEEPALIVE_TIMEOUT_DEFAULT,
+            stream_idle_timeout: STREAM_IDLE_TIMEOUT_DEFAULT,
+            stream_max_duration: STREAM_MAX_DURATION_DEFAULT,
             cache_bytes: None,
             retention_sweep_interval: RETENTION_SWEEP_INTERVAL_DEFAULT,
             compaction: CompactionPolicy {
@@ -323,9 +360,9 @@ impl App {
         Ok(())
     }
 
-    /// Copies the records of `tenant` (every tenant when `None`) as of one
-    /// moment, for an online backup: writes wait while the records are copied
-    /// into memory, reads go on.
+    /// The records of `tenant` (every tenant when `None`) as of one moment,
+    /// for an online backup: writes wait only while the moment is taken (on
+    /// the sled store), reads and writes go on while it is read.
     pub async fn snapshot(&self, tenant: Option<Tenant>) -> Result<Box<dyn Snapshot>> {
         let store = Arc::clone(&self.store);
         self.off_workers(move || async move { Ok(store.snapshot(tenant.as_ref()).await?) })

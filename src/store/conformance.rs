@@ -744,6 +744,84 @@ pub(crate) async fn the_decision_state_loads_whole(store: &dyn Store) {
     }
 }
 
+/// A snapshot is the state when it was taken, whatever is written while it
+/// is read: records rewritten, removed (by a change or by expiry) and added,
+/// before and after the place the reading has reached, in its tenant and in
+/// another; in the order of a dump. A tenant's snapshot is its part of it.
+pub(crate) async fn a_snapshot_is_the_state_when_it_was_taken(store: &dyn Store) {
+    let (a, b) = (tenant("a"), tenant("b"));
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    for id in ["p2", "p4", "p6", "p8"] {
+        tx.put_profile(&a, &profile(id, &[&format!("{id}@x.io")]));
+    }
+    tx.put_profile(&b, &profile("q1", &["q1@x.io"]));
+    tx.put_event_marker(
+        &a,
+        &EventId::parse("e1").expect("valid"),
+        &email("p2@x.io"),
+        10,
+    );
+    tx.put_token(&a, &TokenHash([1; 32]), &token("p2", 15));
+    tx.put_token(&a, &TokenHash([2; 32]), &token("p4", 100));
+    tx.put_usage_opt_out(
+        &a,
+        &UsageOptOut {
+            user_id: UserId::parse("u1").expect("valid"),
+            opted_out_at: 5,
+            context: ctx(),
+        },
+    );
+    tx.commit().await.expect("commit");
+    let before: Vec<String> = store
+        .dump(None)
+        .map(|i| format!("{:?}", i.expect("item")))
+        .collect();
+    let before_a: Vec<String> = store
+        .dump(Some(&a))
+        .map(|i| format!("{:?}", i.expect("item")))
+        .collect();
+
+    let whole = store.snapshot(None).await.expect("snapshot");
+    let of_a = store.snapshot(Some(&a)).await.expect("snapshot of a");
+    assert_eq!(whole.len(), before.len());
+    assert_eq!(of_a.len(), before_a.len());
+    let mut reading = whole.items();
+    // The reading is under way (past the first profile of a) when the writes come.
+    let mut read: Vec<String> = reading
+        .by_ref()
+        .take(3)
+        .map(|i| format!("{:?}", i.expect("item")))
+        .collect();
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    tx.put_profile(&a, &profile("p1", &["new@x.io"]));
+    tx.put_profile(&a, &profile("p2", &["changed@x.io"]));
+    tx.put_profile(&a, &profile("p6", &["changed@x.io"]));
+    tx.put_profile(&a, &profile("p9", &["new@x.io"]));
+    tx.put_profile(&b, &profile("q1", &["changed@x.io"]));
+    tx.put_profile(&b, &profile("q2", &["new@x.io"]));
+    tx.delete_token(&a, &TokenHash([2; 32]));
+    tx.delete_usage_opt_out(&a, &UserId::parse("u1").expect("valid"));
+    tx.put_token(&a, &TokenHash([3; 32]), &token("p9", 100));
+    tx.commit().await.expect("commit");
+    let expired = store.expire(1000, 50, 100).await.expect("expire");
+    assert_eq!((expired.event_markers, expired.tokens), (1, 1));
+    read.extend(reading.map(|i| format!("{:?}", i.expect("item"))));
+    assert_eq!(read, before, "the snapshot is the state when it was taken");
+    let read_a: Vec<String> = of_a
+        .items()
+        .map(|i| format!("{:?}", i.expect("item")))
+        .collect();
+    assert_eq!(read_a, before_a, "a tenant's snapshot");
+    drop((whole, of_a));
+    // The writes themselves stand.
+    let after: Vec<String> = store
+        .dump(None)
+        .map(|i| format!("{:?}", i.expect("item")))
+        .collect();
+    assert_ne!(after, before);
+    assert!(after.iter().any(|i| i.contains("changed@x.io")));
+}
+
 /// A dump restored into an empty store dumps the same, with every derived
 /// index rebuilt; restoring twice equals once; a snapshot is a dump.
 pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: &dyn Store) {
@@ -996,6 +1074,12 @@ macro_rules! conformance_suite {
             async fn the_decision_state_loads_whole() {
                 let (store, _guard) = $make;
                 suite::the_decision_state_loads_whole(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn a_snapshot_is_the_state_when_it_was_taken() {
+                let (store, _guard) = $make;
+                suite::a_snapshot_is_the_state_when_it_was_taken(store.as_ref()).await;
             }
 
             #[tokio::test]

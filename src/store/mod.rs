@@ -260,7 +260,8 @@ pub enum DumpItem {
     },
 }
 
-/// The records of a dump taken as of one moment, to be read after writes resumed.
+/// The records of a dump as of one moment, read while writes go on (see
+/// `sled/backup.rs`: a store on disk copies nothing; one in memory may).
 pub trait Snapshot: Send + fmt::Debug {
     /// How many records it holds.
     fn len(&self) -> usize;
@@ -268,7 +269,7 @@ pub trait Snapshot: Send + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// How long writes were held up while it was taken.
+    /// How long writes were held up while its moment was taken.
     fn paused(&self) -> Duration;
     /// The records, decoded.
     fn items(&self) -> Box<dyn Iterator<Item = Result<DumpItem>> + Send + '_>;
@@ -472,7 +473,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         tenant: Option<&Tenant>,
     ) -> Box<dyn Iterator<Item = Result<DumpItem>> + Send + 'a>;
     /// The records of `tenant` (all when `None`) as of one moment, for an
-    /// online backup: writes wait while it is taken, reads go on.
+    /// online backup, counted (which reads them once): writes wait only
+    /// while the moment is taken, reads go on.
     async fn snapshot(&self, tenant: Option<&Tenant>) -> Result<Box<dyn Snapshot>>;
     /// Writes dumped records as they are, replacing records with the same
     /// identity and keeping the derived indexes in step; restoring twice

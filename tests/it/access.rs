@@ -3,7 +3,7 @@
 //! mutual TLS with certificates made here (rcgen), and the command line
 //! (`keys generate`, refusing a public address without keys, bad files).
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::common::{process::ServerProcess, *};
 use consentd::{
@@ -609,6 +609,62 @@ async fn tls_serves_clients_that_trust_its_ca_and_refuses_plaintext() {
     assert!(
         health_over(untrusting).await.is_err(),
         "a client that does not trust the server's CA must fail"
+    );
+}
+
+#[tokio::test]
+async fn over_tls_the_handshake_and_idle_timeouts_close_silent_connections_but_not_busy_ones() {
+    use consentd::{
+        connection::ConnectionLimits,
+        pb::{StreamEligibilityRequest, eligibility_service_client::EligibilityServiceClient},
+        server::Settings,
+    };
+    use tokio::io::AsyncReadExt as _;
+    let ca = Ca::new("consentd test CA");
+    let settings = Settings {
+        security: tls_security(&ca, None),
+        connections: ConnectionLimits {
+            max_connections: 64,
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        },
+        ..Settings::default()
+    };
+    let app = spawn_app_secured_with(settings, Some(client_tls(&ca))).await;
+    // A request over TLS that lasts longer than both timeouts: the server
+    // sees it in flight (through TLS's connect info) and keeps the connection.
+    let (chunks, outbound) = tokio::sync::mpsc::channel(4);
+    let mut answers = EligibilityServiceClient::new(app.channel.clone())
+        .stream_eligibility(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .expect("open the stream")
+        .into_inner();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    chunks
+        .send(StreamEligibilityRequest {
+            tenant: TENANT.into(),
+            channel: consentd::pb::Channel::Email.into(),
+            profile_ids: vec!["p-1".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("queue a chunk");
+    let answer = answers
+        .message()
+        .await
+        .expect("the connection is still open")
+        .expect("an answer");
+    assert_eq!(answer.decisions.len(), 1);
+    drop((chunks, answers));
+    // A socket that never starts its TLS handshake is closed.
+    let mut silent = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "a silent socket on the TLS port is still open after 10 s: {read:?}"
     );
 }
 

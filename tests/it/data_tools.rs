@@ -1113,3 +1113,161 @@ async fn export_of_a_directory_a_server_holds_is_refused_and_points_to_backup() 
     assert!(err.contains("consentd backup --server"), "{err}");
     assert!(out.stdout.is_empty(), "nothing is exported");
 }
+
+/// Profiles with four addresses each: about 1 MB of backup per 2,000.
+async fn seed_profiles(app: &TestApp, tenant: &str, count: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let mut profiles = app.profiles.clone();
+        let tenant = tenant.to_owned();
+        tasks.spawn(async move {
+            for i in (worker..count).step_by(8) {
+                let id = format!("p{i:05}");
+                profiles
+                    .upsert_profile(UpsertProfileRequest {
+                        tenant: tenant.clone(),
+                        profile_id: id.clone(),
+                        emails: (0..4).map(|n| format!("{id}.{n}@example.com")).collect(),
+                        context: ctx(Source::Api),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("UpsertProfile {id}: {s:?}"));
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("seeding task");
+    }
+}
+
+/// A channel whose HTTP/2 windows are small: the server can send little
+/// ahead of what the client reads, so a client that stops reading soon
+/// holds the backup up.
+async fn narrow_channel(app: &TestApp) -> GrpcChannel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .expect("endpoint")
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// The records of a backup (header line left out), as a set of lines.
+fn backup_records(data: &[u8]) -> BTreeSet<String> {
+    String::from_utf8(data.to_vec())
+        .expect("UTF-8")
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_one_moment_while_writes_go_on_and_a_client_that_stops_reading_is_cut_off() {
+    use consentd::pb::{BackupRequest, admin_service_client::AdminServiceClient};
+    let app = spawn_app_with(consentd::server::Settings {
+        stream_idle_timeout: std::time::Duration::from_secs(2),
+        ..consentd::server::Settings::default()
+    })
+    .await;
+    seed_profiles(&app, TENANT, 4000).await;
+    seed_profiles(&app, "globex", 10).await;
+    let mut admin = AdminServiceClient::new(narrow_channel(&app).await);
+    let backup = || BackupRequest {
+        tenant: String::new(),
+    };
+
+    // Backup 1, read at once: the state before the writes below.
+    let mut stream = admin.backup(backup()).await.expect("Backup").into_inner();
+    let mut before = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("a chunk") {
+        before.extend_from_slice(&chunk.data);
+    }
+    let before = backup_records(&before);
+
+    // Backup 2: its first chunk is read (the cut is taken), then writes of
+    // its tenants, ahead of and behind its reading, are acknowledged while it
+    // waits for its client.
+    let mut stream = admin.backup(backup()).await.expect("Backup").into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("a chunk")
+        .expect("the first chunk");
+    let total = first.records_total;
+    assert_eq!(usize::try_from(total).expect("fits"), before.len());
+    let mut during = first.data;
+    let writes = async {
+        for (tenant, id) in [
+            (TENANT, "p00000"),
+            (TENANT, "p03999"),
+            (TENANT, "zz-late"),
+            ("globex", "p00001"),
+            ("initech", "new"),
+        ] {
+            app.profiles
+                .clone()
+                .upsert_profile(UpsertProfileRequest {
+                    tenant: tenant.to_owned(),
+                    profile_id: id.to_owned(),
+                    emails: vec!["changed@example.com".to_owned()],
+                    context: ctx(Source::Api),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|s| panic!("UpsertProfile {id}: {s:?}"));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), writes)
+        .await
+        .expect("writes are not held up by a backup whose client is slow");
+    while let Some(chunk) = stream.message().await.expect("a chunk") {
+        during.extend_from_slice(&chunk.data);
+    }
+    let during = backup_records(&during);
+    let missing: Vec<&String> = before.difference(&during).take(3).collect();
+    let extra: Vec<&String> = during.difference(&before).take(3).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "a backup taken while writes go on is the state at its start; \
+         missing {missing:?}, extra {extra:?}"
+    );
+    assert_eq!(during.len(), before.len());
+
+    // Backup 3, after the writes: they are in it.
+    let mut stream = admin.backup(backup()).await.expect("Backup").into_inner();
+    let mut after = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("a chunk") {
+        after.extend_from_slice(&chunk.data);
+    }
+    let after = String::from_utf8(after).expect("UTF-8");
+    assert!(after.contains("zz-late") && after.contains("initech"));
+
+    // Backup 4: the client reads one chunk, then nothing for longer than
+    // --stream-idle-timeout: the server gives up, and when the client reads
+    // again it gets what was already sent, then DEADLINE_EXCEEDED.
+    let mut stream = admin.backup(backup()).await.expect("Backup").into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("a chunk")
+        .expect("the first chunk");
+    let mut records = first.records;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => records += chunk.records,
+            Ok(None) => panic!("the backup ended as if complete ({records} of {total} records)"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::DeadlineExceeded, "{ended:?}");
+    assert!(
+        ended.message().contains("--stream-idle-timeout"),
+        "{}",
+        ended.message()
+    );
+    assert!(records < first.records_total, "{records} records received");
+}

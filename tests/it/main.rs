@@ -22,6 +22,7 @@ mod durability;
 mod faults;
 mod fsync_trace;
 mod identity;
+mod limits;
 mod observability;
 mod scenarios;
 mod subscriptions;

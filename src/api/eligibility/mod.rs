@@ -10,8 +10,6 @@ mod wire;
 use std::{sync::Arc, task::Poll};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Response, Status, Streaming,
     body::Body,
@@ -23,6 +21,7 @@ use tracing::Instrument as _;
 use super::{
     access::Access,
     convert::{self, Check},
+    stream_limits::{Answers, StreamLimits, outbox},
 };
 use crate::{
     app::{App, Delivery, Ids},
@@ -227,10 +226,13 @@ impl EligibilityApi {
     async fn stream_eligibility(
         &self,
         request: Request<Streaming<IdsRequest>>,
-    ) -> Result<Response<ReceiverStream<Result<Encoded, Status>>>, Status> {
+    ) -> Result<Response<Answers<Encoded>>, Status> {
         let access = Access::of(&request, &self.app);
         let mut inbound = request.into_inner();
-        let (answers, stream) = mpsc::channel(STREAM_CHUNKS_BUFFERED);
+        let (mut answers, stream) = outbox(
+            StreamLimits::start(self.app.settings()),
+            STREAM_CHUNKS_BUFFERED,
+        );
         let mut audience = Audience {
             access,
             api: self.clone(),
@@ -238,25 +240,33 @@ impl EligibilityApi {
             total: Summary::default(),
         };
         let work = async move {
-            loop {
-                let chunk = match inbound.message().await {
+            // A limit that ends the stream (the client too slow to send or
+            // to read) drops its state and the answers not taken yet.
+            while let Ok(received) = answers.receive(inbound.message()).await {
+                let chunk = match received {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => break,
                     Err(status) => {
-                        let _ = answers.send(Err(status)).await;
+                        answers.end(status);
                         break;
                     }
                 };
-                let answer = audience.answer(chunk).await.map_err(Status::from);
-                let failed = answer.is_err();
-                // `send` waits while the client is behind: we read no more until it catches up.
-                if answers.send(answer).await.is_err() || failed {
-                    break;
+                match audience.answer(chunk).await {
+                    // `send` waits while the client is behind: we read no more until it catches up.
+                    Ok(answer) => {
+                        if answers.send(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        answers.end(Status::from(error));
+                        break;
+                    }
                 }
             }
         };
         tokio::spawn(work.instrument(tracing::Span::current()));
-        Ok(Response::new(ReceiverStream::new(stream)))
+        Ok(Response::new(stream))
     }
 }
 
@@ -376,7 +386,7 @@ struct Streamed(Arc<EligibilityApi>);
 
 impl StreamingService<IdsRequest> for Streamed {
     type Response = Encoded;
-    type ResponseStream = ReceiverStream<Result<Encoded, Status>>;
+    type ResponseStream = Answers<Encoded>;
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<Streaming<IdsRequest>>) -> Self::Future {

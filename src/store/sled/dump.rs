@@ -6,18 +6,14 @@
 //! status, `c`: service → subscribers, `E`: marker expiry) are not dumped:
 //! [`restore_all`] rebuilds them from the records they derive from.
 //!
-//! Consistency: [`SledStore::snapshot`](super::SledStore) copies the raw
-//! records while it holds every lock stripe. Every change takes its stripes
-//! before its first read and releases them after its commit, so with all
-//! stripes held no change is half done and none starts: the copy is the
-//! state as of one moment. Reads go on meanwhile.
+//! Consistency of an online backup: see `backup.rs` (a view registered
+//! while every lock stripe is held, which keeps the values as of that moment
+//! of the records changed since).
 //!
 //! A new record type is one more [`DumpItem`] variant, one arm in
 //! `decode_item`, in `restore_into` and in `owner_lock` (plus its key type
 //! in `keys::DUMPED_TYPES` and `keys::parse`). A new derived index is
 //! rebuilt in `restore_into`, never dumped.
-
-use std::time::{Duration, Instant};
 
 use sled::IVec;
 
@@ -28,35 +24,8 @@ use super::{
 use crate::engine::Tenant;
 use crate::{
     engine::{AddressStatus, EventId, ProfileId, ServiceId, TokenHash, UnixMillis, UserId},
-    store::{DumpItem, Expired, Loaded, Lock, Snapshot},
+    store::{DumpItem, Expired, Loaded, Lock},
 };
-
-/// The raw records of a dump, copied while writes were paused.
-#[derive(Debug)]
-pub(crate) struct RawSnapshot {
-    /// Keys and values, in key order.
-    entries: Vec<(IVec, IVec)>,
-    /// How long writes were paused for the copy.
-    paused: Duration,
-}
-
-impl Snapshot for RawSnapshot {
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn paused(&self) -> Duration {
-        self.paused
-    }
-
-    fn items(&self) -> Box<dyn Iterator<Item = Result<DumpItem>> + Send + '_> {
-        Box::new(
-            self.entries
-                .iter()
-                .filter_map(|(key, value)| decode_item(key, value).transpose()),
-        )
-    }
-}
 
 /// The value of an `e` marker: the address key, then the recorded-at time
 /// (absent before format 3).
@@ -76,8 +45,13 @@ fn decode_marker(key: &[u8], value: &[u8]) -> Result<(Vec<u8>, UnixMillis)> {
     Ok((value.to_vec(), migrate::LEGACY_MARKER_TIME))
 }
 
+/// Whether `key` is of a dumped record type (one [`decode_item`] decodes).
+pub(crate) fn is_dumped(key: &[u8]) -> bool {
+    keys::parse(key).is_some()
+}
+
 /// Decodes one raw record; `None` for a key that is not of a dumped type.
-fn decode_item(key: &[u8], value: &[u8]) -> Result<Option<DumpItem>> {
+pub(crate) fn decode_item(key: &[u8], value: &[u8]) -> Result<Option<DumpItem>> {
     let Some(parts) = keys::parse(key) else {
         return Ok(None);
     };
@@ -195,17 +169,6 @@ pub(crate) fn dump(
     raw_records(db, tenant).filter_map(|item| match item {
         Ok((key, value)) => decode_item(&key, &value).transpose(),
         Err(e) => Some(Err(StoreError::from(e))),
-    })
-}
-
-/// Copies the raw records of `tenant` into memory; the caller holds every
-/// lock stripe meanwhile.
-pub(crate) fn snapshot(db: &sled::Db, tenant: Option<&Tenant>) -> Result<RawSnapshot> {
-    let started = Instant::now();
-    let entries = raw_records(db.clone(), tenant).collect::<sled::Result<Vec<_>>>()?;
-    Ok(RawSnapshot {
-        entries,
-        paused: started.elapsed(),
     })
 }
 

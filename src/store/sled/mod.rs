@@ -15,6 +15,7 @@
 //!
 //! Invariant: only this module and its children name sled.
 
+mod backup;
 mod codec;
 mod commit;
 mod dir_lock;
@@ -124,6 +125,9 @@ pub struct SledStore {
     reclaim: tokio::sync::Mutex<ReclaimState>,
     /// The copy of a compaction in progress: every change reaches it too.
     shadow: RwLock<Option<Arc<Shadow>>>,
+    /// The views of the online backups in progress: every change tells
+    /// them first (see `backup.rs`).
+    backups: Arc<backup::Views>,
     /// The group committer that makes changes durable and feeds them on.
     commit: GroupCommit,
     /// Stripes of locks for changes.
@@ -261,6 +265,7 @@ impl SledStore {
             current,
             reclaim: tokio::sync::Mutex::new(ReclaimState::default()),
             shadow: RwLock::new(None),
+            backups: Arc::default(),
             commit,
             locks: LockTable::default(),
             feed,
@@ -763,6 +768,8 @@ impl Store for SledStore {
         self.check_healthy()?;
         let db = self.db();
         let (expired, keys) = dump::expired(&db, markers_before, tokens_before, limit)?;
+        self.backups
+            .preserve(&db, keys.iter().map(|key| key.as_ref()))?;
         let mut batch = ::sled::Batch::default();
         for key in &keys {
             batch.remove(key);
@@ -785,10 +792,25 @@ impl Store for SledStore {
     }
 
     async fn snapshot(&self, tenant: Option<&Tenant>) -> Result<Box<dyn Snapshot>> {
-        let paused = self.locks.pause().await;
-        let snapshot = dump::snapshot(&self.db(), tenant);
-        drop(paused);
-        Ok(Box::new(snapshot?))
+        // Not during a compaction, which skips its turn while a backup runs
+        // (it would switch databases under the backup).
+        let no_compaction = self.reclaim.lock().await;
+        let view = backup::BackupView::new(tenant);
+        let started = Instant::now();
+        let held = self.locks.pause().await;
+        let pausing = Instant::now();
+        // The cut: no change is in flight, and every later one tells the view.
+        let view = backup::ViewSnapshot::register(&self.backups, view);
+        drop(held);
+        let paused = pausing.elapsed();
+        drop(no_compaction);
+        tracing::debug!(
+            waited_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "backup: cut taken"
+        );
+        let snapshot =
+            backup::ViewSnapshot::new(self.db(), view, Arc::clone(&self.backups), paused)?;
+        Ok(Box::new(snapshot))
     }
 
     async fn restore(&self, items: &[DumpItem]) -> Result<()> {
@@ -808,6 +830,10 @@ impl Store for SledStore {
         self.check_healthy()?;
         // One at a time; the state says when counting is worth it again.
         let mut state = self.reclaim.lock().await;
+        if self.backups.any() {
+            // Its copy would switch databases under the backup: next sweep.
+            return Ok(None);
+        }
         let bytes_before = self.db().size_on_disk()?;
         if bytes_before <= smallest.max(state.counted_until) {
             return Ok(None);
@@ -1268,6 +1294,10 @@ impl Txn for SledTxn<'_> {
         } = *self;
         store.check_healthy()?;
         let db = &store.db();
+        // Before anything is written: a backup keeps the values as of its cut.
+        store
+            .backups
+            .preserve(db, ops.iter().map(|(key, _, _)| key.as_slice()))?;
         match ops.as_slice() {
             [] => return Ok(store.feed.last()),
             [(key, value, _)] => match value {

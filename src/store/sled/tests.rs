@@ -678,3 +678,74 @@ async fn reclaim_compacts_a_store_that_outgrew_its_records() {
     assert_eq!(dump_all(&store), before);
     assert!(dir.path().join("gen-1").join("db").is_file());
 }
+
+/// A profile with no addresses.
+fn bare(id: &str) -> Profile {
+    Profile::new(pid(id), ProfileAddresses::default(), 0)
+}
+
+#[tokio::test]
+async fn a_backup_keeps_only_the_records_changed_since_its_cut_and_lets_go_when_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let t = tenant("t");
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    for i in 0..200 {
+        tx.put_profile(&t, &bare(&format!("p{i:03}")));
+    }
+    tx.commit().await.expect("commit");
+    let snapshot = store.snapshot(None).await.expect("snapshot");
+    assert_eq!(snapshot.len(), 200);
+    let views = store.backups.active();
+    assert_eq!(views.len(), 1, "the backup's view is registered");
+    // Nothing is copied at the cut.
+    assert_eq!(views[0].kept(), 0);
+    // Two records rewritten (one twice) and one added: three kept.
+    for id in ["p010", "p020", "p010", "new"] {
+        let mut tx = store.begin(Vec::new()).await.expect("begin");
+        let mut profile = bare(id);
+        profile.history_seq = 9;
+        tx.put_profile(&t, &profile);
+        tx.commit().await.expect("commit");
+    }
+    assert_eq!(views[0].kept(), 3);
+    assert_eq!(snapshot.items().count(), 200);
+    // A backup of one tenant keeps nothing of another's changes.
+    let of_t = store.snapshot(Some(&t)).await.expect("snapshot of t");
+    let views_now = store.backups.active();
+    let view_of_t = views_now.last().expect("registered");
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    tx.put_profile(&tenant("other"), &bare("p010"));
+    tx.commit().await.expect("commit");
+    assert_eq!(view_of_t.kept(), 0);
+    assert_eq!(views[0].kept(), 4, "the backup of every tenant keeps it");
+    drop((views_now, of_t));
+    drop(views);
+    drop(snapshot);
+    assert!(!store.backups.any(), "the view is dropped with the backup");
+    // Changes no longer pay for it.
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    tx.put_profile(&t, &bare("later"));
+    tx.commit().await.expect("commit");
+    assert!(store.backups.active().is_empty());
+}
+
+/// A compaction would switch databases under a backup: while one runs, a
+/// due compaction waits for a later sweep.
+#[tokio::test]
+async fn reclaim_waits_while_a_backup_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    rewrite_profiles(&store, 30, 20).await;
+    let policy = CompactionPolicy {
+        ratio: 2,
+        min_bytes: 0,
+    };
+    let snapshot = store.snapshot(None).await.expect("snapshot");
+    assert_eq!(store.reclaim(policy).await.expect("reclaim"), None);
+    drop(snapshot);
+    assert!(
+        store.reclaim(policy).await.expect("reclaim").is_some(),
+        "due once the backup is over"
+    );
+}

@@ -98,11 +98,22 @@ pub(crate) async fn spawn_app_secured(
     security: Security,
     client_tls: Option<ClientTlsConfig>,
 ) -> TestApp {
+    spawn_app_secured_with(
+        Settings {
+            security,
+            ..Settings::default()
+        },
+        client_tls,
+    )
+    .await
+}
+
+/// [`spawn_app_secured`] with other settings too (`settings.security` is the security).
+pub(crate) async fn spawn_app_secured_with(
+    settings: Settings,
+    client_tls: Option<ClientTlsConfig>,
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("create a temporary data directory");
-    let settings = Settings {
-        security,
-        ..Settings::default()
-    };
     start(
         data_dir,
         ManualClock::new(START_MS),
