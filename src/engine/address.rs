@@ -534,6 +534,15 @@ mod tests {
     }
 
     #[test]
+    fn white_space_is_refused_except_spaces_between_phone_digits() {
+        let error = email("a b@x.com").expect_err("space");
+        assert!(error.0.contains("U+0020"), "{error}");
+        let error = phone("+33\u{A0}612345678", None).expect_err("no-break space");
+        assert!(error.0.contains("U+00A0"), "{error}");
+        assert!(phone("+33 6 12 34 56 78", None).is_ok());
+    }
+
+    #[test]
     fn what_real_mail_systems_refuse_is_refused() {
         for bad in [
             ".a.@x.com",
