@@ -19,6 +19,10 @@ use crate::{
 /// How far in the future a context's `collected_at` may lie (clock skew), in ms.
 const COLLECTED_AT_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 
+/// The seconds of a valid `google.protobuf.Timestamp`: 0001-01-01T00:00:00Z
+/// to 9999-12-31T23:59:59Z, as its documentation says.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 /// Collects the problems of one request, so that the caller hears of all of them at once.
 #[derive(Debug, Default)]
 pub(crate) struct Check {
@@ -279,13 +283,27 @@ impl Check {
             self.violation(field, "nanos must be 0 to 999,999,999");
             return None;
         }
-        match ts.seconds.checked_mul(1000) {
-            Some(ms) => Some(Some(ms + i64::from(ts.nanos / 1_000_000))),
-            None => {
-                self.violation(field, "is out of range");
-                None
-            }
+        // The range google.protobuf.Timestamp documents; in it, the
+        // milliseconds below cannot overflow (checked all the same).
+        let ms = TIMESTAMP_SECONDS
+            .contains(&ts.seconds)
+            .then(|| ts.seconds.checked_mul(1000))
+            .flatten()
+            .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)));
+        if ms.is_none() {
+            self.violation(
+                field,
+                format!(
+                    "is out of range: seconds must be {} to {} \
+                     (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z), not {}",
+                    TIMESTAMP_SECONDS.start(),
+                    TIMESTAMP_SECONDS.end(),
+                    ts.seconds
+                ),
+            );
+            return None;
         }
+        Some(ms)
     }
 
     /// A service id in field `field`.
@@ -889,6 +907,40 @@ mod tests {
             let mut check = Check::default();
             let back = check.timestamp("t", Some(&timestamp(ms)));
             assert_eq!(back, Some(Some(ms)), "{ms}");
+        }
+    }
+
+    #[test]
+    fn timestamps_out_of_range_are_violations_not_overflows() {
+        // Each of these overflowed (or wrapped) a bare `seconds * 1000 + ms`.
+        for (seconds, nanos) in [
+            (9_223_372_036_854_775, 999_999_999),
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (253_402_300_800, 0),
+            (-62_135_596_801, 999_999_999),
+        ] {
+            let mut check = Check::default();
+            let raw = Timestamp { seconds, nanos };
+            assert_eq!(check.timestamp("at", Some(&raw)), None, "{raw:?}");
+            let Err(Error::InvalidArgument(violations)) = check.finish((None::<()>,)) else {
+                panic!("expected a violation for {raw:?}");
+            };
+            assert_eq!(violations.len(), 1, "{violations:?}");
+            assert_eq!(violations[0].field, "at");
+            assert!(
+                violations[0].description.contains("out of range"),
+                "{violations:?}"
+            );
+        }
+        // The ends of the range are instants.
+        for (seconds, nanos, ms) in [
+            (253_402_300_799, 999_999_999, 253_402_300_799_999),
+            (-62_135_596_800, 0, -62_135_596_800_000),
+        ] {
+            let mut check = Check::default();
+            let raw = Timestamp { seconds, nanos };
+            assert_eq!(check.timestamp("at", Some(&raw)), Some(Some(ms)));
         }
     }
 

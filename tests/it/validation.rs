@@ -959,3 +959,50 @@ async fn requests_over_the_decode_limit_are_refused_and_change_nothing() {
         .expect_err("a 10 MB request is over the eligibility decode limit");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_out_of_range_are_invalid_argument_naming_the_field() {
+    let app = spawn_app().await;
+    upsert(&app, EXISTING, &["existing@example.com"], &[]).await;
+    // 9223372036854775 s is 9223372036854775000 ms: the nanos push it past i64::MAX.
+    let overflowing = prost_types::Timestamp {
+        seconds: 9_223_372_036_854_775,
+        nanos: 999_999_999,
+    };
+    let year_10000 = prost_types::Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    };
+    for at in [overflowing, year_10000] {
+        let status = app
+            .quarantine
+            .clone()
+            .record_delivery_feedback(RecordDeliveryFeedbackRequest {
+                occurred_at: Some(at),
+                ..feedback_req(&app)
+            })
+            .await
+            .expect_err("occurred_at out of range");
+        assert_validation_failed("occurred_at out of range", &status, &["occurred_at"]);
+
+        let mut context = ctx(Source::Api).expect("a context");
+        context.collected_at = Some(at);
+        let status = app
+            .consent
+            .clone()
+            .opt_in(OptInRequest {
+                tenant: TENANT.to_owned(),
+                profile_id: EXISTING.to_owned(),
+                channel: Channel::Email as i32,
+                all_channels: false,
+                context: Some(context),
+            })
+            .await
+            .expect_err("collected_at out of range");
+        assert_validation_failed(
+            "collected_at out of range",
+            &status,
+            &["context.collected_at"],
+        );
+    }
+}
