@@ -6,6 +6,7 @@
 mod access;
 mod admin;
 pub(crate) mod auth_layer;
+pub(crate) mod codec;
 mod convert;
 mod eligibility;
 mod page;

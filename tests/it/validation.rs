@@ -1006,3 +1006,100 @@ async fn timestamps_out_of_range_are_invalid_argument_naming_the_field() {
         );
     }
 }
+
+/// Sends and receives message bytes as they are, to send what no generated client would.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len).to_vec()))
+    }
+}
+
+/// Calls `path` with `body` as the request message's bytes.
+async fn raw_call(app: &TestApp, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.expect("the channel is ready");
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_does_not_decode_is_invalid_argument_naming_the_field() {
+    let app = spawn_app().await;
+    // UpsertProfileRequest { tenant: "t", context (7) { actor (2): "\xff" } }.
+    let bad_actor = vec![0x0a, 0x01, b't', 0x3a, 0x03, 0x12, 0x01, 0xff];
+    let status = raw_call(&app, "/consent.v1.ProfileService/UpsertProfile", bad_actor)
+        .await
+        .expect_err("not UTF-8");
+    assert_validation_failed("actor not UTF-8", &status, &["context.actor"]);
+
+    // GetProfileRequest { profile_id (2): "\xc3" } (a UTF-8 sequence cut short).
+    let bad_id = vec![0x12, 0x01, 0xc3];
+    let status = raw_call(&app, "/consent.v1.ProfileService/GetProfile", bad_id)
+        .await
+        .expect_err("not UTF-8");
+    assert_validation_failed("profile_id not UTF-8", &status, &["profile_id"]);
+
+    // Not protobuf at all (a key of wire type 7), to a service of each kind.
+    for path in [
+        "/consent.v1.QuarantineService/GetAddressStatus",
+        "/consent.v1.EligibilityService/CheckEligibility",
+        "/consent.v1.EligibilityService/BatchCheckEligibility",
+    ] {
+        let status = raw_call(&app, path, vec![0x0f])
+            .await
+            .expect_err("not protobuf");
+        assert_validation_failed(path, &status, &["request"]);
+    }
+
+    // The hand-written decoder of BatchCheckEligibility names the id.
+    let bad_ids = vec![0x0a, 0x01, b't', 0x1a, 0x01, b'a', 0x1a, 0x01, 0xff];
+    let status = raw_call(
+        &app,
+        "/consent.v1.EligibilityService/BatchCheckEligibility",
+        bad_ids,
+    )
+    .await
+    .expect_err("not UTF-8");
+    assert_validation_failed("profile_ids[1] not UTF-8", &status, &["profile_ids[1]"]);
+}

@@ -339,7 +339,7 @@ where
         let api = Arc::clone(&self.api);
         match request.uri().path() {
             "/consent.v1.EligibilityService/CheckEligibility" => {
-                let mut grpc = self.grpc(tonic_prost::ProstCodec::<
+                let mut grpc = self.grpc(crate::api::codec::Codec::<
                     pb::CheckEligibilityResponse,
                     pb::CheckEligibilityRequest,
                 >::default());
