@@ -37,8 +37,8 @@ impl ProfileService for ProfileApi {
         tracing::info!(
             profile_id = id.as_str(),
             source = ?context.source,
-            actor = %context.actor,
-            reason = %context.reason,
+            actor = ?context.actor,
+            reason = ?context.reason,
             "upsert profile"
         );
         let written = self.app.upsert_profile(&tenant, &id, addresses).await?;

@@ -513,3 +513,34 @@ async fn a_request_refused_by_access_control_is_counted_and_carries_its_id() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn client_text_is_logged_escaped_so_it_cannot_forge_a_line() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let (mut server, addr) = process::ServerProcess::serve(data_dir.path(), "info", &[]).await;
+    let channel = process::connect(addr).await;
+    let mut request = upsert_request("frank", &["frank@example.com"]);
+    let context = request.context.as_mut().expect("a context");
+    context.actor = "mallory\nFORGED INFO consentd: admin key created".to_owned();
+    context.reason = "\u{1b}[31mred alert".to_owned();
+    ProfileServiceClient::new(channel)
+        .upsert_profile(request)
+        .await
+        .expect("upsert");
+
+    let line = server.wait_for_line("upsert profile").await;
+    // The newline is escaped: the forged text stays on the event's own line.
+    assert!(line.contains("mallory"), "{line}");
+    assert!(line.contains("FORGED INFO"), "{line}");
+    // The escape character is written escaped, so the sequence survives the
+    // harness's stripping of real escape sequences (`ESC [ ... m`).
+    assert!(line.contains("[31mred alert"), "{line}");
+    assert!(
+        !server
+            .lines_so_far()
+            .iter()
+            .any(|l| l.starts_with("FORGED")),
+        "a forged line: {}",
+        server.stderr_text()
+    );
+}
