@@ -101,13 +101,19 @@ impl Check {
                 if channel.is_none() {
                     self.violation(
                         field,
-                        "is required: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL",
+                        format!("is required: one of {}", Channel::api_names()),
                     );
                 }
                 channel
             }
             Err(_) => {
-                self.violation(field, format!("unknown channel value {raw}"));
+                self.violation(
+                    field,
+                    format!(
+                        "unknown channel value {raw}: one of {}",
+                        Channel::api_names()
+                    ),
+                );
                 None
             }
         }
@@ -139,7 +145,10 @@ impl Check {
                 if source.is_none() {
                     self.violation(
                         "context.source",
-                        "is required: every change must say where it comes from",
+                        format!(
+                            "is required: every change must say where it comes from, one of {}",
+                            source_names()
+                        ),
                     );
                 }
                 source
@@ -147,7 +156,11 @@ impl Check {
             Err(_) => {
                 self.violation(
                     "context.source",
-                    format!("unknown source value {}", raw.source),
+                    format!(
+                        "unknown source value {}: one of {}",
+                        raw.source,
+                        source_names()
+                    ),
                 );
                 None
             }
@@ -212,7 +225,11 @@ impl Check {
             Err(_) => {
                 self.violation(
                     "address_type",
-                    format!("unknown address type value {address_type}"),
+                    format!(
+                        "unknown address type value {address_type}: one of \
+                         ADDRESS_TYPE_EMAIL, ADDRESS_TYPE_PHONE, ADDRESS_TYPE_PUSH_TOKEN, \
+                         or leave it unspecified"
+                    ),
                 );
                 return None;
             }
@@ -479,6 +496,32 @@ pub(crate) fn channel_to_pb(channel: Channel) -> pb::Channel {
     }
 }
 
+/// The sources a client may give, as the wire names them.
+fn source_names() -> String {
+    [
+        pb::Source::LandingPage,
+        pb::Source::Operator,
+        pb::Source::Api,
+        pb::Source::Import,
+        pb::Source::DeliveryFeedback,
+    ]
+    .map(|s| s.as_str_name())
+    .join(", ")
+}
+
+/// The feedback kinds, as the wire names them.
+fn feedback_kind_names() -> String {
+    [
+        pb::FeedbackKind::HardBounce,
+        pb::FeedbackKind::SoftBounce,
+        pb::FeedbackKind::Ignored,
+        pb::FeedbackKind::Complaint,
+        pb::FeedbackKind::Delivered,
+    ]
+    .map(|k| k.as_str_name())
+    .join(", ")
+}
+
 /// The domain source; `None` for UNSPECIFIED (never guessed).
 fn source_from_pb(source: pb::Source) -> Option<engine::Source> {
     match source {
@@ -629,10 +672,14 @@ pub(crate) fn feedback_kind_from_pb(raw: i32) -> Result<engine::FeedbackKind, In
         Ok(pb::FeedbackKind::Ignored) => Ok(K::Ignored),
         Ok(pb::FeedbackKind::Complaint) => Ok(K::Complaint),
         Ok(pb::FeedbackKind::Delivered) => Ok(K::Delivered),
-        Ok(pb::FeedbackKind::Unspecified) => Err(Invalid(
-            "is required: HARD_BOUNCE, SOFT_BOUNCE, IGNORED, COMPLAINT or DELIVERED".into(),
-        )),
-        Err(_) => Err(Invalid(format!("unknown feedback kind value {raw}"))),
+        Ok(pb::FeedbackKind::Unspecified) => Err(Invalid(format!(
+            "is required: one of {}",
+            feedback_kind_names()
+        ))),
+        Err(_) => Err(Invalid(format!(
+            "unknown feedback kind value {raw}: one of {}",
+            feedback_kind_names()
+        ))),
     }
 }
 
@@ -941,6 +988,13 @@ mod tests {
             let mut check = Check::default();
             let raw = Timestamp { seconds, nanos };
             assert_eq!(check.timestamp("at", Some(&raw)), Some(Some(ms)));
+        }
+    }
+
+    #[test]
+    fn channel_api_names_are_the_wire_names() {
+        for channel in Channel::ALL {
+            assert_eq!(channel.api_name(), channel_to_pb(channel).as_str_name());
         }
     }
 

@@ -88,7 +88,13 @@ impl ProfileApi {
         let scope = match (req.channel, req.all_channels) {
             (0, true) => Some(Scope::AllChannels),
             (0, false) => {
-                check.violation("channel", "give a channel, or all_channels = true");
+                check.violation(
+                    "channel",
+                    format!(
+                        "give a channel (one of {}), or all_channels = true",
+                        crate::engine::Channel::api_names()
+                    ),
+                );
                 None
             }
             (_, true) => {

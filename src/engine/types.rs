@@ -157,6 +157,23 @@ impl Channel {
         Channel::DirectMail,
     ];
 
+    /// The channel's name in the API, as clients write it (`CHANNEL_EMAIL`):
+    /// for messages that tell a client what to send.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Channel::Email => "CHANNEL_EMAIL",
+            Channel::Sms => "CHANNEL_SMS",
+            Channel::Push => "CHANNEL_PUSH",
+            Channel::Voice => "CHANNEL_VOICE",
+            Channel::DirectMail => "CHANNEL_DIRECT_MAIL",
+        }
+    }
+
+    /// Every channel's [`Channel::api_name`], for "one of …" in messages.
+    pub fn api_names() -> String {
+        Channel::ALL.map(Channel::api_name).join(", ")
+    }
+
     /// The channel's position in [`Channel::ALL`].
     pub fn index(self) -> usize {
         match self {
@@ -440,7 +457,7 @@ impl ChangeContext {
             return Err((
                 "ip_address",
                 Invalid::new(
-                    "ip_address is required when source is LANDING_PAGE and consent is given (proof of consent)",
+                    "ip_address is required when source is SOURCE_LANDING_PAGE and consent is given (proof of consent)",
                 ),
             ));
         }
@@ -448,7 +465,7 @@ impl ChangeContext {
             return Err((
                 "notice_version",
                 Invalid::new(
-                    "notice_version is required when source is LANDING_PAGE and consent is given (proof of consent)",
+                    "notice_version is required when source is SOURCE_LANDING_PAGE and consent is given (proof of consent)",
                 ),
             ));
         }

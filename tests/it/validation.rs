@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tonic_types::StatusExt as _;
 
 /// A call whose result does not matter, only its error.
 type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
@@ -1102,4 +1103,143 @@ async fn a_request_that_does_not_decode_is_invalid_argument_naming_the_field() {
     .await
     .expect_err("not UTF-8");
     assert_validation_failed("profile_ids[1] not UTF-8", &status, &["profile_ids[1]"]);
+}
+
+/// Every enum value name of the consent.v1 protos (`CHANNEL_EMAIL`, …).
+fn wire_enum_value_names() -> std::collections::HashSet<String> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(consentd::pb::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
+    let mut names = std::collections::HashSet::new();
+    let mut enums: Vec<&prost_types::EnumDescriptorProto> = Vec::new();
+    let mut messages: Vec<&prost_types::DescriptorProto> = Vec::new();
+    for file in &set.file {
+        enums.extend(&file.enum_type);
+        messages.extend(&file.message_type);
+    }
+    while let Some(message) = messages.pop() {
+        enums.extend(&message.enum_type);
+        messages.extend(&message.nested_type);
+    }
+    for e in enums {
+        names.extend(e.value.iter().map(|v| v.name().to_owned()));
+    }
+    names
+}
+
+/// The words of `text` written like enum values: capitals, digits and `_`,
+/// at least four characters.
+fn enum_like_words(text: &str) -> Vec<&str> {
+    text.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|w| w.len() >= 4 && w.chars().any(|c| c.is_ascii_uppercase()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_name_enum_values_as_the_wire_accepts_them() {
+    let app = spawn_app().await;
+    upsert(&app, EXISTING, &["existing@example.com"], &[]).await;
+    let accepted = wire_enum_value_names();
+    let landing_page = Some(ChangeContext {
+        source: Source::LandingPage as i32,
+        ..Default::default()
+    });
+    let cases = vec![
+        case("OptOut without channel", &["channel"], {
+            let mut c = app.consent.clone();
+            let req = OptOutRequest {
+                channel: Channel::Unspecified as i32,
+                ..opt_out_req()
+            };
+            async move { c.opt_out(req).await }
+        }),
+        case("OptOut with channel 99", &["channel"], {
+            let mut c = app.consent.clone();
+            let req = OptOutRequest {
+                channel: 99,
+                ..opt_out_req()
+            };
+            async move { c.opt_out(req).await }
+        }),
+        case("CheckEligibility without channel", &["channel"], {
+            let mut c = app.eligibility.clone();
+            let req = CheckEligibilityRequest {
+                tenant: TENANT.to_owned(),
+                profile_id: EXISTING.to_owned(),
+                ..Default::default()
+            };
+            async move { c.check_eligibility(req).await }
+        }),
+        case("OptOut without source", &["context.source"], {
+            let mut c = app.consent.clone();
+            let req = OptOutRequest {
+                context: Some(ChangeContext::default()),
+                ..opt_out_req()
+            };
+            async move { c.opt_out(req).await }
+        }),
+        case("RecordDeliveryFeedback without kind", &["kind"], {
+            let mut c = app.quarantine.clone();
+            let req = RecordDeliveryFeedbackRequest {
+                kind: FeedbackKind::Unspecified as i32,
+                ..feedback_req(&app)
+            };
+            async move { c.record_delivery_feedback(req).await }
+        }),
+        case("GetAddressStatus with address_type 9", &["address_type"], {
+            let mut c = app.quarantine.clone();
+            let req = GetAddressStatusRequest {
+                tenant: TENANT.to_owned(),
+                address: "a@example.com".to_owned(),
+                address_type: 9,
+            };
+            async move { c.get_address_status(req).await }
+        }),
+        case(
+            "OptIn from a landing page without proof",
+            &["context.ip_address", "context.notice_version"],
+            {
+                let mut c = app.consent.clone();
+                let req = OptInRequest {
+                    tenant: TENANT.to_owned(),
+                    profile_id: EXISTING.to_owned(),
+                    channel: Channel::Email as i32,
+                    all_channels: false,
+                    context: landing_page,
+                };
+                async move { c.opt_in(req).await }
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for Case { name, fields, call } in cases {
+        let status = call.await.expect_err(name);
+        if let Err(problem) = check_validation_failed(name, &status, fields) {
+            failures.push(problem);
+            continue;
+        }
+        let violations = status
+            .get_details_bad_request()
+            .expect("a BadRequest")
+            .field_violations;
+        let mut named = 0;
+        for text in violations
+            .iter()
+            .map(|v| v.description.as_str())
+            .chain([status.message()])
+        {
+            for word in enum_like_words(text) {
+                named += 1;
+                if !accepted.contains(word) {
+                    failures.push(format!(
+                        "{name}: {word:?} is no enum value name in {text:?}"
+                    ));
+                }
+            }
+        }
+        if named == 0 {
+            failures.push(format!("{name}: names no enum value: {status:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
