@@ -210,8 +210,10 @@ impl Check {
     /// Checks that a context that gives consent carries its proof when it
     /// comes from a landing page.
     pub(crate) fn consent_proof(&mut self, context: Option<&ChangeContext>) {
-        if let Some(Err((field, invalid))) = context.map(ChangeContext::require_proof) {
-            self.violation(format!("context.{field}"), invalid.0);
+        if let Some(Err(missing)) = context.map(ChangeContext::require_proof) {
+            for (field, invalid) in missing {
+                self.violation(format!("context.{field}"), invalid.0);
+            }
         }
     }
 

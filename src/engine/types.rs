@@ -448,13 +448,14 @@ impl ChangeContext {
     }
 
     /// A giving of consent from a landing page must carry its proof: the
-    /// IP address and the notice version. Returns the first missing field.
-    pub fn require_proof(&self) -> Result<(), (&'static str, Invalid)> {
+    /// IP address and the notice version. Returns every missing field.
+    pub fn require_proof(&self) -> Result<(), Vec<(&'static str, Invalid)>> {
         if self.source != Source::LandingPage {
             return Ok(());
         }
+        let mut missing = Vec::new();
         if self.proof.ip_address.is_none() {
-            return Err((
+            missing.push((
                 "ip_address",
                 Invalid::new(
                     "ip_address is required when source is SOURCE_LANDING_PAGE and consent is given (proof of consent)",
@@ -462,14 +463,18 @@ impl ChangeContext {
             ));
         }
         if self.proof.notice_version.is_empty() {
-            return Err((
+            missing.push((
                 "notice_version",
                 Invalid::new(
                     "notice_version is required when source is SOURCE_LANDING_PAGE and consent is given (proof of consent)",
                 ),
             ));
         }
-        Ok(())
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 }
 
@@ -679,12 +684,16 @@ mod tests {
             Err("user_agent")
         );
         let mut ctx = ChangeContext::new(Source::LandingPage, "", "").expect("valid");
-        assert_eq!(ctx.require_proof().map_err(|(f, _)| f), Err("ip_address"));
+        let fields = |ctx: &ChangeContext| {
+            ctx.require_proof()
+                .map_err(|missing| missing.into_iter().map(|(f, _)| f).collect::<Vec<_>>())
+        };
+        assert_eq!(fields(&ctx), Err(vec!["ip_address", "notice_version"]));
         ctx.proof = Proof::new("192.0.2.1", "", "", None).expect("valid");
-        assert_eq!(
-            ctx.require_proof().map_err(|(f, _)| f),
-            Err("notice_version")
-        );
+        assert_eq!(fields(&ctx), Err(vec!["notice_version"]));
+        ctx.proof = Proof::new("", "", "2026-01", None).expect("valid");
+        assert_eq!(fields(&ctx), Err(vec!["ip_address"]));
+        ctx.proof = Proof::new("192.0.2.1", "", "", None).expect("valid");
         ctx.proof.notice_version = "2026-01".into();
         assert_eq!(ctx.require_proof(), Ok(()));
         ctx.source = Source::Operator;

@@ -1243,3 +1243,28 @@ async fn messages_name_enum_values_as_the_wire_accepts_them() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_landing_page_opt_in_without_proof_names_every_missing_field_at_once() {
+    let app = spawn_app().await;
+    upsert(&app, EXISTING, &["existing@example.com"], &[]).await;
+    let status = app
+        .consent
+        .clone()
+        .opt_in(OptInRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: EXISTING.to_owned(),
+            channel: Channel::Email as i32,
+            all_channels: false,
+            context: Some(ChangeContext {
+                source: Source::LandingPage as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("no proof");
+    assert_validation_failed("no proof", &status, &["context.ip_address"]);
+    let mut fields = violated_fields(&status);
+    fields.sort();
+    assert_eq!(fields, ["context.ip_address", "context.notice_version"]);
+}
