@@ -16,6 +16,8 @@
 //! Invariant: only this module and its children name sled.
 
 mod codec;
+#[doc(hidden)]
+pub use codec::fuzz_decode_record;
 mod commit;
 mod dir_lock;
 mod dump;
