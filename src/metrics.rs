@@ -28,7 +28,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -57,16 +57,17 @@ const FLUSH_SECONDS_BUCKETS: &[f64] = &[
 ];
 /// Buckets of the number of writes one group flush made durable.
 const FLUSH_WRITES_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-/// Distinct `method` label values; later unknown paths count as `other`, so
-/// that clients calling made-up paths cannot grow the registry without bound.
-pub const METHOD_LABELS_MAX: usize = 256;
-/// Longest request path used as a `method` label, in bytes.
-pub const METHOD_LABEL_LEN_MAX: usize = 128;
+/// The methods served besides those of the descriptor sets in [`served_methods`]:
+/// server reflection, both versions.
+const REFLECTION_METHODS: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 /// Concurrent connections to the metrics endpoint; more wait to be accepted.
 pub const METRICS_CONNECTIONS_MAX: usize = 16;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before the next.
 const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// The `method` label of paths beyond the limits above.
+/// The `method` label of every path the server does not serve.
 const OTHER_METHOD: &str = "other";
 /// The Prometheus text exposition format's content type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -95,8 +96,9 @@ pub struct Metrics {
     flush_writes: Histogram,
     /// `consentd_store_size_bytes`, refreshed at each scrape.
     store_size_bytes: IntGauge,
-    /// The `method` label values in use, at most [`METHOD_LABELS_MAX`].
-    methods: Mutex<HashSet<String>>,
+    /// The `method` label values: the methods served (fixed at start), so
+    /// that made-up paths can neither grow the registry nor displace them.
+    methods: HashSet<String>,
     /// Set by the application once its store is open.
     store_size: OnceLock<StoreSizeProbe>,
 }
@@ -188,7 +190,7 @@ impl Metrics {
             flush_seconds,
             flush_writes,
             store_size_bytes,
-            methods: Mutex::new(HashSet::new()),
+            methods: served_methods(),
             store_size: OnceLock::new(),
         })
     }
@@ -271,30 +273,44 @@ impl Metrics {
     }
 
     /// The `method` label of a request path: the path without its leading
-    /// `/` (`consent.v1.ProfileService/GetProfile`), or `other`.
+    /// `/` (`consent.v1.ProfileService/GetProfile`) when the server serves
+    /// it, else `other`.
     fn method_label(&self, path: &str) -> String {
         let method = path.strip_prefix('/').unwrap_or(path);
-        let plausible = !method.is_empty()
-            && method.len() <= METHOD_LABEL_LEN_MAX
-            && method
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
-        if !plausible {
-            return OTHER_METHOD.to_owned();
-        }
-        let mut methods = self
-            .methods
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if methods.contains(method) {
-            method.to_owned()
-        } else if methods.len() < METHOD_LABELS_MAX {
-            methods.insert(method.to_owned());
+        if self.methods.contains(method) {
             method.to_owned()
         } else {
             OTHER_METHOD.to_owned()
         }
     }
+}
+
+/// Every method the server serves, as `package.Service/Method`: those of the
+/// consent.v1 and gRPC health descriptor sets, and server reflection.
+fn served_methods() -> HashSet<String> {
+    use prost::Message as _;
+    let mut methods: HashSet<String> = REFLECTION_METHODS.map(str::to_owned).into();
+    for encoded in [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        // Compiled in by build.rs and tonic-health: one that does not decode
+        // is a bug every test finds; its methods would then count as `other`.
+        let set = prost_types::FileDescriptorSet::decode(encoded).unwrap_or_default();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.insert(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    methods
 }
 
 fn channel_label(channel: Channel) -> &'static str {
@@ -578,22 +594,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn method_labels_are_bounded() {
+    fn method_labels_are_the_served_methods_and_other() {
         let metrics = Metrics::new();
-        assert_eq!(
-            metrics.method_label("/consent.v1.ProfileService/GetProfile"),
-            "consent.v1.ProfileService/GetProfile"
-        );
-        assert_eq!(metrics.method_label("/a b"), OTHER_METHOD);
-        assert_eq!(metrics.method_label("/"), OTHER_METHOD);
-        let long = format!("/{}", "x".repeat(METHOD_LABEL_LEN_MAX + 1));
-        assert_eq!(metrics.method_label(&long), OTHER_METHOD);
-        for i in 1..METHOD_LABELS_MAX {
-            assert_eq!(metrics.method_label(&format!("/s/m{i}")), format!("s/m{i}"));
+        for served in [
+            "consent.v1.ProfileService/GetProfile",
+            "consent.v1.EligibilityService/StreamEligibility",
+            "consent.v1.AdminService/Backup",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(metrics.method_label(&format!("/{served}")), served);
         }
-        assert_eq!(metrics.method_label("/s/one-too-many"), OTHER_METHOD);
-        // A label already in use stays usable.
-        assert_eq!(metrics.method_label("/s/m1"), "s/m1");
+        for unknown in ["/a b", "/", "/s/m1", "/consent.v1.ProfileService/Nope"] {
+            assert_eq!(metrics.method_label(unknown), OTHER_METHOD, "{unknown}");
+        }
+        // Made-up paths, however many, do not displace a served method.
+        for i in 0..1000 {
+            assert_eq!(metrics.method_label(&format!("/s/m{i}")), OTHER_METHOD);
+        }
+        assert_eq!(
+            metrics.method_label("/consent.v1.ProfileService/UpsertProfile"),
+            "consent.v1.ProfileService/UpsertProfile"
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::{
 /// How far in the future a context's `collected_at` may lie (clock skew), in ms.
 const COLLECTED_AT_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 
+/// The seconds of a valid `google.protobuf.Timestamp`: 0001-01-01T00:00:00Z
+/// to 9999-12-31T23:59:59Z, as its documentation says.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 /// Collects the problems of one request, so that the caller hears of all of them at once.
 #[derive(Debug, Default)]
 pub(crate) struct Check {
@@ -105,13 +109,19 @@ impl Check {
                 if channel.is_none() {
                     self.violation(
                         field,
-                        "is required: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL",
+                        format!("is required: one of {}", Channel::api_names()),
                     );
                 }
                 channel
             }
             Err(_) => {
-                self.violation(field, format!("unknown channel value {raw}"));
+                self.violation(
+                    field,
+                    format!(
+                        "unknown channel value {raw}: one of {}",
+                        Channel::api_names()
+                    ),
+                );
                 None
             }
         }
@@ -143,7 +153,10 @@ impl Check {
                 if source.is_none() {
                     self.violation(
                         "context.source",
-                        "is required: every change must say where it comes from",
+                        format!(
+                            "is required: every change must say where it comes from, one of {}",
+                            source_names()
+                        ),
                     );
                 }
                 source
@@ -151,7 +164,11 @@ impl Check {
             Err(_) => {
                 self.violation(
                     "context.source",
-                    format!("unknown source value {}", raw.source),
+                    format!(
+                        "unknown source value {}: one of {}",
+                        raw.source,
+                        source_names()
+                    ),
                 );
                 None
             }
@@ -201,8 +218,10 @@ impl Check {
     /// Checks that a context that gives consent carries its proof when it
     /// comes from a landing page.
     pub(crate) fn consent_proof(&mut self, context: Option<&ChangeContext>) {
-        if let Some(Err((field, invalid))) = context.map(ChangeContext::require_proof) {
-            self.violation(format!("context.{field}"), invalid.0);
+        if let Some(Err(missing)) = context.map(ChangeContext::require_proof) {
+            for (field, invalid) in missing {
+                self.violation(format!("context.{field}"), invalid.0);
+            }
         }
     }
 
@@ -216,7 +235,11 @@ impl Check {
             Err(_) => {
                 self.violation(
                     "address_type",
-                    format!("unknown address type value {address_type}"),
+                    format!(
+                        "unknown address type value {address_type}: one of \
+                         ADDRESS_TYPE_EMAIL, ADDRESS_TYPE_PHONE, ADDRESS_TYPE_PUSH_TOKEN, \
+                         or leave it unspecified"
+                    ),
                 );
                 return None;
             }
@@ -324,13 +347,27 @@ impl Check {
             self.violation(field, "nanos must be 0 to 999,999,999");
             return None;
         }
-        match ts.seconds.checked_mul(1000) {
-            Some(ms) => Some(Some(ms + i64::from(ts.nanos / 1_000_000))),
-            None => {
-                self.violation(field, "is out of range");
-                None
-            }
+        // The range google.protobuf.Timestamp documents; in it, the
+        // milliseconds below cannot overflow (checked all the same).
+        let ms = TIMESTAMP_SECONDS
+            .contains(&ts.seconds)
+            .then(|| ts.seconds.checked_mul(1000))
+            .flatten()
+            .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)));
+        if ms.is_none() {
+            self.violation(
+                field,
+                format!(
+                    "is out of range: seconds must be {} to {} \
+                     (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z), not {}",
+                    TIMESTAMP_SECONDS.start(),
+                    TIMESTAMP_SECONDS.end(),
+                    ts.seconds
+                ),
+            );
+            return None;
         }
+        Some(ms)
     }
 
     /// A service id in field `field`.
@@ -514,6 +551,32 @@ pub(crate) fn channel_to_pb(channel: Channel) -> pb::Channel {
     }
 }
 
+/// The sources a client may give, as the wire names them.
+fn source_names() -> String {
+    [
+        pb::Source::LandingPage,
+        pb::Source::Operator,
+        pb::Source::Api,
+        pb::Source::Import,
+        pb::Source::DeliveryFeedback,
+    ]
+    .map(|s| s.as_str_name())
+    .join(", ")
+}
+
+/// The feedback kinds, as the wire names them.
+fn feedback_kind_names() -> String {
+    [
+        pb::FeedbackKind::HardBounce,
+        pb::FeedbackKind::SoftBounce,
+        pb::FeedbackKind::Ignored,
+        pb::FeedbackKind::Complaint,
+        pb::FeedbackKind::Delivered,
+    ]
+    .map(|k| k.as_str_name())
+    .join(", ")
+}
+
 /// The domain source; `None` for UNSPECIFIED (never guessed).
 fn source_from_pb(source: pb::Source) -> Option<engine::Source> {
     match source {
@@ -664,10 +727,14 @@ pub(crate) fn feedback_kind_from_pb(raw: i32) -> Result<engine::FeedbackKind, In
         Ok(pb::FeedbackKind::Ignored) => Ok(K::Ignored),
         Ok(pb::FeedbackKind::Complaint) => Ok(K::Complaint),
         Ok(pb::FeedbackKind::Delivered) => Ok(K::Delivered),
-        Ok(pb::FeedbackKind::Unspecified) => Err(Invalid(
-            "is required: HARD_BOUNCE, SOFT_BOUNCE, IGNORED, COMPLAINT or DELIVERED".into(),
-        )),
-        Err(_) => Err(Invalid(format!("unknown feedback kind value {raw}"))),
+        Ok(pb::FeedbackKind::Unspecified) => Err(Invalid(format!(
+            "is required: one of {}",
+            feedback_kind_names()
+        ))),
+        Err(_) => Err(Invalid(format!(
+            "unknown feedback kind value {raw}: one of {}",
+            feedback_kind_names()
+        ))),
     }
 }
 
@@ -976,6 +1043,47 @@ mod tests {
             let mut check = Check::default();
             let back = check.timestamp("t", Some(&timestamp(ms)));
             assert_eq!(back, Some(Some(ms)), "{ms}");
+        }
+    }
+
+    #[test]
+    fn timestamps_out_of_range_are_violations_not_overflows() {
+        // Each of these overflowed (or wrapped) a bare `seconds * 1000 + ms`.
+        for (seconds, nanos) in [
+            (9_223_372_036_854_775, 999_999_999),
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (253_402_300_800, 0),
+            (-62_135_596_801, 999_999_999),
+        ] {
+            let mut check = Check::default();
+            let raw = Timestamp { seconds, nanos };
+            assert_eq!(check.timestamp("at", Some(&raw)), None, "{raw:?}");
+            let Err(Error::InvalidArgument(violations)) = check.finish((None::<()>,)) else {
+                panic!("expected a violation for {raw:?}");
+            };
+            assert_eq!(violations.len(), 1, "{violations:?}");
+            assert_eq!(violations[0].field, "at");
+            assert!(
+                violations[0].description.contains("out of range"),
+                "{violations:?}"
+            );
+        }
+        // The ends of the range are instants.
+        for (seconds, nanos, ms) in [
+            (253_402_300_799, 999_999_999, 253_402_300_799_999),
+            (-62_135_596_800, 0, -62_135_596_800_000),
+        ] {
+            let mut check = Check::default();
+            let raw = Timestamp { seconds, nanos };
+            assert_eq!(check.timestamp("at", Some(&raw)), Some(Some(ms)));
+        }
+    }
+
+    #[test]
+    fn channel_api_names_are_the_wire_names() {
+        for channel in Channel::ALL {
+            assert_eq!(channel.api_name(), channel_to_pb(channel).as_str_name());
         }
     }
 

@@ -6,8 +6,11 @@
 mod access;
 mod admin;
 pub(crate) mod auth_layer;
+pub(crate) mod codec;
 mod convert;
 mod eligibility;
+#[doc(hidden)]
+pub mod fuzz;
 mod page;
 mod profile;
 mod quarantine;

@@ -38,8 +38,8 @@ impl ProfileService for ProfileApi {
         tracing::info!(
             profile_id = id.as_str(),
             source = ?context.source,
-            actor = %context.actor,
-            reason = %context.reason,
+            actor = ?context.actor,
+            reason = ?context.reason,
             "upsert profile"
         );
         let written = self.app.upsert_profile(&tenant, &id, addresses).await?;
@@ -89,7 +89,13 @@ impl ProfileApi {
         let scope = match (req.channel, req.all_channels) {
             (0, true) => Some(Scope::AllChannels),
             (0, false) => {
-                check.violation("channel", "give a channel, or all_channels = true");
+                check.violation(
+                    "channel",
+                    format!(
+                        "give a channel (one of {}), or all_channels = true",
+                        crate::engine::Channel::api_names()
+                    ),
+                );
                 None
             }
             (_, true) => {

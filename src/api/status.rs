@@ -27,7 +27,9 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         if !matches!(error, Error::Storage(_)) {
-            tracing::debug!(error = %message, "request refused");
+            // Debug, not Display: client text in the message (an address, an actor)
+            // is escaped, so a newline or an ANSI escape cannot forge a log line.
+            tracing::debug!(error = ?message, "request refused");
         }
         match error {
             Error::InvalidArgument(violations) => {

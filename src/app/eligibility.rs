@@ -110,9 +110,9 @@ impl App {
                 return Err(Error::invalid(
                     "channel",
                     format!(
-                        "service '{}' is delivered on {:?}; leave channel unspecified or give that one",
+                        "service '{}' is delivered on {}; leave channel unspecified or give that one",
                         service.id.as_str(),
-                        service.channel
+                        service.channel.api_name()
                     ),
                 ));
             }
@@ -121,7 +121,10 @@ impl App {
             (None, None) => {
                 return Err(Error::invalid(
                     "channel",
-                    "is required unless service_id is given: one of EMAIL, SMS, PUSH, VOICE, DIRECT_MAIL",
+                    format!(
+                        "is required unless service_id is given: one of {}",
+                        Channel::api_names()
+                    ),
                 ));
             }
         };

@@ -100,8 +100,8 @@ impl App {
         let position = tx.commit().await?;
         tracing::info!(
             service_id = service.id.as_str(),
-            principal = %context.principal,
-            actor = %context.actor,
+            principal = ?context.principal,
+            actor = ?context.actor,
             "service created"
         );
         self.settle(position).await?;

@@ -43,9 +43,9 @@ impl App {
         if changed {
             tracing::info!(
                 source = ?context.source,
-                principal = %context.principal,
-                actor = %context.actor,
-                reason = %context.reason,
+                principal = ?context.principal,
+                actor = ?context.actor,
+                reason = ?context.reason,
                 settings = ?settings,
                 "tenant settings changed"
             );

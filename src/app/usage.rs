@@ -57,9 +57,9 @@ impl App {
         if changed {
             tracing::info!(
                 user_id = user.as_str(),
-                principal = %context.principal,
-                actor = %context.actor,
-                reason = %context.reason,
+                principal = ?context.principal,
+                actor = ?context.actor,
+                reason = ?context.reason,
                 "user opted back in to usage tracking"
             );
         }

@@ -161,6 +161,13 @@ fn restore(
     Ok(())
 }
 
+/// For the fuzz target `export_line` (not an API): parses and validates one
+/// line of an export as `import` does; `Err` is the reason it is rejected.
+#[doc(hidden)]
+pub fn fuzz_parse_line(text: &[u8]) -> Result<bool, String> {
+    parse_line(text).map(|item| item.is_some())
+}
+
 /// Parses and validates one line in full; `Err` is the reason it is
 /// rejected. The flag says whether the line's address (if it has one) was
 /// written in its canonical form.

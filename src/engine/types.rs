@@ -155,6 +155,23 @@ impl Channel {
         Channel::DirectMail,
     ];
 
+    /// The channel's name in the API, as clients write it (`CHANNEL_EMAIL`):
+    /// for messages that tell a client what to send.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Channel::Email => "CHANNEL_EMAIL",
+            Channel::Sms => "CHANNEL_SMS",
+            Channel::Push => "CHANNEL_PUSH",
+            Channel::Voice => "CHANNEL_VOICE",
+            Channel::DirectMail => "CHANNEL_DIRECT_MAIL",
+        }
+    }
+
+    /// Every channel's [`Channel::api_name`], for "one of …" in messages.
+    pub fn api_names() -> String {
+        Channel::ALL.map(Channel::api_name).join(", ")
+    }
+
     /// The channel's position in [`Channel::ALL`].
     pub fn index(self) -> usize {
         match self {
@@ -275,28 +292,33 @@ impl ChangeContext {
     }
 
     /// A giving of consent from a landing page must carry its proof: the
-    /// IP address and the notice version. Returns the first missing field.
-    pub fn require_proof(&self) -> Result<(), (&'static str, Invalid)> {
+    /// IP address and the notice version. Returns every missing field.
+    pub fn require_proof(&self) -> Result<(), Vec<(&'static str, Invalid)>> {
         if self.source != Source::LandingPage {
             return Ok(());
         }
+        let mut missing = Vec::new();
         if self.proof.ip_address.is_none() {
-            return Err((
+            missing.push((
                 "ip_address",
                 Invalid::new(
-                    "ip_address is required when source is LANDING_PAGE and consent is given (proof of consent)",
+                    "ip_address is required when source is SOURCE_LANDING_PAGE and consent is given (proof of consent)",
                 ),
             ));
         }
         if self.proof.notice_version.is_empty() {
-            return Err((
+            missing.push((
                 "notice_version",
                 Invalid::new(
-                    "notice_version is required when source is LANDING_PAGE and consent is given (proof of consent)",
+                    "notice_version is required when source is SOURCE_LANDING_PAGE and consent is given (proof of consent)",
                 ),
             ));
         }
-        Ok(())
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 }
 
@@ -461,12 +483,16 @@ mod tests {
             Err("user_agent")
         );
         let mut ctx = ChangeContext::new(Source::LandingPage, "", "").expect("valid");
-        assert_eq!(ctx.require_proof().map_err(|(f, _)| f), Err("ip_address"));
+        let fields = |ctx: &ChangeContext| {
+            ctx.require_proof()
+                .map_err(|missing| missing.into_iter().map(|(f, _)| f).collect::<Vec<_>>())
+        };
+        assert_eq!(fields(&ctx), Err(vec!["ip_address", "notice_version"]));
         ctx.proof = Proof::new("192.0.2.1", "", "", None).expect("valid");
-        assert_eq!(
-            ctx.require_proof().map_err(|(f, _)| f),
-            Err("notice_version")
-        );
+        assert_eq!(fields(&ctx), Err(vec!["notice_version"]));
+        ctx.proof = Proof::new("", "", "2026-01", None).expect("valid");
+        assert_eq!(fields(&ctx), Err(vec!["ip_address"]));
+        ctx.proof = Proof::new("192.0.2.1", "", "", None).expect("valid");
         ctx.proof.notice_version = "2026-01".into();
         assert_eq!(ctx.require_proof(), Ok(()));
         ctx.source = Source::Operator;

@@ -513,3 +513,105 @@ async fn a_request_refused_by_access_control_is_counted_and_carries_its_id() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn client_text_is_logged_escaped_so_it_cannot_forge_a_line() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let (mut server, addr) = process::ServerProcess::serve(data_dir.path(), "info", &[]).await;
+    let channel = process::connect(addr).await;
+    let mut request = upsert_request("frank", &["frank@example.com"]);
+    let context = request.context.as_mut().expect("a context");
+    context.actor = "mallory\nFORGED INFO consentd: admin key created".to_owned();
+    context.reason = "\u{1b}[31mred alert".to_owned();
+    ProfileServiceClient::new(channel)
+        .upsert_profile(request)
+        .await
+        .expect("upsert");
+
+    let line = server.wait_for_line("upsert profile").await;
+    // The newline is escaped: the forged text stays on the event's own line.
+    assert!(line.contains("mallory"), "{line}");
+    assert!(line.contains("FORGED INFO"), "{line}");
+    // The escape character is written escaped, so the sequence survives the
+    // harness's stripping of real escape sequences (`ESC [ ... m`).
+    assert!(line.contains("[31mred alert"), "{line}");
+    assert!(
+        !server
+            .lines_so_far()
+            .iter()
+            .any(|l| l.starts_with("FORGED")),
+        "a forged line: {}",
+        server.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_paths_count_under_other_without_displacing_served_methods() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(START_MS));
+    let app = App::open(data_dir.path(), Settings::default(), clock).expect("open the app");
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics_addr = metrics_listener.local_addr().expect("address");
+    let endpoint = tokio::spawn(metrics::serve(app.metrics(), metrics_listener));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(run(app, listener, async move {
+        let _ = stopped.await;
+    }));
+    let channel = process::connect(addr).await;
+
+    // 260 distinct made-up methods: more than the old limit of 256 labels.
+    let made_up = 260;
+    for i in 0..made_up {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let path = format!("/made.up.Service{i}/Method{i}");
+        let status = grpc
+            .unary::<GetProfileRequest, GetProfileRequest, _>(
+                Request::new(GetProfileRequest::default()),
+                path.parse().expect("a path"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    }
+    // A served method called only now still has its own label.
+    let missing = ProfileServiceClient::new(channel.clone())
+        .get_profile(GetProfileRequest {
+            tenant: TENANT.into(),
+            profile_id: "nobody".into(),
+        })
+        .await
+        .expect_err("no such profile");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let samples = scrape(metrics_addr).await;
+    assert_eq!(
+        requests(
+            &samples,
+            "consent.v1.ProfileService/GetProfile",
+            "NOT_FOUND"
+        ),
+        1.0
+    );
+    assert_eq!(
+        requests(&samples, "other", "UNIMPLEMENTED"),
+        f64::from(made_up)
+    );
+    let labels: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter(|(name, _, _)| name == "consentd_grpc_requests_total")
+        .filter_map(|(_, labels, _)| labels.get("method").map(String::as_str))
+        .collect();
+    assert_eq!(
+        labels,
+        ["consent.v1.ProfileService/GetProfile", "other"].into(),
+        "no label per made-up path"
+    );
+
+    let _ = stop.send(());
+    server.await.expect("join").expect("clean stop");
+    endpoint.abort();
+}

@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tonic_types::StatusExt as _;
 
 /// A call whose result does not matter, only its error.
 type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
@@ -958,4 +959,312 @@ async fn requests_over_the_decode_limit_are_refused_and_change_nothing() {
         .await
         .expect_err("a 10 MB request is over the eligibility decode limit");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_out_of_range_are_invalid_argument_naming_the_field() {
+    let app = spawn_app().await;
+    upsert(&app, EXISTING, &["existing@example.com"], &[]).await;
+    // 9223372036854775 s is 9223372036854775000 ms: the nanos push it past i64::MAX.
+    let overflowing = prost_types::Timestamp {
+        seconds: 9_223_372_036_854_775,
+        nanos: 999_999_999,
+    };
+    let year_10000 = prost_types::Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    };
+    for at in [overflowing, year_10000] {
+        let status = app
+            .quarantine
+            .clone()
+            .record_delivery_feedback(RecordDeliveryFeedbackRequest {
+                occurred_at: Some(at),
+                ..feedback_req(&app)
+            })
+            .await
+            .expect_err("occurred_at out of range");
+        assert_validation_failed("occurred_at out of range", &status, &["occurred_at"]);
+
+        let mut context = ctx(Source::Api).expect("a context");
+        context.collected_at = Some(at);
+        let status = app
+            .consent
+            .clone()
+            .opt_in(OptInRequest {
+                tenant: TENANT.to_owned(),
+                profile_id: EXISTING.to_owned(),
+                channel: Channel::Email as i32,
+                all_channels: false,
+                context: Some(context),
+            })
+            .await
+            .expect_err("collected_at out of range");
+        assert_validation_failed(
+            "collected_at out of range",
+            &status,
+            &["context.collected_at"],
+        );
+    }
+}
+
+/// Sends and receives message bytes as they are, to send what no generated client would.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len).to_vec()))
+    }
+}
+
+/// Calls `path` with `body` as the request message's bytes.
+async fn raw_call(app: &TestApp, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.expect("the channel is ready");
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_does_not_decode_is_invalid_argument_naming_the_field() {
+    let app = spawn_app().await;
+    // UpsertProfileRequest { tenant: "t", context (7) { actor (2): "\xff" } }.
+    let bad_actor = vec![0x0a, 0x01, b't', 0x3a, 0x03, 0x12, 0x01, 0xff];
+    let status = raw_call(&app, "/consent.v1.ProfileService/UpsertProfile", bad_actor)
+        .await
+        .expect_err("not UTF-8");
+    assert_validation_failed("actor not UTF-8", &status, &["context.actor"]);
+
+    // GetProfileRequest { profile_id (2): "\xc3" } (a UTF-8 sequence cut short).
+    let bad_id = vec![0x12, 0x01, 0xc3];
+    let status = raw_call(&app, "/consent.v1.ProfileService/GetProfile", bad_id)
+        .await
+        .expect_err("not UTF-8");
+    assert_validation_failed("profile_id not UTF-8", &status, &["profile_id"]);
+
+    // Not protobuf at all (a key of wire type 7), to a service of each kind.
+    for path in [
+        "/consent.v1.QuarantineService/GetAddressStatus",
+        "/consent.v1.EligibilityService/CheckEligibility",
+        "/consent.v1.EligibilityService/BatchCheckEligibility",
+    ] {
+        let status = raw_call(&app, path, vec![0x0f])
+            .await
+            .expect_err("not protobuf");
+        assert_validation_failed(path, &status, &["request"]);
+    }
+
+    // The hand-written decoder of BatchCheckEligibility names the id.
+    let bad_ids = vec![0x0a, 0x01, b't', 0x1a, 0x01, b'a', 0x1a, 0x01, 0xff];
+    let status = raw_call(
+        &app,
+        "/consent.v1.EligibilityService/BatchCheckEligibility",
+        bad_ids,
+    )
+    .await
+    .expect_err("not UTF-8");
+    assert_validation_failed("profile_ids[1] not UTF-8", &status, &["profile_ids[1]"]);
+}
+
+/// Every enum value name of the consent.v1 protos (`CHANNEL_EMAIL`, …).
+fn wire_enum_value_names() -> std::collections::HashSet<String> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(consentd::pb::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
+    let mut names = std::collections::HashSet::new();
+    let mut enums: Vec<&prost_types::EnumDescriptorProto> = Vec::new();
+    let mut messages: Vec<&prost_types::DescriptorProto> = Vec::new();
+    for file in &set.file {
+        enums.extend(&file.enum_type);
+        messages.extend(&file.message_type);
+    }
+    while let Some(message) = messages.pop() {
+        enums.extend(&message.enum_type);
+        messages.extend(&message.nested_type);
+    }
+    for e in enums {
+        names.extend(e.value.iter().map(|v| v.name().to_owned()));
+    }
+    names
+}
+
+/// The words of `text` written like enum values: capitals, digits and `_`,
+/// at least four characters.
+fn enum_like_words(text: &str) -> Vec<&str> {
+    text.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|w| w.len() >= 4 && w.chars().any(|c| c.is_ascii_uppercase()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_name_enum_values_as_the_wire_accepts_them() {
+    let app = spawn_app().await;
+    upsert(&app, EXISTING, &["existing@example.com"], &[]).await;
+    let accepted = wire_enum_value_names();
+    let landing_page = Some(ChangeContext {
+        source: Source::LandingPage as i32,
+        ..Default::default()
+    });
+    let cases = vec![
+        case("OptOut without channel", &["channel"], {
+            let mut c = app.consent.clone();
+            let req = OptOutRequest {
+                channel: Channel::Unspecified as i32,
+                ..opt_out_req()
+            };
+            async move { c.opt_out(req).await }
+        }),
+        case("OptOut with channel 99", &["channel"], {
+            let mut c = app.consent.clone();
+            let req = OptOutRequest {
+                channel: 99,
+                ..opt_out_req()
+            };
+            async move { c.opt_out(req).await }
+        }),
+        case("CheckEligibility without channel", &["channel"], {
+            let mut c = app.eligibility.clone();
+            let req = CheckEligibilityRequest {
+                tenant: TENANT.to_owned(),
+                profile_id: EXISTING.to_owned(),
+                ..Default::default()
+            };
+            async move { c.check_eligibility(req).await }
+        }),
+        case("OptOut without source", &["context.source"], {
+            let mut c = app.consent.clone();
+            let req = OptOutRequest {
+                context: Some(ChangeContext::default()),
+                ..opt_out_req()
+            };
+            async move { c.opt_out(req).await }
+        }),
+        case("RecordDeliveryFeedback without kind", &["kind"], {
+            let mut c = app.quarantine.clone();
+            let req = RecordDeliveryFeedbackRequest {
+                kind: FeedbackKind::Unspecified as i32,
+                ..feedback_req(&app)
+            };
+            async move { c.record_delivery_feedback(req).await }
+        }),
+        case("GetAddressStatus with address_type 9", &["address_type"], {
+            let mut c = app.quarantine.clone();
+            let req = GetAddressStatusRequest {
+                tenant: TENANT.to_owned(),
+                address: "a@example.com".to_owned(),
+                address_type: 9,
+            };
+            async move { c.get_address_status(req).await }
+        }),
+        case(
+            "OptIn from a landing page without proof",
+            &["context.ip_address", "context.notice_version"],
+            {
+                let mut c = app.consent.clone();
+                let req = OptInRequest {
+                    tenant: TENANT.to_owned(),
+                    profile_id: EXISTING.to_owned(),
+                    channel: Channel::Email as i32,
+                    all_channels: false,
+                    context: landing_page,
+                };
+                async move { c.opt_in(req).await }
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for Case { name, fields, call } in cases {
+        let status = call.await.expect_err(name);
+        if let Err(problem) = check_validation_failed(name, &status, fields) {
+            failures.push(problem);
+            continue;
+        }
+        let violations = status
+            .get_details_bad_request()
+            .expect("a BadRequest")
+            .field_violations;
+        let mut named = 0;
+        for text in violations
+            .iter()
+            .map(|v| v.description.as_str())
+            .chain([status.message()])
+        {
+            for word in enum_like_words(text) {
+                named += 1;
+                if !accepted.contains(word) {
+                    failures.push(format!(
+                        "{name}: {word:?} is no enum value name in {text:?}"
+                    ));
+                }
+            }
+        }
+        if named == 0 {
+            failures.push(format!("{name}: names no enum value: {status:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_landing_page_opt_in_without_proof_names_every_missing_field_at_once() {
+    let app = spawn_app().await;
+    upsert(&app, EXISTING, &["existing@example.com"], &[]).await;
+    let status = app
+        .consent
+        .clone()
+        .opt_in(OptInRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: EXISTING.to_owned(),
+            channel: Channel::Email as i32,
+            all_channels: false,
+            context: Some(ChangeContext {
+                source: Source::LandingPage as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("no proof");
+    assert_validation_failed("no proof", &status, &["context.ip_address"]);
+    let mut fields = violated_fields(&status);
+    fields.sort();
+    assert_eq!(fields, ["context.ip_address", "context.notice_version"]);
 }

@@ -412,7 +412,7 @@ where
         let api = Arc::clone(&self.api);
         match request.uri().path() {
             "/consent.v1.EligibilityService/CheckEligibility" => {
-                let mut grpc = self.grpc(tonic_prost::ProstCodec::<
+                let mut grpc = self.grpc(crate::api::codec::Codec::<
                     pb::CheckEligibilityResponse,
                     pb::CheckEligibilityRequest,
                 >::default());
@@ -429,7 +429,7 @@ where
                 Box::pin(async move { Ok(grpc.unary(method, request).await) })
             }
             "/consent.v1.EligibilityService/BatchCheckAddresses" => {
-                let mut grpc = self.grpc(tonic_prost::ProstCodec::<
+                let mut grpc = self.grpc(crate::api::codec::Codec::<
                     pb::BatchCheckAddressesResponse,
                     pb::BatchCheckAddressesRequest,
                 >::default());

@@ -68,8 +68,7 @@ impl IdsRequest {
         let mut cursor = buf.clone();
         let start = cursor.remaining();
         let at = |c: &Bytes| start - c.remaining();
-        let malformed =
-            |e: prost::DecodeError| invalid("request", &format!("is not a valid message: {e}"));
+        let malformed = |e: prost::DecodeError| Status::from(super::super::codec::decode_error(&e));
         while cursor.has_remaining() {
             let (tag, wire) = decode_key(&mut cursor).map_err(malformed)?;
             match (tag, wire) {
@@ -79,7 +78,7 @@ impl IdsRequest {
                     if len > cursor.remaining() {
                         return Err(invalid(
                             "request",
-                            "is not a valid message: a string runs past its end",
+                            "is not a valid protobuf message: a string runs past its end",
                         ));
                     }
                     let from = at(&cursor);

@@ -17,6 +17,8 @@
 
 mod backup;
 mod codec;
+#[doc(hidden)]
+pub use codec::fuzz_decode_record;
 mod commit;
 mod dir_lock;
 mod dump;
