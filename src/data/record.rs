@@ -23,9 +23,10 @@ use crate::{
         AddressKind, AddressState, AddressStatus, Change, ChangeContext, Channel,
         ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus, ErrorReason, EventId,
         EventKey, FeedbackKind, LogMeta, PendingConfirmation, Profile, ProfileId, Proof,
-        REASON_LEN_MAX, Regime, RuleOverrides, SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId,
-        Source, Subscription, SubscriptionChange, SubscriptionStatus, Tenant, TenantSettings,
-        TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId, parse_name, parse_postal_address,
+        QuarantineRules, REASON_LEN_MAX, Regime, RuleOverrides, SERVICE_NAME_LEN_MAX, Scope,
+        Service, ServiceId, Source, Subscription, SubscriptionChange, SubscriptionStatus, Tenant,
+        TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId, parse_name,
+        parse_postal_address,
     },
     store::DumpItem,
 };
@@ -615,6 +616,66 @@ pub struct AddressEventRecord {
     /// The address's state right after this entry, on checkpoint entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointRecord>,
+    /// The quarantine rules in force when it was received, which every fold
+    /// of it uses; absent on entries recorded before they were kept (folded
+    /// under the tenant's rules of the moment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<EventRulesRecord>,
+}
+
+/// The quarantine rules an address log entry is folded under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRulesRecord {
+    /// Soft errors that quarantine an address.
+    pub soft_error_threshold: u32,
+    /// Least time between two counted soft errors.
+    pub significant_error_interval_ms: u64,
+    /// Quiet time after which errors are forgotten.
+    pub error_reset_period_ms: u64,
+    /// Quiet time after which a full mailbox is forgotten.
+    pub mailbox_full_reset_period_ms: u64,
+}
+
+impl From<&QuarantineRules> for EventRulesRecord {
+    fn from(r: &QuarantineRules) -> Self {
+        Self {
+            soft_error_threshold: r.soft_error_threshold,
+            significant_error_interval_ms: millis(r.significant_error_interval),
+            error_reset_period_ms: millis(r.error_reset_period),
+            mailbox_full_reset_period_ms: millis(r.mailbox_full_reset_period),
+        }
+    }
+}
+
+impl EventRulesRecord {
+    /// The rules, validated as a tenant's overrides are.
+    fn parse(&self) -> Result<QuarantineRules, String> {
+        let overrides = RuleOverrides {
+            soft_error_threshold: Some(self.soft_error_threshold),
+            significant_error_interval: Some(Duration::from_millis(
+                self.significant_error_interval_ms,
+            )),
+            error_reset_period: Some(Duration::from_millis(self.error_reset_period_ms)),
+            mailbox_full_reset_period: Some(Duration::from_millis(
+                self.mailbox_full_reset_period_ms,
+            )),
+        };
+        overrides.validate().map_err(|(field, e)| {
+            let unit = if field == "soft_error_threshold" {
+                ""
+            } else {
+                "_ms"
+            };
+            format!("{field}{unit}: {e}")
+        })?;
+        Ok(QuarantineRules {
+            soft_error_threshold: self.soft_error_threshold,
+            significant_error_interval: Duration::from_millis(self.significant_error_interval_ms),
+            error_reset_period: Duration::from_millis(self.error_reset_period_ms),
+            mailbox_full_reset_period: Duration::from_millis(self.mailbox_full_reset_period_ms),
+        })
+    }
 }
 
 /// A recorded feedback event id.
@@ -917,6 +978,7 @@ impl Record {
                 context: (&e.context).into(),
                 folded_at_ms: (e.folded_at != e.occurred_at).then_some(e.folded_at),
                 checkpoint: e.checkpoint.as_deref().map(CheckpointRecord::from),
+                rules: e.rules.as_ref().map(EventRulesRecord::from),
             }),
             DumpItem::FeedbackEventId {
                 tenant,
@@ -1140,6 +1202,11 @@ impl Record {
                             .map(|c| c.parse(LogMeta::default()).map(Box::new))
                             .transpose()
                             .map_err(|e| format!("checkpoint.{e}"))?,
+                        rules: r
+                            .rules
+                            .map(|rules| rules.parse())
+                            .transpose()
+                            .map_err(|e| format!("rules.{e}"))?,
                     },
                 }
             }
