@@ -21,6 +21,7 @@ mod durability;
 mod faults;
 mod fsync_trace;
 mod observability;
+mod ordering;
 mod scenarios;
 mod subscriptions;
 mod tenants;
