@@ -917,4 +917,77 @@ mod tests {
             (AddressStatus::Denylisted, Some(6))
         );
     }
+
+    #[test]
+    fn the_late_event_horizon_is_fourteen_days_and_a_thousand_events() {
+        let limits = LogLimits::default();
+        assert_eq!(limits.horizon, Duration::from_secs(14 * 24 * 60 * 60));
+        assert_eq!(limits.events_max, 1000);
+        assert_eq!(limits.cutoff(20 * DAY_MS), 6 * DAY_MS);
+        assert_eq!(limits.cutoff(i64::MIN + 1), i64::MIN);
+    }
+
+    #[test]
+    fn refold_rewrites_the_checkpoints_after_the_late_event_and_the_new_ones() {
+        let rules = QuarantineRules::default();
+        let ignored = |n: u64| {
+            feedback(
+                FeedbackKind::Ignored,
+                ErrorReason::Unspecified,
+                &format!("i{n}"),
+            )
+        };
+        // 70 entries, one a second; 6 and 61 carry a (stale) checkpoint.
+        let after: Vec<_> = (1..=70u64)
+            .map(|seq| {
+                let at = i64::try_from(seq).unwrap_or(0) * 1000;
+                let kind = if seq % 10 == 0 {
+                    soft(&format!("s{seq}"))
+                } else {
+                    ignored(seq)
+                };
+                let mut e = entry(seq, kind, at);
+                if seq == 6 || seq == 61 {
+                    e.checkpoint = Some(Box::new(AddressState::default()));
+                }
+                e
+            })
+            .collect();
+        // A late soft bounce between the 45th and the 46th.
+        let late = entry(71, soft("late"), 45_500);
+        let refolded = refold(AddressState::default(), after.clone(), late.clone(), &rules);
+        // The 38th gained one (32 entries after the 6th); the 61st's is
+        // rewritten (after the new event); the 6th's, before it, is not.
+        let rewritten: Vec<u64> = refolded.rewritten.iter().map(|e| e.sequence).collect();
+        assert_eq!(rewritten, [38, 61]);
+        assert_eq!(refolded.since_checkpoint, 9);
+        assert_eq!(refolded.event.sequence, 71);
+        assert_eq!(refolded.event.checkpoint, None);
+        // Each checkpoint is the fold up to its entry, the new event included.
+        let mut all = after.clone();
+        all.push(late.clone());
+        for e in &refolded.rewritten {
+            let mut upto: Vec<_> = all.iter().filter(|x| x.key() <= e.key()).cloned().collect();
+            let mut expected = replay(&mut upto, &rules);
+            expected.log_seq = upto.iter().map(|x| x.sequence).max().unwrap_or(0);
+            assert_eq!(e.checkpoint.as_deref(), Some(&expected), "{}", e.sequence);
+        }
+        let whole = replay(&mut all, &rules);
+        assert_eq!(refolded.state, whole);
+        assert_eq!(whole.error_count, 1);
+
+        // The 32nd entry after a checkpoint, when it is the new event, carries one.
+        let short: Vec<_> = (1..=40u64)
+            .map(|seq| entry(seq, ignored(seq), i64::try_from(seq).unwrap_or(0) * 1000))
+            .collect();
+        let refolded = refold(
+            AddressState::default(),
+            short,
+            entry(41, soft("late"), 31_500),
+            &rules,
+        );
+        assert!(refolded.event.checkpoint.is_some());
+        assert!(refolded.rewritten.is_empty());
+        assert_eq!(refolded.since_checkpoint, 9);
+    }
 }
