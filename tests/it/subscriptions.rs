@@ -647,3 +647,38 @@ async fn token_already_used_is_answered_only_once_the_use_is_durable() {
     let first = first.await.expect("the request task");
     assert_eq!(first.expect_err("not durable").code(), Code::Unavailable);
 }
+
+#[tokio::test]
+async fn too_many_services_is_answered_only_once_the_services_are_durable() {
+    let (app, gate) = FlushGate::spawn_app().await;
+    let limit = consentd::app::SERVICES_PER_TENANT_MAX;
+    for n in 1..limit {
+        create_service(&app, &format!("s{n}"), Channel::Email, false).await;
+    }
+    let create = |app: &TestApp, id: String| {
+        let mut client = client(app);
+        tokio::spawn(async move {
+            client
+                .create_service(CreateServiceRequest {
+                    tenant: TENANT.to_owned(),
+                    service_id: id.clone(),
+                    name: format!("The {id}"),
+                    channel: Channel::Email as i32,
+                    double_opt_in: false,
+                    context: operator("marketing", "new list"),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    gate.hold();
+    let last = create(&app, format!("s{limit}"));
+    gate.until_held().await;
+    // The last service is written, not yet durable: one more is refused
+    // only once it is.
+    let one_more = answer_once_the_flush_failed(&gate, create(&app, "extra".to_owned())).await;
+    let refused = one_more.expect_err("the last service never became durable");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let last = last.await.expect("the request task");
+    assert_eq!(last.expect_err("not durable").code(), Code::Unavailable);
+}
