@@ -187,8 +187,9 @@ pub(crate) async fn record_in(
 
 /// Records many manual status changes of one tenant's addresses, folding
 /// each exactly as an operator's `QuarantineAddress` is folded ([`record_in`]):
-/// a weaker status never replaces a stronger one. Commits them in few changes: one per run of distinct
-/// addresses (a change does not read the log entries it staged itself).
+/// a weaker status never replaces a stronger one. Commits them in few
+/// changes: one per run of distinct addresses (a change does not read the
+/// log entries it staged itself).
 /// Returns, per event, whether it was recorded. Durable after `sync`.
 pub(crate) async fn record_manual(
     store: &dyn Store,
