@@ -1337,6 +1337,73 @@ mod tests {
     }
 
     #[test]
+    fn an_address_event_keeps_its_rules_and_refuses_invalid_ones() {
+        let rules = QuarantineRules {
+            soft_error_threshold: 2,
+            significant_error_interval: Duration::from_millis(3_600_000),
+            error_reset_period: Duration::from_millis(86_400_000),
+            mailbox_full_reset_period: Duration::from_millis(172_800_000),
+        };
+        let item = DumpItem::AddressEvent {
+            tenant: Tenant::parse("acme").expect("tenant"),
+            address: Address::email("x@y.io").expect("address"),
+            event: AddressEvent {
+                sequence: 1,
+                kind: AddressEventKind::Release,
+                occurred_at: 5,
+                recorded_at: 5,
+                old_status: AddressStatus::Quarantined,
+                new_status: AddressStatus::Valid,
+                context: ChangeContext::new(crate::engine::Source::Operator, "ops", "")
+                    .expect("context"),
+                folded_at: 9,
+                checkpoint: None,
+                rules: Some(rules),
+            },
+        };
+        let line = serde_json::to_string(&Record::from_item(&item)).expect("serialises");
+        assert!(
+            line.contains(r#""rules":{"soft_error_threshold":2,"significant_error_interval_ms":3600000,"error_reset_period_ms":86400000,"mailbox_full_reset_period_ms":172800000}"#),
+            "{line}"
+        );
+        assert!(line.contains(r#""folded_at_ms":9"#), "{line}");
+        let back: Record = serde_json::from_str(&line).expect("parses");
+        assert_eq!(back.into_item().expect("valid"), Some(item.clone()));
+
+        // Without rules (an older export): none.
+        let older = line.replace(
+            r#","rules":{"soft_error_threshold":2,"significant_error_interval_ms":3600000,"error_reset_period_ms":86400000,"mailbox_full_reset_period_ms":172800000}"#,
+            "",
+        );
+        let Some(DumpItem::AddressEvent { event, .. }) = serde_json::from_str::<Record>(&older)
+            .expect("parses")
+            .into_item()
+            .expect("valid")
+        else {
+            panic!("an address event");
+        };
+        assert_eq!(event.rules, None);
+
+        for (bad, field) in [
+            (r#""soft_error_threshold":0"#, "rules.soft_error_threshold:"),
+            (
+                r#""error_reset_period_ms":0"#,
+                "rules.error_reset_period_ms:",
+            ),
+        ] {
+            let key = bad.split(':').next().expect("key");
+            let start = line.find(key).expect("field");
+            let end = start + line[start..].find([',', '}']).expect("end");
+            let broken = format!("{}{bad}{}", &line[..start], &line[end..]);
+            let err = serde_json::from_str::<Record>(&broken)
+                .expect("parses")
+                .into_item()
+                .expect_err("invalid rules");
+            assert!(err.starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
     fn invalid_values_name_their_field() {
         let bad: Record = serde_json::from_str(
             r#"{"type":"address_state","tenant":"a b","address_type":"EMAIL","address":"x@y.io","status":"VALID","error_count":0,"first_error_at_ms":null,"last_error_at_ms":null,"last_error_reason":"UNSPECIFIED","last_reason":"","updated_at_ms":null,"last_event_at_ms":null,"log_seq":0}"#,
