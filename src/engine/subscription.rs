@@ -398,6 +398,21 @@ mod tests {
     }
 
     #[test]
+    fn subscribing_again_after_unsubscribing_is_a_change_to_pending() {
+        let s = subscribe(None, &service(true), 10, DAY_MS, token(1));
+        let (gone, _) = unsubscribe(Some(&s.subscription), 20).expect("changes");
+        let again = subscribe(Some(&gone), &service(true), 30, DAY_MS, token(2));
+        assert_eq!(
+            again.change,
+            Some(SubscriptionChange {
+                old: Some(SubscriptionStatus::Unsubscribed),
+                new: SubscriptionStatus::PendingConfirmation,
+            })
+        );
+        assert_eq!(again.subscription.changed_at, 30);
+    }
+
+    #[test]
     fn a_token_reads_upper_case_prints_as_a_secret_and_is_kept_as_its_sha256() {
         let t = Token::from_random([0xab; TOKEN_BYTES]);
         assert_eq!(t.to_text(), "ab".repeat(TOKEN_BYTES));
