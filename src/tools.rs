@@ -281,15 +281,24 @@ pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
             || args.file.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
+        let runtime = runtime()?;
+        // The tenant's own rules over the defaults (the server's flags are
+        // not known here): each event recorded keeps them.
+        let settings = runtime
+            .block_on(store.tenant_settings(&tenant))
+            .map_err(|e| {
+                eprintln!("error: cannot read the tenant's settings: {e}");
+                ExitCode::FAILURE
+            })?
+            .unwrap_or_default();
         let options = suppressions::SuppressionImport {
+            rules: settings.rules(&QuarantineRules::default()),
             tenant,
             actor: format!("import-suppressions:{name}"),
             default_reason: args.reason.clone(),
             now: now_ms(),
-            rules: QuarantineRules::default(),
             limits: LogLimits::default(),
         };
-        let runtime = runtime()?;
         let started = Instant::now();
         let progress = bar(len, "importing suppressions");
         let summary = suppressions::import_csv(

@@ -7,7 +7,11 @@
 //! - a late one is placed in event-time order: the events after it are
 //!   folded again from the nearest checkpoint before it ([`refold`]);
 //! - one older than the oldest event kept (the log was pruned past it) is
-//!   folded on top, as if it had just happened ([`Placement::ArrivalOrder`]).
+//!   folded on top, as if it had just happened ([`Placement::ArrivalOrder`]);
+//! - a release is folded after every event received before it ([`fold_time`]).
+//!
+//! Each entry stores the tenant's quarantine rules of the moment it was
+//! received, and every later fold of it uses those.
 //!
 //! Then the log is kept bounded ([`prune`]): events older than the
 //! late-event horizon, or beyond the most kept, are dropped up to a
@@ -18,7 +22,7 @@ use crate::{
     engine::{
         Address, AddressEvent, AddressEventKind, AddressState, AddressStatus, CHECKPOINT_EVERY,
         ChangeContext, ErrorReason, EventId, EventKey, FeedbackKind, LogLimits, LogMeta, Placement,
-        ProfileId, QuarantineRules, Tenant, UnixMillis, refold,
+        ProfileId, QuarantineRules, Tenant, UnixMillis, fold_time, refold,
     },
     error::{Error, Result},
     store::{Cursor, Direction, Lock, Store, Txn},
@@ -60,9 +64,6 @@ pub struct Recording {
     pub limits: LogLimits,
     /// The time it is recorded at.
     pub now: UnixMillis,
-    /// Refuse a manual status weaker than the address's (QUARANTINED over
-    /// DENYLISTED), as suppression imports do.
-    pub keep_stronger: bool,
 }
 
 /// A checkpoint: the fold part of a state (its log bookkeeping is not kept).
@@ -99,10 +100,7 @@ pub(crate) async fn record_in(
     {
         return Ok(unchanged(current));
     }
-    let weaker = how.keep_stronger
-        && kind == AddressEventKind::Manual(AddressStatus::Quarantined)
-        && current.status == AddressStatus::Denylisted;
-    if weaker || kind.is_noop_for(&current) {
+    if kind.is_noop_for(&current) {
         return Ok(unchanged(current));
     }
     let sequence = old.log_seq + 1;
@@ -112,12 +110,7 @@ pub(crate) async fn record_in(
             sequence,
         } < start
     });
-    let folded_at = if beyond {
-        old.last_event_at
-            .map_or(occurred_at, |last| last.max(occurred_at))
-    } else {
-        occurred_at
-    };
+    let folded_at = fold_time(&kind, occurred_at, &old, beyond);
     let marker = match &kind {
         AddressEventKind::Feedback { event_id, .. } => Some(event_id.clone()),
         _ => None,
@@ -132,6 +125,7 @@ pub(crate) async fn record_in(
         context: context.clone(),
         folded_at,
         checkpoint: None,
+        rules: Some(rules),
     };
     // The log entries this change stages (a change's reads do not see them):
     // pruning below walks them with the stored ones.
@@ -192,10 +186,10 @@ pub(crate) async fn record_in(
 }
 
 /// Records many manual status changes of one tenant's addresses, folding
-/// each exactly as an operator's `QuarantineAddress` is folded ([`record_in`]),
-/// with `how.keep_stronger` deciding whether a weaker status may replace a
-/// stronger one. Commits them in few changes: one per run of distinct
-/// addresses (a change does not read the log entries it staged itself).
+/// each exactly as an operator's `QuarantineAddress` is folded ([`record_in`]):
+/// a weaker status never replaces a stronger one. Commits them in few
+/// changes: one per run of distinct addresses (a change does not read the
+/// log entries it staged itself).
 /// Returns, per event, whether it was recorded. Durable after `sync`.
 pub(crate) async fn record_manual(
     store: &dyn Store,
@@ -290,7 +284,7 @@ impl Walk<'_> {
                     &entry.kind,
                     entry.folded_at,
                     &entry.context,
-                    &self.how.rules,
+                    entry.rules_or(&self.how.rules),
                 );
                 next.log_seq = next.log_seq.max(entry.sequence);
                 next
@@ -386,12 +380,11 @@ async fn prune(
 
 impl App {
     /// The rules an event is recorded under now, for a tenant.
-    async fn recording(&self, tenant: &Tenant, keep_stronger: bool) -> Result<Recording> {
+    async fn recording(&self, tenant: &Tenant) -> Result<Recording> {
         Ok(Recording {
             rules: self.rules(tenant).await?,
             limits: self.settings.log_limits,
             now: self.now(),
-            keep_stronger,
         })
     }
 
@@ -408,7 +401,7 @@ impl App {
         occurred_at: Option<UnixMillis>,
         context: &ChangeContext,
     ) -> Result<Recorded> {
-        let how = self.recording(tenant, false).await?;
+        let how = self.recording(tenant).await?;
         let occurred_at = occurred_at.unwrap_or(how.now);
         let skew = i64::try_from(super::FEEDBACK_FUTURE_SKEW_MAX.as_millis()).unwrap_or(i64::MAX);
         if occurred_at > how.now.saturating_add(skew) {
@@ -430,7 +423,9 @@ impl App {
             .await
     }
 
-    /// Quarantines or denylists an address by hand; idempotent.
+    /// Quarantines or denylists an address by hand; idempotent. A status
+    /// weaker than the address's (QUARANTINED over DENYLISTED) changes
+    /// nothing: only a release lowers a status.
     pub async fn quarantine_address(
         &self,
         tenant: &Tenant,
@@ -438,7 +433,7 @@ impl App {
         status: AddressStatus,
         context: &ChangeContext,
     ) -> Result<Written<AddressState>> {
-        let how = self.recording(tenant, false).await?;
+        let how = self.recording(tenant).await?;
         let locks = vec![Lock::Address(tenant.clone(), address.clone())];
         let event = AddressEventKind::Manual(status);
         let recorded = self
@@ -450,14 +445,16 @@ impl App {
         })
     }
 
-    /// Releases an address to VALID; releasing a VALID address changes nothing.
+    /// Releases an address to VALID; releasing a VALID address changes
+    /// nothing. The release is folded after every event received before it,
+    /// even one dated in the future ([`fold_time`]).
     pub async fn release_address(
         &self,
         tenant: &Tenant,
         address: &Address,
         context: &ChangeContext,
     ) -> Result<Written<AddressState>> {
-        let how = self.recording(tenant, false).await?;
+        let how = self.recording(tenant).await?;
         let locks = vec![Lock::Address(tenant.clone(), address.clone())];
         let recorded = self
             .record(
@@ -510,7 +507,7 @@ impl App {
         tenant: &Tenant,
         events: &[ManualEvent],
     ) -> Result<Vec<bool>> {
-        let how = self.recording(tenant, true).await?;
+        let how = self.recording(tenant).await?;
         self.ready().await?;
         let recorded = record_manual(self.store.as_ref(), tenant, events, how).await?;
         self.sync().await?;

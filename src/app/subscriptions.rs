@@ -70,7 +70,8 @@ fn retire_pending(tx: &mut (dyn Txn + '_), tenant: &Tenant, current: Option<&Sub
 
 impl App {
     /// Creates a service. Durable when it returns; a service that exists
-    /// already is reported once that state is durable.
+    /// already, or a tenant that has the most services, is reported once
+    /// that state is durable.
     pub async fn create_service(
         &self,
         tenant: &Tenant,
@@ -94,6 +95,9 @@ impl App {
             return Err(Error::ServiceExists(existing.id.as_str().to_owned()));
         }
         if tx.service_count(tenant).await? >= SERVICES_PER_TENANT_MAX {
+            // Reports state too: answered once the services it counts are durable.
+            drop(tx);
+            self.sync().await?;
             return Err(Error::TooManyServices(SERVICES_PER_TENANT_MAX));
         }
         tx.put_service(tenant, &service);

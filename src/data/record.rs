@@ -23,10 +23,10 @@ use crate::{
         AddressEventKind, AddressKind, AddressMark, AddressState, AddressStatus, Change,
         ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus,
         ErrorReason, EventId, EventKey, FeedbackKind, LogMeta, PendingConfirmation, Profile,
-        ProfileId, Proof, REASON_LEN_MAX, Regime, Region, RuleOverrides, SERVICE_NAME_LEN_MAX,
-        Scope, Service, ServiceId, Source, Subscription, SubscriptionChange, SubscriptionStatus,
-        Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
-        check_channel, parse_name, parse_postal_address,
+        ProfileId, Proof, QuarantineRules, REASON_LEN_MAX, Regime, Region, RuleOverrides,
+        SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
+        SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis,
+        UsageOptOut, UserId, check_channel, parse_name, parse_postal_address,
     },
     store::DumpItem,
 };
@@ -618,6 +618,66 @@ pub struct AddressEventRecord {
     /// The address's state right after this entry, on checkpoint entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointRecord>,
+    /// The quarantine rules in force when it was received, which every fold
+    /// of it uses; absent on entries recorded before they were kept (folded
+    /// under the tenant's rules of the moment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<EventRulesRecord>,
+}
+
+/// The quarantine rules an address log entry is folded under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRulesRecord {
+    /// Soft errors that quarantine an address.
+    pub soft_error_threshold: u32,
+    /// Least time between two counted soft errors.
+    pub significant_error_interval_ms: u64,
+    /// Quiet time after which errors are forgotten.
+    pub error_reset_period_ms: u64,
+    /// Quiet time after which a full mailbox is forgotten.
+    pub mailbox_full_reset_period_ms: u64,
+}
+
+impl From<&QuarantineRules> for EventRulesRecord {
+    fn from(r: &QuarantineRules) -> Self {
+        Self {
+            soft_error_threshold: r.soft_error_threshold,
+            significant_error_interval_ms: millis(r.significant_error_interval),
+            error_reset_period_ms: millis(r.error_reset_period),
+            mailbox_full_reset_period_ms: millis(r.mailbox_full_reset_period),
+        }
+    }
+}
+
+impl EventRulesRecord {
+    /// The rules, validated as a tenant's overrides are.
+    fn parse(&self) -> Result<QuarantineRules, String> {
+        let overrides = RuleOverrides {
+            soft_error_threshold: Some(self.soft_error_threshold),
+            significant_error_interval: Some(Duration::from_millis(
+                self.significant_error_interval_ms,
+            )),
+            error_reset_period: Some(Duration::from_millis(self.error_reset_period_ms)),
+            mailbox_full_reset_period: Some(Duration::from_millis(
+                self.mailbox_full_reset_period_ms,
+            )),
+        };
+        overrides.validate().map_err(|(field, e)| {
+            let unit = if field == "soft_error_threshold" {
+                ""
+            } else {
+                "_ms"
+            };
+            format!("{field}{unit}: {e}")
+        })?;
+        Ok(QuarantineRules {
+            soft_error_threshold: self.soft_error_threshold,
+            significant_error_interval: Duration::from_millis(self.significant_error_interval_ms),
+            error_reset_period: Duration::from_millis(self.error_reset_period_ms),
+            mailbox_full_reset_period: Duration::from_millis(self.mailbox_full_reset_period_ms),
+        })
+    }
 }
 
 /// A recorded feedback event id.
@@ -952,6 +1012,7 @@ impl Record {
                 context: (&e.context).into(),
                 folded_at_ms: (e.folded_at != e.occurred_at).then_some(e.folded_at),
                 checkpoint: e.checkpoint.as_deref().map(CheckpointRecord::from),
+                rules: e.rules.as_ref().map(EventRulesRecord::from),
             }),
             DumpItem::FeedbackEventId {
                 tenant,
@@ -1199,6 +1260,11 @@ impl Record {
                             .map(|c| c.parse(LogMeta::default()).map(Box::new))
                             .transpose()
                             .map_err(|e| format!("checkpoint.{e}"))?,
+                        rules: r
+                            .rules
+                            .map(|rules| rules.parse())
+                            .transpose()
+                            .map_err(|e| format!("rules.{e}"))?,
                     },
                 }
             }
@@ -1358,6 +1424,73 @@ mod tests {
             panic!("valid record");
         };
         assert_eq!(address.as_str(), "a@b.io");
+    }
+
+    #[test]
+    fn an_address_event_keeps_its_rules_and_refuses_invalid_ones() {
+        let rules = QuarantineRules {
+            soft_error_threshold: 2,
+            significant_error_interval: Duration::from_millis(3_600_000),
+            error_reset_period: Duration::from_millis(86_400_000),
+            mailbox_full_reset_period: Duration::from_millis(172_800_000),
+        };
+        let item = DumpItem::AddressEvent {
+            tenant: Tenant::parse("acme").expect("tenant"),
+            address: Address::email("x@y.io").expect("address"),
+            event: AddressEvent {
+                sequence: 1,
+                kind: AddressEventKind::Release,
+                occurred_at: 5,
+                recorded_at: 5,
+                old_status: AddressStatus::Quarantined,
+                new_status: AddressStatus::Valid,
+                context: ChangeContext::new(crate::engine::Source::Operator, "ops", "")
+                    .expect("context"),
+                folded_at: 9,
+                checkpoint: None,
+                rules: Some(rules),
+            },
+        };
+        let line = serde_json::to_string(&Record::from_item(&item)).expect("serialises");
+        assert!(
+            line.contains(r#""rules":{"soft_error_threshold":2,"significant_error_interval_ms":3600000,"error_reset_period_ms":86400000,"mailbox_full_reset_period_ms":172800000}"#),
+            "{line}"
+        );
+        assert!(line.contains(r#""folded_at_ms":9"#), "{line}");
+        let back: Record = serde_json::from_str(&line).expect("parses");
+        assert_eq!(back.into_item().expect("valid"), Some(item.clone()));
+
+        // Without rules (an older export): none.
+        let older = line.replace(
+            r#","rules":{"soft_error_threshold":2,"significant_error_interval_ms":3600000,"error_reset_period_ms":86400000,"mailbox_full_reset_period_ms":172800000}"#,
+            "",
+        );
+        let Some(DumpItem::AddressEvent { event, .. }) = serde_json::from_str::<Record>(&older)
+            .expect("parses")
+            .into_item()
+            .expect("valid")
+        else {
+            panic!("an address event");
+        };
+        assert_eq!(event.rules, None);
+
+        for (bad, field) in [
+            (r#""soft_error_threshold":0"#, "rules.soft_error_threshold:"),
+            (
+                r#""error_reset_period_ms":0"#,
+                "rules.error_reset_period_ms:",
+            ),
+        ] {
+            let key = bad.split(':').next().expect("key");
+            let start = line.find(key).expect("field");
+            let end = start + line[start..].find([',', '}']).expect("end");
+            let broken = format!("{}{bad}{}", &line[..start], &line[end..]);
+            let err = serde_json::from_str::<Record>(&broken)
+                .expect("parses")
+                .into_item()
+                .expect_err("invalid rules");
+            assert!(err.starts_with(field), "{err}");
+        }
     }
 
     #[test]

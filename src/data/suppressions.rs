@@ -260,7 +260,6 @@ fn record(
         rules: options.rules,
         limits: options.limits,
         now: options.now,
-        keep_stronger: true,
     };
     let recorded = runtime
         .block_on(record_manual(store, &options.tenant, pending, how))

@@ -324,6 +324,31 @@ mod tests {
         Address::email(s).expect("valid email")
     }
 
+    #[test]
+    fn reasons_list_in_order_with_the_primary_first_and_count_themselves() {
+        let none = Reasons::default();
+        assert_eq!(
+            (none.primary(), none.len(), none.is_empty()),
+            (None, 0, true)
+        );
+        assert_eq!(none.iter().count(), 0);
+        let mut some = Reasons::default();
+        some.add(AddressDenylisted);
+        some.add(OptedOutChannel);
+        some.add(NoAddress);
+        assert_eq!(
+            (some.primary(), some.len(), some.is_empty()),
+            (Some(OptedOutChannel), 3, false)
+        );
+        assert_eq!(
+            some.iter().collect::<Vec<_>>(),
+            [OptedOutChannel, NoAddress, AddressDenylisted]
+        );
+        let mut one = Reasons::default();
+        one.add(ProfileNotFound);
+        assert_eq!((one.primary(), one.len()), (Some(ProfileNotFound), 1));
+    }
+
     fn profile(emails: &[&str]) -> Profile {
         Profile::new(
             ProfileId::parse("p").expect("valid id"),

@@ -26,7 +26,7 @@ pub use eligibility::{
 pub use quarantine::{
     ADDRESS_LOG_EVENTS_MAX_DEFAULT, AddressEvent, AddressEventKind, AddressState, AddressStatus,
     CHECKPOINT_EVERY, ErrorReason, EventKey, FeedbackKind, LATE_EVENT_HORIZON_DEFAULT, LogLimits,
-    LogMeta, Placement, QuarantineRules, Refolded, refold, replay,
+    LogMeta, Placement, QuarantineRules, Refolded, fold_time, refold, replay,
 };
 pub use subscription::{
     PendingConfirmation, Service, Subscribed, Subscription, SubscriptionChange, SubscriptionStatus,

@@ -8,6 +8,16 @@
 //! the same result as feedback in order, at a cost that grows with how late
 //! it is, not with the length of the log.
 //!
+//! Three rules keep a replay from rewriting what was decided:
+//! - each event is folded under the rules in force when it was received
+//!   ([`AddressEvent::rules`]), not under today's;
+//! - a release is folded after every event received before it
+//!   ([`fold_time`]), so it lifts them all, even one dated in the (allowed)
+//!   future;
+//! - a weaker status never replaces a stronger one except through a release
+//!   (the order of [`AddressStatus`]): a manual QUARANTINED leaves a DENYLISTED
+//!   address as it is, in the fold and at the door ([`AddressEventKind::is_noop_for`]).
+//!
 //! The log is bounded ([`LogLimits`]): the oldest events are folded into
 //! the checkpoint of the oldest event kept and dropped. An event older than
 //! that cannot be placed in order any more; it is applied as if it had just
@@ -17,7 +27,9 @@ use std::time::Duration;
 
 use super::types::{ChangeContext, EventId, UnixMillis};
 
-/// The deliverability of an address.
+/// The deliverability of an address, weakest first: the order is the
+/// strength an operator's or an import's status is compared by (it never
+/// replaces a stronger one; only a release lowers a status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
 pub enum AddressStatus {
     /// May be used.
@@ -127,11 +139,12 @@ pub enum AddressEventKind {
 
 impl AddressEventKind {
     /// Whether recording this event would change nothing: a manual status the
-    /// address already has, or a release of a VALID address. (Feedback always
+    /// address already has or that is weaker than its own (QUARANTINED over
+    /// DENYLISTED), or a release of a VALID address. (Feedback always
     /// counts: it is deduplicated by event id instead.)
     pub fn is_noop_for(&self, current: &AddressState) -> bool {
         match self {
-            AddressEventKind::Manual(status) => current.status == *status,
+            AddressEventKind::Manual(status) => current.status >= *status,
             AddressEventKind::Release => {
                 current.status == AddressStatus::Valid && current.error_count == 0
             }
@@ -175,6 +188,11 @@ pub struct AddressEvent {
     /// every [`CHECKPOINT_EVERY`]-th entry and on the oldest entry kept: a
     /// late event is folded from the nearest checkpoint before it.
     pub checkpoint: Option<Box<AddressState>>,
+    /// The quarantine rules in force when it was received: every fold of it
+    /// uses them, so a later change of the tenant's rules never rewrites the
+    /// past. `None` on entries stored before rules were kept, which are
+    /// folded under the rules the fold is given (those in force now).
+    pub rules: Option<QuarantineRules>,
 }
 
 impl AddressEvent {
@@ -184,6 +202,34 @@ impl AddressEvent {
             at: self.folded_at,
             sequence: self.sequence,
         }
+    }
+
+    /// The rules it is folded under: its own, or `fallback` when it has none.
+    pub fn rules_or<'a>(&'a self, fallback: &'a QuarantineRules) -> &'a QuarantineRules {
+        self.rules.as_ref().unwrap_or(fallback)
+    }
+}
+
+/// The event time a new event is folded at, given the address's state before
+/// it. Its `occurred_at`, except:
+/// - a release is folded at the newest event time seen when that is later, so
+///   that it comes after every event received before it (ties go in arrival
+///   order) and lifts them all, even one dated in the future;
+/// - an event older than every event kept (`beyond`: the log was pruned past
+///   it) cannot be placed in order and is folded at the newest event time
+///   seen too ([`Placement::ArrivalOrder`]).
+pub fn fold_time(
+    kind: &AddressEventKind,
+    occurred_at: UnixMillis,
+    before: &AddressState,
+    beyond: bool,
+) -> UnixMillis {
+    if beyond || *kind == AddressEventKind::Release {
+        before
+            .last_event_at
+            .map_or(occurred_at, |last| last.max(occurred_at))
+    } else {
+        occurred_at
     }
 }
 
@@ -346,7 +392,13 @@ impl AddressState {
             AddressEventKind::Feedback { kind, reason, .. } => {
                 self.apply_feedback(*kind, *reason, at, context, rules);
             }
-            AddressEventKind::Manual(status) => self.set_status(*status, at, &context.reason),
+            // Never weaker than what the address has (a late manual
+            // QUARANTINED placed after a complaint keeps it DENYLISTED).
+            AddressEventKind::Manual(status) => {
+                if *status >= self.status {
+                    self.set_status(*status, at, &context.reason);
+                }
+            }
             AddressEventKind::Release => {
                 self.reset(AddressStatus::Valid, at);
                 self.last_reason = context.reason.clone();
@@ -419,13 +471,19 @@ impl AddressState {
     }
 }
 
-/// Folds a whole log in event-time order (ties in arrival order). The result
+/// Folds a whole log in event-time order (ties in arrival order), each event
+/// under its own rules (`rules` for those that carry none). The result
 /// depends only on the set of events, not on the order they arrived in.
 pub fn replay(events: &mut [AddressEvent], rules: &QuarantineRules) -> AddressState {
     events.sort_by_key(AddressEvent::key);
     let mut state = AddressState::default();
     for event in events.iter() {
-        state.apply(&event.kind, event.folded_at, &event.context, rules);
+        state.apply(
+            &event.kind,
+            event.folded_at,
+            &event.context,
+            event.rules_or(rules),
+        );
         state.log_seq = state.log_seq.max(event.sequence);
     }
     state
@@ -448,7 +506,8 @@ pub struct Refolded {
 
 /// Places `event` among `after` (the kept entries after a checkpoint whose
 /// state is `start`, in key order; `start` is the default state when the
-/// log is folded from its beginning) and folds them all again in key order.
+/// log is folded from its beginning) and folds them all again in key order,
+/// each under its own rules (`rules` for those that carry none).
 /// Entries after the new event that carry a checkpoint get the new state;
 /// an entry also gains one where [`CHECKPOINT_EVERY`] entries have passed
 /// since the last one, so that the stretch just folded never needs folding
@@ -465,7 +524,12 @@ pub fn refold(
     let mut rewritten = Vec::new();
     let mut since_checkpoint = 0u32;
     for (i, entry) in after.iter_mut().enumerate() {
-        state.apply(&entry.kind, entry.folded_at, &entry.context, rules);
+        state.apply(
+            &entry.kind,
+            entry.folded_at,
+            &entry.context,
+            entry.rules_or(rules),
+        );
         state.log_seq = state.log_seq.max(entry.sequence);
         since_checkpoint += 1;
         let had = entry.checkpoint.is_some();
@@ -680,6 +744,7 @@ mod tests {
             context: ctx(),
             folded_at: at,
             checkpoint: None,
+            rules: None,
         };
         let in_order: Vec<_> = (0..5)
             .map(|d| {
@@ -696,5 +761,289 @@ mod tests {
         let b = replay(&mut reversed, &rules);
         assert_eq!(a.status, AddressStatus::Quarantined);
         assert_eq!((a.status, a.error_count), (b.status, b.error_count));
+    }
+
+    fn entry(sequence: u64, kind: AddressEventKind, at: i64) -> AddressEvent {
+        AddressEvent {
+            sequence,
+            kind,
+            occurred_at: at,
+            recorded_at: at,
+            old_status: AddressStatus::Valid,
+            new_status: AddressStatus::Valid,
+            context: ctx(),
+            folded_at: at,
+            checkpoint: None,
+            rules: None,
+        }
+    }
+
+    fn hard(id: &str) -> AddressEventKind {
+        feedback(FeedbackKind::HardBounce, ErrorReason::UserUnknown, id)
+    }
+
+    #[test]
+    fn only_valid_and_with_errors_are_usable() {
+        assert!(AddressStatus::Valid.is_usable());
+        assert!(AddressStatus::WithErrors.is_usable());
+        assert!(!AddressStatus::Quarantined.is_usable());
+        assert!(!AddressStatus::Denylisted.is_usable());
+    }
+
+    #[test]
+    fn a_soft_bounce_leaves_quarantined_and_denylisted_addresses_as_they_are() {
+        for (block, status) in [
+            (hard("h"), AddressStatus::Quarantined),
+            (
+                feedback(FeedbackKind::Complaint, ErrorReason::Unspecified, "c"),
+                AddressStatus::Denylisted,
+            ),
+            (
+                AddressEventKind::Manual(AddressStatus::Quarantined),
+                AddressStatus::Quarantined,
+            ),
+            (
+                AddressEventKind::Manual(AddressStatus::Denylisted),
+                AddressStatus::Denylisted,
+            ),
+        ] {
+            let before = fold(&[(block.clone(), 0)]);
+            let after = fold(&[(block, 0), (soft("s"), 2 * DAY_MS)]);
+            assert_eq!(
+                after,
+                AddressState {
+                    last_event_at: Some(2 * DAY_MS),
+                    ..before
+                }
+            );
+            assert_eq!((after.status, after.error_count), (status, 0));
+        }
+    }
+
+    #[test]
+    fn a_release_is_folded_after_every_event_received_before_it() {
+        const FUTURE: i64 = 3 * 60 * 1000;
+        let now = 10 * DAY_MS;
+        let bounced = fold(&[(hard("h"), now + FUTURE)]);
+        // A release at `now` goes after the bounce dated 3 minutes ahead.
+        let release = AddressEventKind::Release;
+        assert_eq!(fold_time(&release, now, &bounced, false), now + FUTURE);
+        // A release later than every event keeps its own time.
+        assert_eq!(
+            fold_time(&release, now + 2 * FUTURE, &bounced, false),
+            now + 2 * FUTURE
+        );
+        // Nothing seen yet: its own time.
+        assert_eq!(
+            fold_time(&release, now, &AddressState::default(), false),
+            now
+        );
+        // Other events keep their event time, unless beyond the horizon.
+        assert_eq!(fold_time(&soft("s"), now, &bounced, false), now);
+        assert_eq!(fold_time(&soft("s"), now, &bounced, true), now + FUTURE);
+        assert_eq!(
+            fold_time(&soft("s"), now + 2 * FUTURE, &bounced, true),
+            now + 2 * FUTURE
+        );
+
+        // Replayed in key order, the release still lifts the bounce.
+        let rules = QuarantineRules::default();
+        let mut log = vec![entry(1, hard("h"), now + FUTURE), {
+            let mut e = entry(2, release.clone(), now);
+            e.folded_at = fold_time(&release, now, &bounced, false);
+            e
+        }];
+        let state = replay(&mut log, &rules);
+        assert_eq!(state.status, AddressStatus::Valid);
+        // A feedback event later than the release, received after it, stays.
+        let late = refold(
+            AddressState::default(),
+            log,
+            entry(3, hard("h2"), now + 2 * FUTURE),
+            &rules,
+        );
+        assert_eq!(late.state.status, AddressStatus::Quarantined);
+    }
+
+    #[test]
+    fn each_event_is_folded_under_the_rules_it_was_received_with() {
+        let five = QuarantineRules::default();
+        let two = QuarantineRules {
+            soft_error_threshold: 2,
+            ..five
+        };
+        // Three counted soft bounces under a threshold of 5.
+        let log: Vec<_> = (0..3u64)
+            .map(|d| {
+                let at = i64::try_from(d).unwrap_or(0) * DAY_MS;
+                AddressEvent {
+                    rules: Some(five),
+                    ..entry(d + 1, soft(&format!("s{d}")), at)
+                }
+            })
+            .collect();
+        // The threshold drops to 2; an IGNORED event arrives late.
+        let ignored = AddressEvent {
+            rules: Some(two),
+            ..entry(
+                4,
+                feedback(FeedbackKind::Ignored, ErrorReason::Unspecified, "i"),
+                DAY_MS / 2,
+            )
+        };
+        let refolded = refold(AddressState::default(), log.clone(), ignored.clone(), &two);
+        assert_eq!(
+            (refolded.state.status, refolded.state.error_count),
+            (AddressStatus::WithErrors, 3)
+        );
+        let mut all = log.clone();
+        all.push(ignored);
+        let replayed = replay(&mut all, &two);
+        assert_eq!(
+            (replayed.status, replayed.error_count),
+            (AddressStatus::WithErrors, 3)
+        );
+        // Entries without rules (stored before they were kept) take the fold's.
+        let mut bare: Vec<_> = log
+            .into_iter()
+            .map(|e| AddressEvent { rules: None, ..e })
+            .collect();
+        assert_eq!(replay(&mut bare, &two).status, AddressStatus::Quarantined);
+        assert_eq!(replay(&mut bare, &five).status, AddressStatus::WithErrors);
+        // A soft bounce received under the new rules is judged by them.
+        let fourth = AddressEvent {
+            rules: Some(two),
+            ..entry(5, soft("s3"), 3 * DAY_MS)
+        };
+        let mut kept: Vec<_> = bare
+            .into_iter()
+            .map(|e| AddressEvent {
+                rules: Some(five),
+                ..e
+            })
+            .collect();
+        kept.push(fourth);
+        assert_eq!(replay(&mut kept, &five).status, AddressStatus::Quarantined);
+    }
+
+    #[test]
+    fn a_manual_status_never_replaces_a_stronger_one() {
+        let quarantine = AddressEventKind::Manual(AddressStatus::Quarantined);
+        let denylist = AddressEventKind::Manual(AddressStatus::Denylisted);
+        let with = |status| AddressState {
+            status,
+            ..AddressState::default()
+        };
+        // At the door: the same or a weaker status changes nothing.
+        assert!(quarantine.is_noop_for(&with(AddressStatus::Denylisted)));
+        assert!(quarantine.is_noop_for(&with(AddressStatus::Quarantined)));
+        assert!(!quarantine.is_noop_for(&with(AddressStatus::WithErrors)));
+        assert!(!quarantine.is_noop_for(&with(AddressStatus::Valid)));
+        assert!(denylist.is_noop_for(&with(AddressStatus::Denylisted)));
+        assert!(!denylist.is_noop_for(&with(AddressStatus::Quarantined)));
+        // Feedback always counts; a release of a VALID address with no
+        // errors changes nothing, of anything else it does.
+        assert!(!soft("s").is_noop_for(&with(AddressStatus::Denylisted)));
+        assert!(AddressEventKind::Release.is_noop_for(&with(AddressStatus::Valid)));
+        assert!(!AddressEventKind::Release.is_noop_for(&with(AddressStatus::WithErrors)));
+        assert!(!AddressEventKind::Release.is_noop_for(&AddressState {
+            error_count: 1,
+            ..with(AddressStatus::Valid)
+        }));
+
+        // In the fold: a late manual QUARANTINED after a complaint keeps it
+        // DENYLISTED, with the complaint's reason.
+        let complaint = feedback(FeedbackKind::Complaint, ErrorReason::Unspecified, "c");
+        let state = fold(&[(complaint, 0), (quarantine.clone(), 1)]);
+        assert_eq!(state.status, AddressStatus::Denylisted);
+        assert_eq!(state.last_reason, "complaint");
+        assert_eq!(state.updated_at, Some(0));
+        // The same status again takes the operator's reason, not a new time.
+        let operator = ChangeContext::new(Source::Operator, "ops", "checked").expect("valid");
+        let mut state = fold(&[(hard("h"), 0)]);
+        state.apply(&quarantine, 5, &operator, &QuarantineRules::default());
+        assert_eq!(
+            (state.status, state.last_reason.as_str(), state.updated_at),
+            (AddressStatus::Quarantined, "checked", Some(0))
+        );
+        // A stronger one replaces a weaker one.
+        state.apply(&denylist, 6, &operator, &QuarantineRules::default());
+        assert_eq!(
+            (state.status, state.updated_at),
+            (AddressStatus::Denylisted, Some(6))
+        );
+    }
+
+    #[test]
+    fn the_late_event_horizon_is_fourteen_days_and_a_thousand_events() {
+        let limits = LogLimits::default();
+        assert_eq!(limits.horizon, Duration::from_secs(14 * 24 * 60 * 60));
+        assert_eq!(limits.events_max, 1000);
+        assert_eq!(limits.cutoff(20 * DAY_MS), 6 * DAY_MS);
+        assert_eq!(limits.cutoff(i64::MIN + 1), i64::MIN);
+    }
+
+    #[test]
+    fn refold_rewrites_the_checkpoints_after_the_late_event_and_the_new_ones() {
+        let rules = QuarantineRules::default();
+        let ignored = |n: u64| {
+            feedback(
+                FeedbackKind::Ignored,
+                ErrorReason::Unspecified,
+                &format!("i{n}"),
+            )
+        };
+        // 70 entries, one a second; 6 and 61 carry a (stale) checkpoint.
+        let after: Vec<_> = (1..=70u64)
+            .map(|seq| {
+                let at = i64::try_from(seq).unwrap_or(0) * 1000;
+                let kind = if seq % 10 == 0 {
+                    soft(&format!("s{seq}"))
+                } else {
+                    ignored(seq)
+                };
+                let mut e = entry(seq, kind, at);
+                if seq == 6 || seq == 61 {
+                    e.checkpoint = Some(Box::new(AddressState::default()));
+                }
+                e
+            })
+            .collect();
+        // A late soft bounce between the 45th and the 46th.
+        let late = entry(71, soft("late"), 45_500);
+        let refolded = refold(AddressState::default(), after.clone(), late.clone(), &rules);
+        // The 38th gained one (32 entries after the 6th); the 61st's is
+        // rewritten (after the new event); the 6th's, before it, is not.
+        let rewritten: Vec<u64> = refolded.rewritten.iter().map(|e| e.sequence).collect();
+        assert_eq!(rewritten, [38, 61]);
+        assert_eq!(refolded.since_checkpoint, 9);
+        assert_eq!(refolded.event.sequence, 71);
+        assert_eq!(refolded.event.checkpoint, None);
+        // Each checkpoint is the fold up to its entry, the new event included.
+        let mut all = after.clone();
+        all.push(late.clone());
+        for e in &refolded.rewritten {
+            let mut upto: Vec<_> = all.iter().filter(|x| x.key() <= e.key()).cloned().collect();
+            let mut expected = replay(&mut upto, &rules);
+            expected.log_seq = upto.iter().map(|x| x.sequence).max().unwrap_or(0);
+            assert_eq!(e.checkpoint.as_deref(), Some(&expected), "{}", e.sequence);
+        }
+        let whole = replay(&mut all, &rules);
+        assert_eq!(refolded.state, whole);
+        assert_eq!(whole.error_count, 1);
+
+        // The 32nd entry after a checkpoint, when it is the new event, carries one.
+        let short: Vec<_> = (1..=40u64)
+            .map(|seq| entry(seq, ignored(seq), i64::try_from(seq).unwrap_or(0) * 1000))
+            .collect();
+        let refolded = refold(
+            AddressState::default(),
+            short,
+            entry(41, soft("late"), 31_500),
+            &rules,
+        );
+        assert!(refolded.event.checkpoint.is_some());
+        assert!(refolded.rewritten.is_empty());
+        assert_eq!(refolded.since_checkpoint, 9);
     }
 }

@@ -396,4 +396,35 @@ mod tests {
         assert!(Token::parse(&"zz".repeat(32)).is_err());
         assert!(Token::parse(&"é".repeat(32)).is_err());
     }
+
+    #[test]
+    fn subscribing_again_after_unsubscribing_is_a_change_to_pending() {
+        let s = subscribe(None, &service(true), 10, DAY_MS, token(1));
+        let (gone, _) = unsubscribe(Some(&s.subscription), 20).expect("changes");
+        let again = subscribe(Some(&gone), &service(true), 30, DAY_MS, token(2));
+        assert_eq!(
+            again.change,
+            Some(SubscriptionChange {
+                old: Some(SubscriptionStatus::Unsubscribed),
+                new: SubscriptionStatus::PendingConfirmation,
+            })
+        );
+        assert_eq!(again.subscription.changed_at, 30);
+    }
+
+    #[test]
+    fn a_token_reads_upper_case_prints_as_a_secret_and_is_kept_as_its_sha256() {
+        let t = Token::from_random([0xab; TOKEN_BYTES]);
+        assert_eq!(t.to_text(), "ab".repeat(TOKEN_BYTES));
+        assert_eq!(Token::parse(&"AB".repeat(TOKEN_BYTES)), Ok(t.clone()));
+        assert_eq!(format!("{t:?}"), "Token(<secret>)");
+        // SHA-256 of 32 zero bytes.
+        let zero = Token::from_random([0; TOKEN_BYTES]).hash();
+        let hex: String = zero.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+        );
+        assert_ne!(t.hash(), zero);
+    }
 }

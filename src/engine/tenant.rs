@@ -202,6 +202,49 @@ mod tests {
     }
 
     #[test]
+    fn rule_parameters_are_bounded_at_both_ends() {
+        assert_eq!(RULE_PERIOD_MAX, DAY * 3650);
+        let threshold = |n| RuleOverrides {
+            soft_error_threshold: Some(n),
+            ..RuleOverrides::default()
+        };
+        for n in [1, 5, SOFT_ERROR_THRESHOLD_MAX] {
+            assert!(threshold(n).validate().is_ok(), "{n}");
+        }
+        for n in [0, SOFT_ERROR_THRESHOLD_MAX + 1] {
+            let (field, _) = threshold(n).validate().expect_err("out of range");
+            assert_eq!(field, "soft_error_threshold", "{n}");
+        }
+        let ms = Duration::from_millis(1);
+        for (field, with) in [
+            (
+                "significant_error_interval",
+                (|p| RuleOverrides {
+                    significant_error_interval: Some(p),
+                    ..RuleOverrides::default()
+                }) as fn(Duration) -> RuleOverrides,
+            ),
+            ("error_reset_period", |p| RuleOverrides {
+                error_reset_period: Some(p),
+                ..RuleOverrides::default()
+            }),
+            ("mailbox_full_reset_period", |p| RuleOverrides {
+                mailbox_full_reset_period: Some(p),
+                ..RuleOverrides::default()
+            }),
+        ] {
+            for ok in [ms, DAY, RULE_PERIOD_MAX] {
+                assert!(with(ok).validate().is_ok(), "{field} {ok:?}");
+            }
+            for bad in [Duration::ZERO, RULE_PERIOD_MAX + ms] {
+                let (named, _) = with(bad).validate().expect_err("out of range");
+                assert_eq!(named, field, "{bad:?}");
+            }
+        }
+        assert!(RuleOverrides::default().validate().is_ok());
+    }
+
+    #[test]
     fn regimes_change_only_where_given() {
         let mut settings = TenantSettings::default();
         settings.apply(

@@ -21,3 +21,14 @@ pub struct UsageOptOut {
     /// Who opted the user out, how and why.
     pub context: ChangeContext,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_limits_are_those_documented() {
+        assert_eq!(USAGE_EVENTS_MAX, 10_000);
+        assert_eq!(USAGE_PAYLOAD_LEN_MAX, 65_536, "64 KiB");
+    }
+}

@@ -73,6 +73,7 @@ fn event(sequence: u64, at: i64) -> AddressEvent {
         checkpoint: sequence
             .is_multiple_of(2)
             .then(|| Box::new(state(AddressStatus::Quarantined))),
+        rules: (!sequence.is_multiple_of(3)).then(crate::engine::QuarantineRules::default),
     }
 }
 

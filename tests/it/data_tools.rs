@@ -730,6 +730,12 @@ async fn a_csv_suppression_list_quarantines_and_denylists_with_source_import() {
             for event in &history {
                 assert_eq!(event.context.source, consentd::engine::Source::Import);
                 assert_eq!(event.context.actor, "import-suppressions:suppressions.csv");
+                // The tenant set no rules of its own: each event keeps the defaults.
+                assert_eq!(
+                    event.rules,
+                    Some(consentd::engine::QuarantineRules::default()),
+                    "{address}"
+                );
             }
         }
         let bounce = Address::email("bounce@example.com").expect("address");

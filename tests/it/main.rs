@@ -24,6 +24,7 @@ mod fsync_trace;
 mod identity;
 mod limits;
 mod observability;
+mod ordering;
 mod scenarios;
 mod subscriptions;
 mod tenants;

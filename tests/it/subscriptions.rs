@@ -513,3 +513,172 @@ async fn subscriptions_survive_a_restart() {
     let app = app.restart().await;
     assert!(check_service(&app, "jane", "weekly").await.is_empty());
 }
+
+/// A flush the test can hold, then fail: the state an answer reports is
+/// applied but not yet durable while it is held.
+struct FlushGate {
+    state: std::sync::Arc<(std::sync::Mutex<u8>, std::sync::Condvar)>,
+    entered: std::sync::Arc<tokio::sync::Notify>,
+}
+
+const FLUSH_PASSES: u8 = 0;
+const FLUSH_HELD: u8 = 1;
+const FLUSH_FAILS: u8 = 2;
+
+impl FlushGate {
+    async fn spawn_app() -> (TestApp, Self) {
+        use std::sync::{Arc, Condvar, Mutex};
+        let state = Arc::new((Mutex::new(FLUSH_PASSES), Condvar::new()));
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let (held, seen) = (Arc::clone(&state), Arc::clone(&entered));
+        let app = spawn_app_with_store_options(consentd::store::sled::SledOptions {
+            // Runs on the committer thread, which may block.
+            sync_fault: Some(Arc::new(move || {
+                let (lock, changed) = &*held;
+                let mut state = lock.lock().expect("gate lock");
+                if *state == FLUSH_HELD {
+                    seen.notify_one();
+                }
+                while *state == FLUSH_HELD {
+                    state = changed.wait(state).expect("gate lock");
+                }
+                if *state == FLUSH_FAILS {
+                    return Err(std::io::Error::other("injected: EIO on fdatasync"));
+                }
+                Ok(())
+            })),
+            ..consentd::store::sled::SledOptions::default()
+        })
+        .await;
+        (app, Self { state, entered })
+    }
+
+    fn set(&self, to: u8) {
+        let (lock, changed) = &*self.state;
+        *lock.lock().expect("gate lock") = to;
+        changed.notify_all();
+    }
+
+    fn hold(&self) {
+        self.set(FLUSH_HELD);
+    }
+
+    fn fail(&self) {
+        self.set(FLUSH_FAILS);
+    }
+
+    /// Waits until a flush is held.
+    async fn until_held(&self) {
+        self.entered.notified().await;
+    }
+}
+
+/// Gives `task` a moment to answer while the flush is held (an answer then
+/// would report state that is not durable), then lets the flush fail, and
+/// returns what `task` answered.
+async fn answer_once_the_flush_failed<T: std::fmt::Debug>(
+    gate: &FlushGate,
+    task: tokio::task::JoinHandle<Result<T, Status>>,
+) -> Result<T, Status> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !task.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    gate.fail();
+    task.await.expect("the request task")
+}
+
+#[tokio::test]
+async fn already_exists_is_answered_only_once_the_service_is_durable() {
+    let (app, gate) = FlushGate::spawn_app().await;
+    let create = |app: &TestApp| {
+        let mut client = client(app);
+        tokio::spawn(async move {
+            client
+                .create_service(CreateServiceRequest {
+                    tenant: TENANT.to_owned(),
+                    service_id: "news".to_owned(),
+                    name: "The news".to_owned(),
+                    channel: Channel::Email as i32,
+                    double_opt_in: false,
+                    context: operator("marketing", "new list"),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    gate.hold();
+    let first = create(&app);
+    gate.until_held().await;
+    // The service is written, not yet durable: a second create sees it.
+    let second = answer_once_the_flush_failed(&gate, create(&app)).await;
+    let refused = second.expect_err("the service never became durable");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let first = first.await.expect("the request task");
+    assert_eq!(first.expect_err("not durable").code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn token_already_used_is_answered_only_once_the_use_is_durable() {
+    let (app, gate) = FlushGate::spawn_app().await;
+    upsert(&app, "jane", &["jane@example.com"], &[]).await;
+    create_service(&app, "weekly", Channel::Email, true).await;
+    let token = subscribe(&app, "jane", "weekly").await.confirmation_token;
+    let confirm = |app: &TestApp| {
+        let (mut client, token) = (client(app), token.clone());
+        tokio::spawn(async move {
+            client
+                .confirm_subscription(ConfirmSubscriptionRequest {
+                    tenant: TENANT.to_owned(),
+                    token,
+                    context: signup("192.0.2.11"),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    gate.hold();
+    let first = confirm(&app);
+    gate.until_held().await;
+    // The token is marked used, not yet durably: a second click sees it.
+    let second = answer_once_the_flush_failed(&gate, confirm(&app)).await;
+    let refused = second.expect_err("the confirmation never became durable");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let first = first.await.expect("the request task");
+    assert_eq!(first.expect_err("not durable").code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn too_many_services_is_answered_only_once_the_services_are_durable() {
+    let (app, gate) = FlushGate::spawn_app().await;
+    let limit = consentd::app::SERVICES_PER_TENANT_MAX;
+    for n in 1..limit {
+        create_service(&app, &format!("s{n}"), Channel::Email, false).await;
+    }
+    let create = |app: &TestApp, id: String| {
+        let mut client = client(app);
+        tokio::spawn(async move {
+            client
+                .create_service(CreateServiceRequest {
+                    tenant: TENANT.to_owned(),
+                    service_id: id.clone(),
+                    name: format!("The {id}"),
+                    channel: Channel::Email as i32,
+                    double_opt_in: false,
+                    context: operator("marketing", "new list"),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    gate.hold();
+    let last = create(&app, format!("s{limit}"));
+    gate.until_held().await;
+    // The last service is written, not yet durable: one more is refused
+    // only once it is.
+    let one_more = answer_once_the_flush_failed(&gate, create(&app, "extra".to_owned())).await;
+    let refused = one_more.expect_err("the last service never became durable");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let last = last.await.expect("the request task");
+    assert_eq!(last.expect_err("not durable").code(), Code::Unavailable);
+}

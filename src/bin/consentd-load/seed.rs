@@ -424,6 +424,7 @@ fn write_export(path: &Path, profiles: usize, tenant: &str) -> Result<Written, E
             context: context(SourceName::DeliveryFeedback),
             folded_at_ms: None,
             checkpoint: None,
+            rules: None,
         };
         put(&Record::AddressEvent(record), &mut written)?;
     }

@@ -12,9 +12,9 @@ use crate::engine::{
     Address, AddressConsent, AddressEvent, AddressEventKind, AddressKind, AddressMark,
     AddressState, AddressStatus, Change, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark,
     ConsentState, ConsentStatus, ErrorReason, EventId, FeedbackKind, PendingConfirmation, Profile,
-    ProfileId, Proof, Regime, Region, RuleOverrides, Scope, Service, ServiceId, Source,
-    Subscription, SubscriptionChange, SubscriptionStatus, TenantSettings, TokenHash, TokenRecord,
-    UnixMillis, UsageOptOut, UserId,
+    ProfileId, Proof, QuarantineRules, Regime, Region, RuleOverrides, Scope, Service, ServiceId,
+    Source, Subscription, SubscriptionChange, SubscriptionStatus, TenantSettings, TokenHash,
+    TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
 use crate::engine::{EventKey, LogMeta};
 
@@ -28,6 +28,10 @@ const FORMAT_V2: u8 = 2;
 /// bookkeeping, log entries the time they were folded at and an optional
 /// checkpoint, token records their expiry.
 const FORMAT_V3: u8 = 3;
+/// Address log entries carry the quarantine rules in force when they were
+/// received (other records are still written in format 3). Entries of
+/// earlier formats read as carrying none.
+const FORMAT_V4: u8 = 4;
 
 /// A value could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,9 @@ struct Writer(Vec<u8>);
 impl Writer {
     fn new() -> Self {
         Self(vec![FORMAT_V3])
+    }
+    fn with_version(version: u8) -> Self {
+        Self(vec![version])
     }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
@@ -106,7 +113,7 @@ impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Result<Self, CodecError> {
         let mut r = Self(bytes, 0);
         match r.u8()? {
-            v @ (FORMAT_V1 | FORMAT_V2 | FORMAT_V3) => {
+            v @ (FORMAT_V1 | FORMAT_V2 | FORMAT_V3 | FORMAT_V4) => {
                 r.1 = v;
                 Ok(r)
             }
@@ -847,7 +854,7 @@ pub(crate) fn decode_address_status(bytes: &[u8]) -> Result<AddressStatus, Codec
 
 /// Encodes an address log entry.
 pub(crate) fn encode_address_event(e: &AddressEvent) -> Vec<u8> {
-    let mut w = Writer::new();
+    let mut w = Writer::with_version(FORMAT_V4);
     w.u64(e.sequence);
     match &e.kind {
         AddressEventKind::Feedback {
@@ -882,7 +889,32 @@ pub(crate) fn encode_address_event(e: &AddressEvent) -> Vec<u8> {
             w.0.extend_from_slice(&bytes);
         }
     }
+    match &e.rules {
+        None => w.u8(0),
+        Some(rules) => {
+            w.u8(1);
+            w.u64(u64::from(rules.soft_error_threshold));
+            put_opt_duration(&mut w, Some(rules.significant_error_interval));
+            put_opt_duration(&mut w, Some(rules.error_reset_period));
+            put_opt_duration(&mut w, Some(rules.mailbox_full_reset_period));
+        }
+    }
     w.0
+}
+
+/// The rules of an address log entry (format 4 on); `None` before.
+fn get_event_rules(r: &mut Reader<'_>) -> Result<Option<QuarantineRules>, CodecError> {
+    if r.version() < FORMAT_V4 || r.u8()? == 0 {
+        return Ok(None);
+    }
+    let soft_error_threshold = r.u32()?;
+    let mut period = || get_opt_duration(r).map(Option::unwrap_or_default);
+    Ok(Some(QuarantineRules {
+        soft_error_threshold,
+        significant_error_interval: period()?,
+        error_reset_period: period()?,
+        mailbox_full_reset_period: period()?,
+    }))
 }
 
 /// Decodes an address log entry.
@@ -922,6 +954,7 @@ pub(crate) fn decode_address_event(bytes: &[u8]) -> Result<AddressEvent, CodecEr
     } else {
         (occurred_at, None)
     };
+    let rules = get_event_rules(&mut r)?;
     Ok(AddressEvent {
         sequence,
         kind,
@@ -932,6 +965,7 @@ pub(crate) fn decode_address_event(bytes: &[u8]) -> Result<AddressEvent, CodecEr
         context,
         folded_at,
         checkpoint,
+        rules,
     })
 }
 
@@ -1125,7 +1159,17 @@ mod tests {
             AddressEventKind::Manual(AddressStatus::Denylisted),
             AddressEventKind::Release,
         ] {
-            for checkpoint in [None, Some(Box::new(state.clone()))] {
+            let rules = QuarantineRules {
+                soft_error_threshold: 2,
+                significant_error_interval: Duration::from_millis(3),
+                error_reset_period: Duration::from_millis(4),
+                mailbox_full_reset_period: Duration::from_millis(5),
+            };
+            for (checkpoint, rules) in [
+                (None, None),
+                (Some(Box::new(state.clone())), Some(rules)),
+                (None, Some(QuarantineRules::default())),
+            ] {
                 let event = AddressEvent {
                     sequence: 1,
                     kind: kind.clone(),
@@ -1136,6 +1180,7 @@ mod tests {
                     context: ctx(),
                     folded_at: 8,
                     checkpoint,
+                    rules,
                 };
                 let bytes = encode_address_event(&event);
                 assert_eq!(decode_address_event(&bytes).expect("decodes"), event);
@@ -1144,6 +1189,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn format_3_log_entries_decode_without_rules() {
+        let event = AddressEvent {
+            sequence: 3,
+            kind: AddressEventKind::Release,
+            occurred_at: 5,
+            recorded_at: 6,
+            old_status: AddressStatus::Quarantined,
+            new_status: AddressStatus::Valid,
+            context: ctx(),
+            folded_at: 7,
+            checkpoint: None,
+            rules: Some(QuarantineRules::default()),
+        };
+        let mut v3 = encode_address_event(&event);
+        assert_eq!(v3[0], FORMAT_V4);
+        // Format 3 is format 4 without the trailing rules.
+        v3[0] = FORMAT_V3;
+        v3.truncate(v3.len() - 1 - 1 - 3 * 9);
+        let decoded = decode_address_event(&v3).expect("decodes");
+        assert_eq!(
+            decoded,
+            AddressEvent {
+                rules: None,
+                ..event
+            }
+        );
     }
 
     #[test]

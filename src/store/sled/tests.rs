@@ -215,11 +215,13 @@ async fn a_format_2_directory_is_migrated_at_open() {
                 context: ctx(),
                 folded_at: at,
                 checkpoint: None,
+                rules: None,
             };
             let mut value = codec::encode_address_event(&event);
             value[0] = 2;
-            // A V2 entry ends after its context: no folded time, no checkpoint.
-            value.truncate(value.len() - 9);
+            // A V2 entry ends after its context: no folded time, no
+            // checkpoint, no rules.
+            value.truncate(value.len() - 10);
             db.insert(key, value).expect("insert");
         }
         // A marker whose value is the address key alone.
@@ -291,6 +293,7 @@ async fn a_format_3_directory_gets_canonical_addresses_at_open() {
         context: ctx(),
         folded_at: at,
         checkpoint: None,
+        rules: None,
     };
     let state = |status, updated_at, log_len| AddressState {
         status,
