@@ -296,39 +296,34 @@ impl TenantState {
         } else {
             status
         };
-        let slot = if status.is_usable() {
-            match self
-                .addresses
-                .find((kind_byte(address.kind()), address.as_str()))
-            {
-                Some(slot) => slot,
-                // Usable and unknown: nothing to keep.
-                None => return,
-            }
-        } else {
-            self.address_slot(address.kind(), address.as_str())
-        };
-        if let Some(a) = self.addresses.get_mut(slot) {
-            a.status = status;
-        }
-        self.release_if_unused(slot);
+        self.update_address(address, !status.is_usable(), |a| a.status = status);
     }
 
     fn put_address_consent(&mut self, address: &Address, opted_out: u8) {
-        let slot = if opted_out == 0 {
-            match self
-                .addresses
-                .find((kind_byte(address.kind()), address.as_str()))
-            {
+        self.update_address(address, opted_out != 0, |a| a.opted_out = opted_out);
+    }
+
+    /// Changes an address's slot: made when `keep` (the address now matters
+    /// to decisions), otherwise changed only if it exists; then freed if
+    /// nothing needs it any more.
+    fn update_address(
+        &mut self,
+        address: &Address,
+        keep: bool,
+        change: impl FnOnce(&mut AddressSlot),
+    ) {
+        let key = (kind_byte(address.kind()), address.as_str());
+        let slot = if keep {
+            self.address_slot(address.kind(), address.as_str())
+        } else {
+            match self.addresses.find(key) {
                 Some(slot) => slot,
-                // Opted out of nothing and unknown: nothing to keep.
+                // Unknown and nothing to keep.
                 None => return,
             }
-        } else {
-            self.address_slot(address.kind(), address.as_str())
         };
         if let Some(a) = self.addresses.get_mut(slot) {
-            a.opted_out = opted_out;
+            change(a);
         }
         self.release_if_unused(slot);
     }
