@@ -21,7 +21,9 @@
 //! Invariant: no sled type, key byte, lock stripe or lock protocol crosses
 //! this interface.
 
+pub(crate) mod codec;
 pub mod memory;
+pub mod postgres;
 pub mod sled;
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! Invariant: only this module and its children name sled.
 
 mod backup;
-mod codec;
+use super::codec;
 #[doc(hidden)]
 pub use codec::fuzz_decode_record;
 mod commit;

@@ -16,7 +16,8 @@ use crate::engine::{
     Source, Subscription, SubscriptionChange, SubscriptionStatus, TenantSettings, TokenHash,
     TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
-use crate::engine::{EventKey, LogMeta};
+use crate::engine::{EventKey, LogMeta, Tenant};
+use crate::store::Change as FeedChange;
 
 /// The first record format: contexts without proof of consent, history
 /// entries that are always consent changes. Still read.
@@ -96,6 +97,10 @@ impl Writer {
     fn str(&mut self, s: &str) {
         self.u64(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.0.extend_from_slice(b);
     }
     fn strs<'a>(&mut self, items: impl ExactSizeIterator<Item = &'a str>) {
         self.u64(items.len() as u64);
@@ -181,6 +186,10 @@ impl<'a> Reader<'a> {
         let len = self.len()?;
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| CodecError::Utf8)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = self.len()?;
+        self.take(len)
     }
     fn strings(&mut self) -> Result<Vec<String>, CodecError> {
         let count = self.len()?;
@@ -967,6 +976,156 @@ pub(crate) fn decode_address_event(bytes: &[u8]) -> Result<AddressEvent, CodecEr
         checkpoint,
         rules,
     })
+}
+
+/// Encodes the changes of one committed transaction: what the PostgreSQL
+/// store's change feed carries to every replica (the state after each
+/// change, as [`FeedChange`] holds it).
+pub(crate) fn encode_changes(changes: &[FeedChange]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u64(changes.len() as u64);
+    for change in changes {
+        match change {
+            FeedChange::Profile { tenant, profile } => {
+                w.u8(1);
+                w.str(tenant.as_str());
+                w.str(profile.id.as_str());
+                w.bytes(&encode_profile(profile));
+            }
+            FeedChange::Address {
+                tenant,
+                address,
+                status,
+            } => {
+                w.u8(2);
+                w.str(tenant.as_str());
+                put_address(&mut w, address);
+                w.u8(status_tag(*status));
+            }
+            FeedChange::Subscription {
+                tenant,
+                profile_id,
+                service_id,
+                status,
+            } => {
+                w.u8(3);
+                w.str(tenant.as_str());
+                w.str(profile_id.as_str());
+                w.str(service_id.as_str());
+                w.u8(subscription_tag(*status));
+            }
+            FeedChange::TenantSettings { tenant, settings } => {
+                w.u8(4);
+                w.str(tenant.as_str());
+                w.bytes(&encode_tenant_settings(settings));
+            }
+            FeedChange::Service { tenant, service } => {
+                w.u8(5);
+                w.str(tenant.as_str());
+                w.str(service.id.as_str());
+                w.bytes(&encode_service(service));
+            }
+            FeedChange::UsageOptOut {
+                tenant,
+                user_id,
+                opted_out,
+            } => {
+                w.u8(6);
+                w.str(tenant.as_str());
+                w.str(user_id.as_str());
+                w.u8(u8::from(*opted_out));
+            }
+            FeedChange::AddressConsent {
+                tenant,
+                address,
+                opted_out,
+            } => {
+                w.u8(7);
+                w.str(tenant.as_str());
+                put_address(&mut w, address);
+                w.u8(*opted_out);
+            }
+        }
+    }
+    w.0
+}
+
+fn put_address(w: &mut Writer, address: &Address) {
+    w.u8(kind_tag(address.kind()));
+    w.str(address.as_str());
+}
+
+fn get_address(r: &mut Reader<'_>) -> Result<Address, CodecError> {
+    let kind = r.tag()?;
+    Ok(Address::from_trusted(kind, r.string()?))
+}
+
+fn get_tenant(r: &mut Reader<'_>) -> Result<Tenant, CodecError> {
+    Tenant::parse(&r.string()?).map_err(|_| CodecError::BadTag {
+        what: "tenant",
+        tag: 0,
+    })
+}
+
+/// Decodes what [`encode_changes`] wrote.
+pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<FeedChange>, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    let count = r.len()?;
+    let mut changes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let change = match r.u8()? {
+            1 => {
+                let tenant = get_tenant(&mut r)?;
+                let id = ProfileId::from_trusted(r.string()?);
+                let bytes = r.bytes()?;
+                FeedChange::Profile {
+                    tenant,
+                    profile: Box::new(decode_profile(id, bytes)?),
+                }
+            }
+            2 => FeedChange::Address {
+                tenant: get_tenant(&mut r)?,
+                address: get_address(&mut r)?,
+                status: r.tag()?,
+            },
+            3 => FeedChange::Subscription {
+                tenant: get_tenant(&mut r)?,
+                profile_id: ProfileId::from_trusted(r.string()?),
+                service_id: ServiceId::from_trusted(r.string()?),
+                status: r.tag()?,
+            },
+            4 => FeedChange::TenantSettings {
+                tenant: get_tenant(&mut r)?,
+                settings: decode_tenant_settings(r.bytes()?)?,
+            },
+            5 => {
+                let tenant = get_tenant(&mut r)?;
+                let id = ServiceId::from_trusted(r.string()?);
+                FeedChange::Service {
+                    tenant,
+                    service: decode_service(id, r.bytes()?)?,
+                }
+            }
+            6 => FeedChange::UsageOptOut {
+                tenant: get_tenant(&mut r)?,
+                user_id: UserId::from_trusted(r.string()?),
+                opted_out: r.u8()? != 0,
+            },
+            7 => FeedChange::AddressConsent {
+                tenant: get_tenant(&mut r)?,
+                address: get_address(&mut r)?,
+                opted_out: r.u8()?,
+            },
+            tag => {
+                return Err(CodecError::BadTag {
+                    what: "feed change",
+                    tag,
+                });
+            }
+        };
+        changes.push(change);
+    }
+    Ok(changes)
 }
 
 /// For the fuzz target `record_codec` (not an API): decodes `bytes[1..]` as
