@@ -26,7 +26,10 @@ use consentd::{
     connection::ConnectionLimits,
     engine::{ADDRESS_LOG_EVENTS_MAX_DEFAULT, CHECKPOINT_EVERY, LogLimits, QuarantineRules},
     server::{self, App, Settings},
-    store::CompactionPolicy,
+    store::{
+        CompactionPolicy,
+        postgres::{PgOptions, PgStore, redact},
+    },
 };
 use tracing_subscriber::EnvFilter;
 
@@ -86,8 +89,36 @@ struct ServeArgs {
     #[arg(long, env = "CONSENTD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     /// Directory of the embedded store; created if missing. One process at a time.
+    /// Not used with --database-url.
     #[arg(long, env = "CONSENTD_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// Keep the state in PostgreSQL instead (postgres://USER:PASSWORD@HOST:PORT/DB,
+    /// ?sslmode=require for TLS): any number of consentd replicas may serve
+    /// one database. The schema is created or upgraded at start-up.
+    #[arg(long, env = "CONSENTD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// PEM file of the certificate authorities of the database's TLS
+    /// certificate (added to the system's).
+    #[arg(long, env = "CONSENTD_DATABASE_CA", requires = "database_url")]
+    database_ca: Option<PathBuf>,
+    /// Connections to PostgreSQL in the pool.
+    #[arg(
+        long,
+        env = "CONSENTD_DATABASE_POOL_SIZE",
+        default_value_t = 32,
+        requires = "database_url"
+    )]
+    database_pool_size: usize,
+    /// How often a replica reads the database's change feed when it has
+    /// written nothing itself: the longest another replica's change takes to
+    /// reach this one's decisions while the database answers.
+    #[arg(long, env = "CONSENTD_FEED_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
+    feed_interval: Duration,
+    /// A replica that has not read the change feed for longer than this
+    /// refuses eligibility decisions (UNAVAILABLE, health NOT_SERVING) until
+    /// it has: it fails closed rather than decide on stale consent.
+    #[arg(long, env = "CONSENTD_MAX_STALENESS", default_value = "2s", value_parser = humantime::parse_duration)]
+    max_staleness: Duration,
     /// Soft errors counted before an address is quarantined (tenants without their own setting; see TenantService).
     #[arg(long, env = "CONSENTD_SOFT_ERROR_THRESHOLD", default_value_t = 5)]
     soft_error_threshold: u32,
@@ -222,6 +253,8 @@ impl ServeArgs {
             ("--keepalive-timeout", self.keepalive_timeout),
             ("--stream-idle-timeout", self.stream_idle_timeout),
             ("--stream-max-duration", self.stream_max_duration),
+            ("--feed-interval", self.feed_interval),
+            ("--max-staleness", self.max_staleness),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be longer than zero"));
@@ -259,6 +292,7 @@ impl ServeArgs {
                 ratio: self.compaction_ratio,
                 min_bytes: self.compaction_min_size,
             },
+            max_staleness: self.max_staleness,
         })
     }
 }
@@ -358,14 +392,37 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let app = match App::open(&args.data_dir, settings, Arc::new(SystemClock)) {
-            Ok(app) => app,
-            Err(error) => {
-                tracing::error!("cannot open the store: {error}");
-                return ExitCode::FAILURE;
+        let app = match &args.database_url {
+            Some(url) => {
+                let mut options = PgOptions::new(url.clone());
+                options.ca_file.clone_from(&args.database_ca);
+                options.pool_size = args.database_pool_size;
+                options.feed_interval = args.feed_interval;
+                match PgStore::connect(options).await {
+                    Ok(store) => {
+                        tracing::info!(database = %redact(url), "store open (PostgreSQL)");
+                        App::with_store(Arc::new(store), settings, Arc::new(SystemClock))
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            "cannot open the PostgreSQL store at {}: {error}",
+                            redact(url)
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
+            None => match App::open(&args.data_dir, settings, Arc::new(SystemClock)) {
+                Ok(app) => {
+                    tracing::info!(data_dir = %args.data_dir.display(), "store open");
+                    app
+                }
+                Err(error) => {
+                    tracing::error!("cannot open the store: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
         };
-        tracing::info!(data_dir = %args.data_dir.display(), "store open");
         if let Some(addr) = args.metrics_listen {
             match tokio::net::TcpListener::bind(addr).await {
                 // Ends with the runtime, after `run` has returned.

@@ -115,7 +115,9 @@ async fn start(app: App) {
 /// Keeps health in step with the server: NOT_SERVING while the decision
 /// index is built or if it failed; once the store refuses writes (a failed
 /// flush), NOT_SERVING overall and for every service that writes, while
-/// eligibility, which reads the index, stays SERVING.
+/// eligibility, which reads the index, stays SERVING; while a replica's
+/// index may be stale (see `App::stale`), NOT_SERVING overall and for
+/// eligibility.
 async fn follow_health(app: App, health: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus::{NotServing, Serving};
     let mut readiness = app.watch_readiness();
@@ -123,16 +125,19 @@ async fn follow_health(app: App, health: tonic_health::server::HealthReporter) {
     loop {
         let ready = *readiness.borrow_and_update() == Readiness::Ready;
         let failed = app.store_failure().is_some();
-        let state = (ready, failed);
+        let stale = app.stale().is_some();
+        let state = (ready, failed, stale);
         if shown != Some(state) {
-            let overall = if ready && !failed {
+            let overall = if ready && !failed && !stale {
                 Serving
             } else {
                 NotServing
             };
             health.set_service_status("", overall).await;
             for name in SERVICE_NAMES {
-                let serving = ready && (!failed || READ_SERVICES.contains(&name));
+                let serving = ready
+                    && (!failed || READ_SERVICES.contains(&name))
+                    && !(stale && READ_SERVICES.contains(&name));
                 let status = if serving { Serving } else { NotServing };
                 health.set_service_status(name, status).await;
             }
@@ -140,6 +145,14 @@ async fn follow_health(app: App, health: tonic_health::server::HealthReporter) {
                 tracing::error!(
                     "the store refuses writes after a failed flush: health NOT_SERVING; restart the server"
                 );
+            }
+            if stale {
+                tracing::error!(
+                    "the database's change feed has not been read for longer than --max-staleness: \
+                     eligibility is refused (health NOT_SERVING) until it is"
+                );
+            } else if shown.is_some_and(|(_, _, was_stale)| was_stale) {
+                tracing::info!("the change feed is read again: eligibility answers again");
             }
             shown = Some(state);
         }

@@ -18,7 +18,11 @@ use consentd::{
         now_ms, record::Header, suppressions,
     },
     engine::{LogLimits, QuarantineRules, Tenant},
-    store::{Store, StoreError, sled::SledStore},
+    store::{
+        Store, StoreError,
+        postgres::{PgOptions, PgStore, redact},
+        sled::SledStore,
+    },
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -32,9 +36,8 @@ const PROGRESS_REDRAW_PER_SECOND: u8 = 10;
 /// `consentd export`.
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
-    /// The data directory to export; no server may be running on it.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Export only this tenant.
     #[arg(long)]
     tenant: Option<String>,
@@ -46,11 +49,30 @@ pub(crate) struct ExportArgs {
 /// `consentd import`.
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
-    /// The data directory to restore into (created if missing); no server may be running on it.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The export or backup file (JSON lines).
     file: PathBuf,
+}
+
+/// Which store a data tool works on: a data directory or a PostgreSQL database.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// The data directory of the embedded store (created if missing); no
+    /// server may be running on it.
+    #[arg(
+        long,
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// The PostgreSQL store instead (postgres://USER:PASSWORD@HOST:PORT/DB,
+    /// with ?sslmode=require for TLS); servers may keep running on it.
+    #[arg(long, env = "CONSENTD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// PEM file of the certificate authorities of the database's TLS certificate.
+    #[arg(long, env = "CONSENTD_DATABASE_CA", requires = "database_url")]
+    database_ca: Option<PathBuf>,
 }
 
 /// The formats `import-suppressions` reads.
@@ -63,9 +85,8 @@ pub(crate) enum SuppressionFormat {
 /// `consentd import-suppressions`.
 #[derive(Debug, Args)]
 pub(crate) struct ImportSuppressionsArgs {
-    /// The data directory (created if missing); no server may be running on it.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The tenant the addresses belong to.
     #[arg(long)]
     tenant: String,
@@ -124,17 +145,37 @@ fn tenant(raw: Option<&str>) -> Result<Option<Tenant>, ExitCode> {
     .transpose()
 }
 
-fn open(dir: &Path) -> Result<SledStore, ExitCode> {
-    SledStore::open(dir).map_err(|error| {
-        match error {
-            StoreError::InUse { .. } => eprintln!(
-                "error: {error}\nA running server keeps its data directory: to copy its data \
-                 while it serves, use `consentd backup --server http://HOST:PORT --output FILE`."
-            ),
-            _ => eprintln!("error: cannot open the store: {error}"),
+/// Opens the store the arguments name; a PostgreSQL store is connected
+/// (and its schema brought up to date) on `runtime`.
+fn open(args: &StoreArgs, runtime: &tokio::runtime::Runtime) -> Result<Box<dyn Store>, ExitCode> {
+    if let Some(url) = &args.database_url {
+        let mut options = PgOptions::new(url.clone());
+        options.ca_file.clone_from(&args.database_ca);
+        return match runtime.block_on(PgStore::connect(options)) {
+            Ok(store) => Ok(Box::new(store)),
+            Err(error) => {
+                eprintln!(
+                    "error: cannot open the PostgreSQL store at {}: {error}",
+                    redact(url)
+                );
+                Err(ExitCode::FAILURE)
+            }
+        };
+    }
+    let dir = args.data_dir.as_deref().unwrap_or(Path::new("./data"));
+    match SledStore::open(dir) {
+        Ok(store) => Ok(Box::new(store)),
+        Err(error) => {
+            match error {
+                StoreError::InUse { .. } => eprintln!(
+                    "error: {error}\nA running server keeps its data directory: to copy its data \
+                     while it serves, use `consentd backup --server http://HOST:PORT --output FILE`."
+                ),
+                _ => eprintln!("error: cannot open the store: {error}"),
+            }
+            Err(ExitCode::FAILURE)
         }
-        ExitCode::FAILURE
-    })
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -177,7 +218,8 @@ fn failed(error: &DataError) -> ExitCode {
 pub(crate) fn export(args: &ExportArgs) -> ExitCode {
     let run = || -> Result<ExitCode, ExitCode> {
         let tenant = tenant(args.tenant.as_deref())?;
-        let store = open(&args.data_dir)?;
+        let runtime = runtime()?;
+        let store = open(&args.store, &runtime)?;
         let started = Instant::now();
         let header = Header::new(tenant.as_ref(), now_ms());
         let progress = bar(None, "exporting");
@@ -230,12 +272,12 @@ pub(crate) fn import(args: &ImportArgs) -> ExitCode {
             ExitCode::FAILURE
         })?;
         let len = file.metadata().map(|m| m.len()).ok();
-        let store = open(&args.data_dir)?;
         let runtime = runtime()?;
+        let store = open(&args.store, &runtime)?;
         let started = Instant::now();
         let progress = bar(len, "importing");
         let summary = import_lines(
-            &store,
+            store.as_ref(),
             runtime.handle(),
             BufReader::with_capacity(1 << 20, file),
             |line, reason| progress.suspend(|| eprintln!("line {line}: rejected: {reason}")),
@@ -243,7 +285,7 @@ pub(crate) fn import(args: &ImportArgs) -> ExitCode {
         )
         .map_err(|e| failed(&e))?;
         progress.finish_and_clear();
-        make_durable(&store, &runtime)?;
+        make_durable(store.as_ref(), &runtime)?;
         eprintln!(
             "done: restored {} records in {:.1} s ({}); {} lines rejected",
             summary.total(),
@@ -276,12 +318,12 @@ pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
             ExitCode::FAILURE
         })?;
         let len = file.metadata().map(|m| m.len()).ok();
-        let store = open(&args.data_dir)?;
+        let runtime = runtime()?;
+        let store = open(&args.store, &runtime)?;
         let name = args.file.file_name().map_or_else(
             || args.file.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let runtime = runtime()?;
         // The tenant's own rules over the defaults (the server's flags are
         // not known here): each event recorded keeps them.
         let settings = runtime
@@ -302,7 +344,7 @@ pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
         let started = Instant::now();
         let progress = bar(len, "importing suppressions");
         let summary = suppressions::import_csv(
-            &store,
+            store.as_ref(),
             runtime.handle(),
             BufReader::with_capacity(1 << 20, file),
             &options,
@@ -311,7 +353,7 @@ pub(crate) fn import_suppressions(args: &ImportSuppressionsArgs) -> ExitCode {
         )
         .map_err(|e| failed(&e))?;
         progress.finish_and_clear();
-        make_durable(&store, &runtime)?;
+        make_durable(store.as_ref(), &runtime)?;
         eprintln!(
             "done: {} rows in {:.1} s: {} quarantined, {} denylisted, {} unchanged, {} rejected",
             summary.rows,

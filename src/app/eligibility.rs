@@ -97,7 +97,7 @@ impl App {
         channel: Option<Channel>,
         service: Option<&ServiceId>,
     ) -> Result<Delivery> {
-        self.ready().await?;
+        self.ready_to_decide().await?;
         let service = service
             .map(|id| {
                 self.index
@@ -148,7 +148,7 @@ impl App {
         delivery: &Delivery,
         sink: impl Fn(usize) -> S,
     ) -> Result<Decided<S>> {
-        self.ready().await?;
+        self.ready_to_decide().await?;
         let index = self.index.tenant_index(tenant);
         let len = ids.len();
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -207,7 +207,7 @@ impl App {
         id: &ProfileId,
         delivery: &Delivery,
     ) -> Result<Decision> {
-        self.ready().await?;
+        self.ready_to_decide().await?;
         let index = self.index.tenant_index(tenant);
         let lookup = match &index {
             Some(index) => index.lookup(delivery),
@@ -233,7 +233,7 @@ impl App {
         addresses: &[Address],
         delivery: &Delivery,
     ) -> Result<(Vec<Reasons>, Summary)> {
-        self.ready().await?;
+        self.ready_to_decide().await?;
         let index = self.index.tenant_index(tenant);
         let mut reasons = Vec::with_capacity(addresses.len());
         let mut summary = Summary::default();

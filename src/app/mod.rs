@@ -85,6 +85,9 @@ pub const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 pub const STREAM_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Default longest a stream may last.
 pub const STREAM_MAX_DURATION_DEFAULT: Duration = Duration::from_secs(10 * 60);
+/// How far behind the database's committed changes a replica's decisions may
+/// be before it refuses to decide (`--max-staleness`; the PostgreSQL store).
+pub const MAX_STALENESS_DEFAULT: Duration = Duration::from_secs(2);
 /// Default lifetime of a double opt-in confirmation token.
 pub const CONFIRMATION_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -123,6 +126,10 @@ pub struct Settings {
     pub compaction: CompactionPolicy,
     /// API keys and TLS; the default is neither (loopback only, see `main`).
     pub security: crate::auth::Security,
+    /// A replica whose store has not read its change feed for longer than
+    /// this refuses eligibility decisions (UNAVAILABLE, health NOT_SERVING)
+    /// rather than decide on consent that may have changed.
+    pub max_staleness: Duration,
 }
 
 impl Default for Settings {
@@ -150,6 +157,7 @@ impl Default for Settings {
                 min_bytes: COMPACTION_MIN_BYTES_DEFAULT,
             },
             security: crate::auth::Security::default(),
+            max_staleness: MAX_STALENESS_DEFAULT,
         }
     }
 }
@@ -332,6 +340,32 @@ impl App {
     /// The current time.
     pub fn now(&self) -> UnixMillis {
         self.clock.now_ms()
+    }
+
+    /// How long this replica's decisions have been cut off from the
+    /// database's change feed, when that is longer than
+    /// [`Settings::max_staleness`]; `None` while they are fresh (always, for
+    /// a store whose changes all pass through this process).
+    pub fn stale(&self) -> Option<Duration> {
+        self.store
+            .staleness()
+            .filter(|age| *age > self.settings.max_staleness)
+    }
+
+    /// Waits until the index is ready, then refuses when it may be stale
+    /// (see [`App::stale`]): what every decision asks first.
+    async fn ready_to_decide(&self) -> Result<()> {
+        self.ready().await?;
+        match self.stale() {
+            None => Ok(()),
+            Some(age) => Err(Error::Unavailable(format!(
+                "this replica has not read the database's change feed for {:.1} s (more than \
+                 --max-staleness {:.1} s), so its decisions could miss a recent opt-out: it \
+                 decides nothing until it catches up; ask another replica",
+                age.as_secs_f64(),
+                self.settings.max_staleness.as_secs_f64()
+            ))),
+        }
     }
 
     /// Starts a change once the index is ready (so that no change is made

@@ -446,6 +446,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn follow(&self, after: Position, sink: FeedSink) -> Result<()>;
     /// Why writes are refused, once a flush failed; `None` while healthy.
     fn failure(&self) -> Option<Arc<str>>;
+    /// How long the feed may have missed committed changes: for a store
+    /// that other processes write to (PostgreSQL), the time since its last
+    /// successful read of the change feed; `None` for a store whose every
+    /// change passes through this process.
+    fn staleness(&self) -> Option<Duration> {
+        None
+    }
 
     // ---- retention ---------------------------------------------------------
 

@@ -25,6 +25,7 @@ mod identity;
 mod limits;
 mod observability;
 mod ordering;
+mod replicas;
 mod scenarios;
 mod subscriptions;
 mod tenants;

@@ -58,6 +58,8 @@ pub(super) struct Feed {
     last_ok: Mutex<Option<Instant>>,
     /// How long the poller waits between polls when nothing asks.
     interval: Duration,
+    /// How long one poll may take before it is given up and tried again.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Feed {
@@ -70,7 +72,7 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
-    pub(super) fn new(interval: Duration) -> Self {
+    pub(super) fn new(interval: Duration, timeout: Duration) -> Self {
         Self {
             through: Mutex::new(String::new()),
             sink: Mutex::new(None),
@@ -81,6 +83,7 @@ impl Feed {
             closed: AtomicBool::new(false),
             last_ok: Mutex::new(None),
             interval,
+            timeout,
         }
     }
 
@@ -114,8 +117,11 @@ impl Feed {
             }
             *slot = Some(Arc::from(sink));
         }
+        // Fresh as of now: the first poll follows at once.
+        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let feed = Arc::clone(self);
         tokio::spawn(async move { feed.run(pool).await });
+        self.wake.notify_one();
         Ok(())
     }
 
@@ -166,7 +172,14 @@ impl Feed {
                 break;
             }
             let asked = self.requested.load(Ordering::Acquire);
-            match self.poll(&pool).await {
+            let polled = match tokio::time::timeout(self.timeout, self.poll(&pool)).await {
+                Ok(polled) => polled,
+                Err(_) => Err(StoreError::io(std::io::Error::other(format!(
+                    "a read of the change feed took longer than {:?}",
+                    self.timeout
+                )))),
+            };
+            match polled {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
                     *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());

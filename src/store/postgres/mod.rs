@@ -276,11 +276,13 @@ impl PgStore {
         })?;
         // Durable answers: every commit waits for its WAL flush (and for
         // the synchronous standbys), whatever the server's default.
-        let mut settings = String::from("-c synchronous_commit=on");
+        // (After the URL's own `options`, which are kept.)
+        let mut settings = config.get_options().unwrap_or("").to_owned();
+        settings.push_str(" -c synchronous_commit=on");
         if let Some(schema) = &options.schema {
             settings.push_str(&format!(" -c search_path={schema}"));
         }
-        config.options(&settings);
+        config.options(settings.trim());
         if config.get_application_name().is_none() {
             config.application_name("consentd");
         }
@@ -305,7 +307,7 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::io(std::io::Error::other(e.to_string())))?;
-        let feed = Arc::new(Feed::new(options.feed_interval));
+        let feed = Arc::new(Feed::new(options.feed_interval, options.feed_timeout));
         {
             let mut client = pool.get().await.map_err(pool_error)?;
             schema::migrate(&mut client).await?;
@@ -727,6 +729,10 @@ impl Store for PgStore {
 
     fn failure(&self) -> Option<Arc<str>> {
         None
+    }
+
+    fn staleness(&self) -> Option<Duration> {
+        self.feed.since_last_poll()
     }
 
     async fn expire(

@@ -3,6 +3,7 @@
 //!
 //! Every module of the test binary uses a subset of these helpers.
 pub(crate) mod markdown;
+pub(crate) mod pg;
 pub(crate) mod process;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -170,10 +171,38 @@ async fn start(
     options: SledOptions,
 ) -> TestApp {
     let shared_clock: Arc<dyn Clock> = Arc::new(clock.clone());
-    let app = match App::open_with(data_dir.path(), settings, shared_clock, options) {
-        Ok(app) => app,
-        Err(e) => panic!("App::open({}) failed: {e}", data_dir.path().display()),
+    let app = match pg::harness_on_postgres().then(pg::database_url).flatten() {
+        // The same schema for every start on this data directory.
+        Some(url) => {
+            let store = pg::store(&url, &pg::schema_for(data_dir.path())).await;
+            App::with_store(Arc::new(store), settings, shared_clock)
+        }
+        None => match App::open_with(data_dir.path(), settings, shared_clock, options) {
+            Ok(app) => app,
+            Err(e) => panic!("App::open({}) failed: {e}", data_dir.path().display()),
+        },
     };
+    serve_app(app, data_dir, clock, client_tls).await
+}
+
+/// Starts a server on a store that is already open (a replica on
+/// PostgreSQL, say), its clock at [`START_MS`].
+pub(crate) async fn spawn_app_on_store(
+    store: Arc<dyn consentd::store::Store>,
+    settings: Settings,
+) -> TestApp {
+    let clock = ManualClock::new(START_MS);
+    let app = App::with_store(store, settings, Arc::new(clock.clone()));
+    let data_dir = tempfile::tempdir().expect("create a temporary data directory");
+    serve_app(app, data_dir, clock, None).await
+}
+
+async fn serve_app(
+    app: App,
+    data_dir: TempDir,
+    clock: ManualClock,
+    client_tls: Option<ClientTlsConfig>,
+) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind an ephemeral port");
