@@ -58,13 +58,30 @@ fn news() -> ServiceId {
 enum Backend {
     Sled,
     Memory,
+    /// A fresh schema on the test database (`CONSENTD_TEST_DATABASE_URL`).
+    Postgres,
 }
 
 /// An app and what keeps its store alive across restarts.
 struct Running {
     app: App,
     dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL schema, when the store is there.
+    schema: Option<Arc<crate::store::postgres::tests::Schema>>,
     clock: ManualClock,
+}
+
+/// A PostgreSQL store on `schema` of the test database.
+async fn postgres_store(schema: &crate::store::postgres::tests::Schema) -> Arc<dyn Store> {
+    let url = crate::store::postgres::tests::test_database_url().expect("a test database");
+    let mut options = crate::store::postgres::PgOptions::new(url);
+    options.schema = Some(schema.name.clone());
+    options.pool_size = 4;
+    Arc::new(
+        crate::store::postgres::PgStore::connect(options)
+            .await
+            .expect("connect"),
+    )
 }
 
 async fn start(app: App) -> App {
@@ -76,20 +93,28 @@ impl Running {
     async fn new(backend: Backend, settings: Settings) -> Self {
         let clock = ManualClock::new(START_MS);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-        let (app, dir) = match backend {
+        let (app, dir, schema) = match backend {
             Backend::Sled => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let app = App::open(dir.path(), settings, shared).expect("open");
-                (app, Some(dir))
+                (app, Some(dir), None)
             }
             Backend::Memory => (
                 App::with_store(Arc::new(MemoryStore::new()), settings, shared),
                 None,
+                None,
             ),
+            Backend::Postgres => {
+                let url = crate::store::postgres::tests::test_database_url().expect("a database");
+                let schema = Arc::new(crate::store::postgres::tests::fresh_schema(&url).await);
+                let store = postgres_store(&schema).await;
+                (App::with_store(store, settings, shared), None, Some(schema))
+            }
         };
         Self {
             app: start(app).await,
             dir,
+            schema,
             clock,
         }
     }
@@ -99,12 +124,16 @@ impl Running {
     async fn restart(self) -> Self {
         let settings = self.app.settings().clone();
         let shared: Arc<dyn Clock> = Arc::new(self.clock.clone());
-        let app = match &self.dir {
-            Some(dir) => {
+        let app = match (&self.dir, &self.schema) {
+            (Some(dir), _) => {
                 self.app.close(Duration::from_secs(5)).await.expect("close");
                 App::open(dir.path(), settings, shared).expect("reopen")
             }
-            None => {
+            (None, Some(schema)) => {
+                self.app.close(Duration::from_secs(5)).await.expect("close");
+                App::with_store(postgres_store(schema).await, settings, shared)
+            }
+            (None, None) => {
                 let items: Vec<DumpItem> = self
                     .app
                     .store
@@ -119,6 +148,7 @@ impl Running {
         Self {
             app: start(app).await,
             dir: self.dir,
+            schema: self.schema,
             clock: self.clock,
         }
     }
@@ -406,6 +436,19 @@ proptest! {
     #[test]
     fn the_rules_hold_and_the_index_follows_the_memory_store(ops in proptest::collection::vec(op(), 1..60)) {
         run_on(Backend::Memory, &ops)?;
+    }
+}
+
+proptest! {
+    // Fewer cases: each restart reconnects to the database.
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Skipped (passes) without a test database; see `store/postgres/tests.rs`.
+    #[test]
+    fn the_rules_hold_and_the_index_follows_the_postgres_store(ops in proptest::collection::vec(op(), 1..40)) {
+        if crate::store::postgres::tests::test_database_url().is_some() {
+            run_on(Backend::Postgres, &ops)?;
+        }
     }
 }
 

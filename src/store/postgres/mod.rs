@@ -26,7 +26,7 @@ mod feed;
 mod schema;
 mod sql;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
     collections::HashMap,
