@@ -684,6 +684,11 @@ impl Index {
             } => self.write(tenant, |s| s.put_address_consent(address, *opted_out)),
             // Not read by decisions.
             Change::UsageOptOut { .. } => {}
+            Change::Reset => self
+                .tenants
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear(),
         }
     }
 

@@ -82,6 +82,38 @@ fn verdict(
 }
 
 #[test]
+fn a_reset_forgets_everything_before_it_and_keeps_what_follows() {
+    let index = Index::new();
+    apply(
+        &index,
+        1,
+        vec![
+            put(&profile("gone", &["gone@x.io"])),
+            put(&profile("kept", &["kept@x.io"])),
+            status("kept@x.io", AddressStatus::Quarantined),
+        ],
+    );
+    // A rebuild: the state after it is what follows the reset, whole.
+    apply(
+        &index,
+        2,
+        vec![Change::Reset, put(&profile("kept", &["kept@x.io"]))],
+    );
+    let (reasons, _) = verdict(&index, "gone", &email_delivery());
+    assert_eq!(
+        reasons,
+        vec![crate::engine::ExclusionReason::ProfileNotFound]
+    );
+    let (reasons, addresses) = verdict(&index, "kept", &email_delivery());
+    assert!(
+        reasons.is_empty(),
+        "the quarantine before the reset is gone: {reasons:?}"
+    );
+    assert_eq!(addresses, vec!["kept@x.io".to_owned()]);
+    assert_eq!(index.position(), Position(2));
+}
+
+#[test]
 fn an_unknown_tenant_or_profile_is_not_found() {
     let index = Index::new();
     use crate::engine::ExclusionReason::ProfileNotFound;

@@ -1035,6 +1035,7 @@ pub(crate) fn encode_changes(changes: &[FeedChange]) -> Vec<u8> {
                 w.str(user_id.as_str());
                 w.u8(u8::from(*opted_out));
             }
+            FeedChange::Reset => w.u8(8),
             FeedChange::AddressConsent {
                 tenant,
                 address,
@@ -1116,6 +1117,7 @@ pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<FeedChange>, CodecError
                 address: get_address(&mut r)?,
                 opted_out: r.u8()?,
             },
+            8 => FeedChange::Reset,
             tag => {
                 return Err(CodecError::BadTag {
                     what: "feed change",
@@ -1216,6 +1218,68 @@ mod tests {
             principal: "web-signup".into(),
             proof: Proof::new("2001:db8::7", "Mozilla/5.0", "notice-v3", Some(-3))
                 .expect("valid proof"),
+        }
+    }
+
+    #[test]
+    fn feed_changes_round_trip_in_order() {
+        let tenant = Tenant::parse("acme").expect("valid");
+        let profile = Profile::new(
+            ProfileId::parse("p\u{0}1").expect("valid"),
+            ProfileAddresses {
+                emails: vec![Address::email("a@b.io").expect("valid")],
+                ..ProfileAddresses::default()
+            },
+            7,
+        );
+        let phone = Address::phone("+33612345678").expect("valid");
+        let changes = vec![
+            FeedChange::Reset,
+            FeedChange::Profile {
+                tenant: tenant.clone(),
+                profile: Box::new(profile),
+            },
+            FeedChange::Address {
+                tenant: tenant.clone(),
+                address: phone.clone(),
+                status: AddressStatus::Denylisted,
+            },
+            FeedChange::Subscription {
+                tenant: tenant.clone(),
+                profile_id: ProfileId::parse("p").expect("valid"),
+                service_id: ServiceId::parse("news").expect("valid"),
+                status: SubscriptionStatus::Unsubscribed,
+            },
+            FeedChange::TenantSettings {
+                tenant: tenant.clone(),
+                settings: TenantSettings::default(),
+            },
+            FeedChange::Service {
+                tenant: tenant.clone(),
+                service: Service {
+                    id: ServiceId::parse("news").expect("valid"),
+                    name: "News".into(),
+                    channel: Channel::Sms,
+                    double_opt_in: true,
+                    created_at: 3,
+                },
+            },
+            FeedChange::UsageOptOut {
+                tenant: tenant.clone(),
+                user_id: UserId::parse("u").expect("valid"),
+                opted_out: false,
+            },
+            FeedChange::AddressConsent {
+                tenant,
+                address: phone,
+                opted_out: 0b10,
+            },
+        ];
+        let bytes = encode_changes(&changes);
+        assert_eq!(decode_changes(&bytes).expect("decodes"), changes);
+        // Cut anywhere: an error, never a panic or a shorter list.
+        for end in 0..bytes.len() {
+            assert!(decode_changes(&bytes[..end]).is_err(), "cut at {end}");
         }
     }
 

@@ -76,6 +76,11 @@ pub enum Change {
         /// True when opted out.
         opted_out: bool,
     },
+    /// Everything before is void: the changes that follow (the whole
+    /// decision state, as changes) replace it. A replica of the PostgreSQL
+    /// store sends it when it rebuilds from the database (after a database
+    /// restart, when transaction ids may have been reused).
+    Reset,
     /// An address's opt-outs were written.
     AddressConsent {
         /// Its tenant.

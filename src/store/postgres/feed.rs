@@ -29,11 +29,38 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Notify, watch};
 
 use super::{db_error, pool_error};
-use crate::store::{Committed, FeedSink, Position, Result, StoreError, codec};
+use crate::store::{Change, Committed, FeedSink, Loaded, Position, Result, StoreError, codec};
 
 /// At most this many rows are read per query while catching up, so that a
 /// replica that was away for a while does not read the whole backlog at once.
 const FEED_PAGE_ROWS: i64 = 2_000;
+/// Changes per delivered part of a rebuild.
+const REBUILD_CHUNK: usize = 10_000;
+
+/// A record of the decision state's load as the change that writes it.
+fn loaded_change(item: Loaded) -> Change {
+    match item {
+        Loaded::TenantSettings(tenant, settings) => Change::TenantSettings { tenant, settings },
+        Loaded::Service(tenant, service) => Change::Service { tenant, service },
+        Loaded::Profile(tenant, profile) => Change::Profile { tenant, profile },
+        Loaded::Address(tenant, address, status) => Change::Address {
+            tenant,
+            address,
+            status,
+        },
+        Loaded::AddressConsent(tenant, address, opted_out) => Change::AddressConsent {
+            tenant,
+            address,
+            opted_out,
+        },
+        Loaded::Subscription(tenant, profile_id, service_id, status) => Change::Subscription {
+            tenant,
+            profile_id,
+            service_id,
+            status,
+        },
+    }
+}
 
 /// The sink, shared so that a poll calls it without holding the lock.
 type SharedSink = Arc<dyn Fn(&[Committed]) + Send + Sync>;
@@ -56,6 +83,11 @@ pub(super) struct Feed {
     closed: AtomicBool,
     /// When the last poll succeeded.
     last_ok: Mutex<Option<Instant>>,
+    /// When the database server last started (`pg_postmaster_start_time()`),
+    /// as first seen: a change means it restarted.
+    started: Mutex<Option<String>>,
+    /// Set while the index is rebuilt from the database: decisions wait.
+    rebuilding: AtomicBool,
     /// How long the poller waits between polls when nothing asks.
     interval: Duration,
     /// How long one poll may take before it is given up and tried again.
@@ -82,6 +114,8 @@ impl Feed {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             last_ok: Mutex::new(None),
+            started: Mutex::new(None),
+            rebuilding: AtomicBool::new(false),
             interval,
             timeout,
         }
@@ -134,6 +168,16 @@ impl Feed {
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// How far behind the database the delivered state may be: the time
+    /// since the last successful poll, or without bound while the index is
+    /// rebuilt (`None`: nobody follows the feed yet).
+    pub(super) fn staleness(&self) -> Option<Duration> {
+        if self.rebuilding.load(Ordering::Acquire) {
+            return Some(Duration::MAX);
+        }
+        self.since_last_poll()
     }
 
     /// How long ago the last poll succeeded (`None`: none has yet).
@@ -198,6 +242,53 @@ impl Feed {
         }
     }
 
+    /// After the database restarted: a transaction id that a crash left
+    /// without a trace on disk may be given again, so a change could carry
+    /// an id that an earlier snapshot already counted as finished, and a
+    /// poll would skip it. The index is rebuilt instead: a [`Change::Reset`]
+    /// and the whole decision state, read in one snapshot that the feed then
+    /// continues from. Decisions wait meanwhile (see [`Feed::staleness`]).
+    async fn rebuild(&self, client: &mut deadpool_postgres::Object) -> Result<()> {
+        tracing::warn!(
+            "the database restarted: rebuilding the decision index from it (eligibility waits)"
+        );
+        self.rebuilding.store(true, Ordering::Release);
+        let mut changes = vec![Change::Reset];
+        let snapshot = super::dump::load_decision_state(client, &mut |item| {
+            changes.push(loaded_change(item));
+        })
+        .await;
+        let snapshot = match snapshot {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                // Still rebuilding (decisions wait); the start time seen is
+                // forgotten, so that the next poll rebuilds again.
+                *self.started.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(String::from("(rebuild failed)"));
+                return Err(error);
+            }
+        };
+        let records = changes.len() - 1;
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut batch = Vec::new();
+        for part in changes.chunks(REBUILD_CHUNK) {
+            let position = Position(self.last.load(Ordering::Acquire) + 1 + batch.len() as u64);
+            batch.push(Committed {
+                position,
+                changes: part.to_vec(),
+            });
+        }
+        if let (Some(sink), Some(last)) = (sink, batch.last()) {
+            sink(&batch);
+            self.last.store(last.position.0, Ordering::Release);
+        }
+        *self.through.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.rebuilding.store(false, Ordering::Release);
+        tracing::info!(records, "the decision index was rebuilt from the database");
+        Ok(())
+    }
+
     /// One poll: everything committed since the last one, delivered in
     /// transaction-id order.
     async fn poll(&self, pool: &Pool) -> Result<()> {
@@ -209,11 +300,25 @@ impl Feed {
             .start()
             .await
             .map_err(db_error)?;
-        let snapshot: String = tx
-            .query_one("SELECT pg_current_snapshot()::text", &[])
+        let row = tx
+            .query_one(
+                "SELECT pg_current_snapshot()::text, pg_postmaster_start_time()::text",
+                &[],
+            )
             .await
-            .map_err(db_error)?
-            .get(0);
+            .map_err(db_error)?;
+        let snapshot: String = row.get(0);
+        let started: String = row.get(1);
+        let restarted = {
+            let mut seen = self.started.lock().unwrap_or_else(|p| p.into_inner());
+            let restarted = seen.as_ref().is_some_and(|before| *before != started);
+            *seen = Some(started);
+            restarted
+        };
+        if restarted {
+            drop(tx);
+            return self.rebuild(&mut client).await;
+        }
         let previous = self
             .through
             .lock()

@@ -732,7 +732,7 @@ impl Store for PgStore {
     }
 
     fn staleness(&self) -> Option<Duration> {
-        self.feed.since_last_poll()
+        self.feed.staleness()
     }
 
     async fn expire(
@@ -1349,7 +1349,7 @@ impl Txn for PgTxn<'_> {
         if !changes.is_empty() {
             let mut tenants: Vec<String> = changes
                 .iter()
-                .map(|c| change_tenant(c).as_str().to_owned())
+                .filter_map(|c| change_tenant(c).map(|t| t.as_str().to_owned()))
                 .collect();
             tenants.sort_unstable();
             tenants.dedup();
@@ -1382,7 +1382,7 @@ impl Txn for PgTxn<'_> {
     }
 }
 
-fn change_tenant(change: &Change) -> &Tenant {
+fn change_tenant(change: &Change) -> Option<&Tenant> {
     match change {
         Change::Profile { tenant, .. }
         | Change::Address { tenant, .. }
@@ -1390,6 +1390,7 @@ fn change_tenant(change: &Change) -> &Tenant {
         | Change::TenantSettings { tenant, .. }
         | Change::Service { tenant, .. }
         | Change::UsageOptOut { tenant, .. }
-        | Change::AddressConsent { tenant, .. } => tenant,
+        | Change::AddressConsent { tenant, .. } => Some(tenant),
+        Change::Reset => None,
     }
 }
