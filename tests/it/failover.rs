@@ -141,7 +141,7 @@ fn write_until(
                         continue;
                     }
                     acknowledged.lock().expect("lock").created.push(id.clone());
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         let opted = consent
                             .opt_out(OptOutRequest {
                                 tenant: TENANT.to_owned(),
