@@ -333,11 +333,11 @@ impl Feed {
         let xmin = previous.split(':').next().unwrap_or("0").to_owned();
         let statement = tx
             .prepare_cached(
-                "SELECT id, xid::text, payload FROM consentd_changes
+                "SELECT id, xid::text AS xid_text, payload FROM consentd_changes
                  WHERE xid >= $1::text::xid8
                    AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
                    AND (xid, id) > ($3::text::xid8, $4)
-                 ORDER BY xid, id
+                 ORDER BY consentd_changes.xid, id
                  LIMIT $5",
             )
             .await

@@ -165,3 +165,98 @@ fn advisory_keys_are_the_same_in_every_process_and_differ_per_lock() {
     assert_ne!(super::advisory_key(&a), super::advisory_key(&b));
     assert_ne!(super::advisory_key(&a), super::advisory_key(&c));
 }
+
+/// Uses transaction ids until the next one is at least `target`.
+async fn burn_xids_until(client: &tokio_postgres::Client, target: u64) {
+    let one = "BEGIN; SELECT pg_current_xact_id(); COMMIT;";
+    loop {
+        let now: String = client
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await
+            .expect("xid")
+            .get(0);
+        let now: u64 = now.parse().expect("a number");
+        if now + 1 >= target {
+            return;
+        }
+        let n = usize::try_from((target - now - 1).min(1_000)).unwrap_or(1_000);
+        client.batch_execute(&one.repeat(n)).await.expect("burn");
+    }
+}
+
+/// Transaction ids are numbers: `9xxx` comes before `10xxx` although it
+/// sorts after it as text (the feed once ordered them as text).
+#[tokio::test]
+async fn the_feed_orders_changes_by_transaction_id_across_a_power_of_ten() {
+    use crate::engine::{Profile, ProfileAddresses, ProfileId, Tenant};
+    use crate::store::{Change, Committed, Lock};
+    use std::sync::Mutex;
+    let Some(url) = test_database_url() else {
+        return;
+    };
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let now: String = client
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .expect("xid")
+        .get(0);
+    let now: u64 = now.parse().expect("a number");
+    let boundary = 10u64.pow(now.to_string().len() as u32);
+    if boundary - now > 200_000 {
+        eprintln!("skipped: transaction id {now} is too far below {boundary}");
+        return;
+    }
+    let Some((store, _schema)) = fresh().await else {
+        return;
+    };
+    let t = Tenant::parse("t").expect("valid");
+    let put = |email: &str| {
+        let profile = Profile::new(
+            ProfileId::parse("p").expect("valid"),
+            ProfileAddresses {
+                emails: vec![crate::engine::Address::email(email).expect("valid")],
+                ..ProfileAddresses::default()
+            },
+            1,
+        );
+        let (store, t) = (Arc::clone(&store), t.clone());
+        async move {
+            let mut tx = store
+                .begin(vec![Lock::Profile(t.clone(), profile.id.clone())])
+                .await
+                .expect("begin");
+            tx.put_profile(&t, &profile);
+            tx.commit().await.expect("commit");
+        }
+    };
+    // Other tests take ids meanwhile: aim below the boundary, then past it.
+    burn_xids_until(&client, boundary - 300).await;
+    put("before@x.io").await;
+    burn_xids_until(&client, boundary + 1).await;
+    put("after@x.io").await;
+    let seen: Arc<Mutex<Vec<Committed>>> = Arc::default();
+    let sink_seen = Arc::clone(&seen);
+    store
+        .follow(
+            store.position(),
+            Box::new(move |batch: &[Committed]| {
+                sink_seen.lock().expect("lock").extend_from_slice(batch);
+            }),
+        )
+        .expect("follow");
+    store.sync().await.expect("sync");
+    let emails: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .flat_map(|c| c.changes.iter())
+        .filter_map(|change| match change {
+            Change::Profile { profile, .. } => Some(profile.emails[0].as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(emails, vec!["before@x.io", "after@x.io"]);
+}
