@@ -178,8 +178,12 @@ fn open(args: &StoreArgs, runtime: &tokio::runtime::Runtime) -> Result<Box<dyn S
     }
 }
 
+/// The data tools' runtime: with worker threads, so that the tasks a store
+/// spawns (the PostgreSQL pool's connections) run while the tool waits on a
+/// handle (`Handle::block_on` drives nothing on a current-thread runtime).
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| {

@@ -1277,3 +1277,62 @@ async fn a_backup_is_one_moment_while_writes_go_on_and_a_client_that_stops_readi
     );
     assert!(records < first.records_total, "{records} records received");
 }
+
+/// Moving from the embedded store to PostgreSQL: `export`, then `import
+/// --database-url`; an `export --database-url` gives back the same records,
+/// and a server on the database answers as the one on the directory did.
+/// Skipped without PostgreSQL (see `common/pg.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_from_sled_to_postgres_is_export_then_import() {
+    let Some(url) = crate::common::pg::database_url() else {
+        return;
+    };
+    let schema = format!("it_move_{}", uuid::Uuid::new_v4().simple());
+    crate::common::pg::create_schema(&url, &schema).await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let schema_url = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    let Sample {
+        dir: data, clock, ..
+    } = sample().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let from_sled = export(data.path(), &work.path().join("sled.jsonl"));
+    let imported = consentd(&[
+        "import",
+        "--database-url",
+        &schema_url,
+        path_str(&work.path().join("sled.jsonl")),
+    ]);
+    assert!(imported.status.success(), "import: {}", stderr(&imported));
+    let pg_file = work.path().join("postgres.jsonl");
+    let exported = consentd(&[
+        "export",
+        "--database-url",
+        &schema_url,
+        "--output",
+        path_str(&pg_file),
+    ]);
+    assert!(exported.status.success(), "export: {}", stderr(&exported));
+    let from_postgres: Vec<String> = std::fs::read_to_string(&pg_file)
+        .expect("read the export")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // The same records (the header carries the export's time; the stores
+    // list their records in different orders).
+    let sorted = |lines: &[String]| {
+        let mut records: Vec<String> = records(lines).iter().map(Value::to_string).collect();
+        records.sort();
+        records
+    };
+    assert_eq!(sorted(&from_sled), sorted(&from_postgres));
+    // And the same answers.
+    let on_sled = TestApp::start_on(data, clock.clone()).await;
+    let expected = answers(&on_sled).await;
+    drop(on_sled);
+    let store = crate::common::pg::store(&url, &schema).await;
+    let on_postgres = spawn_app_on_store(std::sync::Arc::new(store), Default::default()).await;
+    on_postgres
+        .clock
+        .set(consentd::clock::Clock::now_ms(&clock));
+    assert_eq!(answers(&on_postgres).await, expected);
+}

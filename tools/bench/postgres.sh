@@ -30,6 +30,7 @@ for bin in "$LOAD_BIN" "$CONSENTD_BIN"; do
 done
 
 pg_dir=$(mktemp -d)
+chmod 755 "$pg_dir"   # the postgres user must reach the cluster inside it
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -785,11 +785,22 @@ impl Store for PgStore {
     async fn restore(&self, items: &[DumpItem]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
-        for item in items {
-            let op = sql::restore(item);
-            let statement = tx.prepare_cached(op.sql).await.map_err(db_error)?;
-            tx.execute(&statement, &op.refs()).await.map_err(db_error)?;
+        let ops: Vec<Op> = items.iter().map(sql::restore).collect();
+        let mut statements = Vec::with_capacity(ops.len());
+        for op in &ops {
+            statements.push(tx.prepare_cached(op.sql).await.map_err(db_error)?);
         }
+        let params: Vec<Vec<&(dyn tokio_postgres::types::ToSql + Sync)>> =
+            ops.iter().map(Op::refs).collect();
+        // Sent one after the other without waiting for each answer.
+        futures_util::future::try_join_all(
+            statements
+                .iter()
+                .zip(&params)
+                .map(|(statement, params)| tx.execute(statement, params.as_slice())),
+        )
+        .await
+        .map_err(db_error)?;
         tx.commit().await.map_err(db_error)
     }
 
