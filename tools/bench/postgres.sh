@@ -68,6 +68,13 @@ for port in 50301 50302; do
     "$CONSENTD_BIN" serve --listen "127.0.0.1:$port" --database-url "$url" 2>"$OUT/replica-$port.log" &
     pids+=($!)
 done
+# consentd-load waits for SERVING, once something listens.
+for port in 50301 50302; do
+    for _ in $(seq 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+done
 "$LOAD_BIN" batch --addr 127.0.0.1:50301 --server-pid "${pids[0]}" --profiles "$N" \
     --duration "${DURATION}s" --kv >"$OUT/pg-batch-1.kv" 2>"$OUT/pg-batch-1.log"
 "$LOAD_BIN" batch --addr 127.0.0.1:50302 --server-pid "${pids[1]}" --profiles "$N" \
