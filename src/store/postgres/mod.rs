@@ -347,14 +347,6 @@ impl PgStore {
         let statement = client.prepare_cached(statement).await.map_err(db_error)?;
         client.query(&statement, params).await.map_err(db_error)
     }
-
-    async fn query_opt(
-        &self,
-        statement: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>> {
-        Ok(self.query(statement, params).await?.into_iter().next())
-    }
 }
 
 /// One page from rows fetched with `LIMIT limit + 1`: the cursor is made
@@ -391,26 +383,11 @@ fn id_bytes_cursor(row: &tokio_postgres::Row, i: usize) -> Result<Cursor> {
 #[async_trait]
 impl Store for PgStore {
     async fn tenant_settings(&self, tenant: &Tenant) -> Result<Option<TenantSettings>> {
-        self.query_opt(
-            "SELECT value FROM consentd_tenant_settings WHERE tenant = $1",
-            &[&tenant.as_str()],
-        )
-        .await?
-        .map(|row| {
-            codec::decode_tenant_settings(&sql::bytes(&row, 0)?)
-                .map_err(corrupt_value("tenant settings"))
-        })
-        .transpose()
+        read::tenant_settings(&*self.client().await?, tenant).await
     }
 
     async fn service(&self, tenant: &Tenant, id: &ServiceId) -> Result<Option<Service>> {
-        self.query_opt(
-            "SELECT service_id, value FROM consentd_services WHERE tenant = $1 AND service_id = $2",
-            &[&tenant.as_str(), &id.as_str().as_bytes()],
-        )
-        .await?
-        .map(|row| sql::service(&row, 0))
-        .transpose()
+        read::service(&*self.client().await?, tenant, id).await
     }
 
     async fn services(
@@ -435,13 +412,7 @@ impl Store for PgStore {
     }
 
     async fn profile(&self, tenant: &Tenant, id: &ProfileId) -> Result<Option<Profile>> {
-        self.query_opt(
-            "SELECT profile_id, value FROM consentd_profiles WHERE tenant = $1 AND profile_id = $2",
-            &[&tenant.as_str(), &id.as_str().as_bytes()],
-        )
-        .await?
-        .map(|row| sql::profile(&row, 0))
-        .transpose()
+        read::profile(&*self.client().await?, tenant, id).await
     }
 
     async fn consent_history(
@@ -530,19 +501,7 @@ impl Store for PgStore {
         tenant: &Tenant,
         address: &Address,
     ) -> Result<Option<AddressState>> {
-        self.query_opt(
-            "SELECT value FROM consentd_addresses WHERE tenant = $1 AND kind = $2 AND address = $3",
-            &[
-                &tenant.as_str(),
-                &sql::kind(address.kind()),
-                &address.as_str().as_bytes(),
-            ],
-        )
-        .await?
-        .map(|row| {
-            codec::decode_address_state(&sql::bytes(&row, 0)?).map_err(corrupt_value("address"))
-        })
-        .transpose()
+        read::address_state(&*self.client().await?, tenant, address).await
     }
 
     async fn address_consent(
@@ -550,21 +509,7 @@ impl Store for PgStore {
         tenant: &Tenant,
         address: &Address,
     ) -> Result<Option<AddressConsent>> {
-        self.query_opt(
-            "SELECT value FROM consentd_address_consent
-             WHERE tenant = $1 AND kind = $2 AND address = $3",
-            &[
-                &tenant.as_str(),
-                &sql::kind(address.kind()),
-                &address.as_str().as_bytes(),
-            ],
-        )
-        .await?
-        .map(|row| {
-            codec::decode_address_consent(&sql::bytes(&row, 0)?)
-                .map_err(corrupt_value("address consent"))
-        })
-        .transpose()
+        read::address_consent(&*self.client().await?, tenant, address).await
     }
 
     async fn address_users(
@@ -657,13 +602,7 @@ impl Store for PgStore {
     }
 
     async fn usage_opt_out(&self, tenant: &Tenant, user: &UserId) -> Result<Option<UsageOptOut>> {
-        self.query_opt(
-            "SELECT user_id, value FROM consentd_usage_opt_outs WHERE tenant = $1 AND user_id = $2",
-            &[&tenant.as_str(), &user.as_str().as_bytes()],
-        )
-        .await?
-        .map(|row| sql::usage(&row, 0))
-        .transpose()
+        read::usage_opt_out(&*self.client().await?, tenant, user).await
     }
 
     async fn usage_opt_outs(
@@ -814,6 +753,134 @@ impl Store for PgStore {
     }
 }
 
+/// The point reads that a change and the store both make, on any connection.
+mod read {
+    use deadpool_postgres::ClientWrapper;
+    use tokio_postgres::{Row, types::ToSql};
+
+    use super::{corrupt_value, db_error, sql};
+    use crate::engine::{
+        Address, AddressConsent, AddressState, Profile, ProfileId, Service, ServiceId, Tenant,
+        TenantSettings, UsageOptOut, UserId,
+    };
+    use crate::store::{Result, codec};
+
+    async fn one(
+        client: &ClientWrapper,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let statement = client.prepare_cached(statement).await.map_err(db_error)?;
+        client.query_opt(&statement, params).await.map_err(db_error)
+    }
+
+    pub(super) async fn tenant_settings(
+        client: &ClientWrapper,
+        tenant: &Tenant,
+    ) -> Result<Option<TenantSettings>> {
+        one(
+            client,
+            "SELECT value FROM consentd_tenant_settings WHERE tenant = $1",
+            &[&tenant.as_str()],
+        )
+        .await?
+        .map(|row| {
+            codec::decode_tenant_settings(&sql::bytes(&row, 0)?)
+                .map_err(corrupt_value("tenant settings"))
+        })
+        .transpose()
+    }
+
+    pub(super) async fn service(
+        client: &ClientWrapper,
+        tenant: &Tenant,
+        id: &ServiceId,
+    ) -> Result<Option<Service>> {
+        one(
+            client,
+            "SELECT service_id, value FROM consentd_services WHERE tenant = $1 AND service_id = $2",
+            &[&tenant.as_str(), &id.as_str().as_bytes()],
+        )
+        .await?
+        .map(|row| sql::service(&row, 0))
+        .transpose()
+    }
+
+    pub(super) async fn profile(
+        client: &ClientWrapper,
+        tenant: &Tenant,
+        id: &ProfileId,
+    ) -> Result<Option<Profile>> {
+        one(
+            client,
+            "SELECT profile_id, value FROM consentd_profiles WHERE tenant = $1 AND profile_id = $2",
+            &[&tenant.as_str(), &id.as_str().as_bytes()],
+        )
+        .await?
+        .map(|row| sql::profile(&row, 0))
+        .transpose()
+    }
+
+    pub(super) async fn address_state(
+        client: &ClientWrapper,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressState>> {
+        one(
+            client,
+            "SELECT value FROM consentd_addresses WHERE tenant = $1 AND kind = $2 AND address = $3",
+            &[
+                &tenant.as_str(),
+                &sql::kind(address.kind()),
+                &address.as_str().as_bytes(),
+            ],
+        )
+        .await?
+        .map(|row| {
+            codec::decode_address_state(&sql::bytes(&row, 0)?).map_err(corrupt_value("address"))
+        })
+        .transpose()
+    }
+
+    pub(super) async fn address_consent(
+        client: &ClientWrapper,
+        tenant: &Tenant,
+        address: &Address,
+    ) -> Result<Option<AddressConsent>> {
+        one(
+            client,
+            "SELECT value FROM consentd_address_consent
+             WHERE tenant = $1 AND kind = $2 AND address = $3",
+            &[
+                &tenant.as_str(),
+                &sql::kind(address.kind()),
+                &address.as_str().as_bytes(),
+            ],
+        )
+        .await?
+        .map(|row| {
+            codec::decode_address_consent(&sql::bytes(&row, 0)?)
+                .map_err(corrupt_value("address consent"))
+        })
+        .transpose()
+    }
+
+    pub(super) async fn usage_opt_out(
+        client: &ClientWrapper,
+        tenant: &Tenant,
+        user: &UserId,
+    ) -> Result<Option<UsageOptOut>> {
+        one(
+            client,
+            "SELECT user_id, value FROM consentd_usage_opt_outs WHERE tenant = $1 AND user_id = $2",
+            &[&tenant.as_str(), &user.as_str().as_bytes()],
+        )
+        .await?
+        .map(|row| sql::usage(&row, 0))
+        .transpose()
+    }
+}
+
 /// An address's log entries from `from` in `direction`, at most `limit`.
 async fn log_events(
     client: &Object,
@@ -956,13 +1023,7 @@ impl Txn for PgTxn<'_> {
                 _ => None,
             });
         }
-        self.query_opt(
-            "SELECT profile_id, value FROM consentd_profiles WHERE tenant = $1 AND profile_id = $2",
-            &[&tenant.as_str(), &id.as_str().as_bytes()],
-        )
-        .await?
-        .map(|row| sql::profile(&row, 0))
-        .transpose()
+        read::profile(self.client()?, tenant, id).await
     }
 
     async fn subscription(
@@ -1006,21 +1067,7 @@ impl Txn for PgTxn<'_> {
                 _ => None,
             });
         }
-        let state = self
-            .query_opt(
-                "SELECT value FROM consentd_addresses
-                 WHERE tenant = $1 AND kind = $2 AND address = $3",
-                &[
-                    &tenant.as_str(),
-                    &sql::kind(address.kind()),
-                    &address.as_str().as_bytes(),
-                ],
-            )
-            .await?
-            .map(|row| {
-                codec::decode_address_state(&sql::bytes(&row, 0)?).map_err(corrupt_value("address"))
-            })
-            .transpose()?;
+        let state = read::address_state(self.client()?, tenant, address).await?;
         self.read_statuses.insert(
             (tenant.clone(), address.clone()),
             state.as_ref().map_or(AddressStatus::Valid, |s| s.status),
@@ -1042,21 +1089,7 @@ impl Txn for PgTxn<'_> {
                 _ => None,
             });
         }
-        self.query_opt(
-            "SELECT value FROM consentd_address_consent
-             WHERE tenant = $1 AND kind = $2 AND address = $3",
-            &[
-                &tenant.as_str(),
-                &sql::kind(address.kind()),
-                &address.as_str().as_bytes(),
-            ],
-        )
-        .await?
-        .map(|row| {
-            codec::decode_address_consent(&sql::bytes(&row, 0)?)
-                .map_err(corrupt_value("address consent"))
-        })
-        .transpose()
+        read::address_consent(self.client()?, tenant, address).await
     }
 
     async fn address_events(
@@ -1108,16 +1141,7 @@ impl Txn for PgTxn<'_> {
                 _ => None,
             });
         }
-        self.query_opt(
-            "SELECT value FROM consentd_tenant_settings WHERE tenant = $1",
-            &[&tenant.as_str()],
-        )
-        .await?
-        .map(|row| {
-            codec::decode_tenant_settings(&sql::bytes(&row, 0)?)
-                .map_err(corrupt_value("tenant settings"))
-        })
-        .transpose()
+        read::tenant_settings(self.client()?, tenant).await
     }
 
     async fn service(&mut self, tenant: &Tenant, id: &ServiceId) -> Result<Option<Service>> {
@@ -1130,13 +1154,7 @@ impl Txn for PgTxn<'_> {
                 _ => None,
             });
         }
-        self.query_opt(
-            "SELECT service_id, value FROM consentd_services WHERE tenant = $1 AND service_id = $2",
-            &[&tenant.as_str(), &id.as_str().as_bytes()],
-        )
-        .await?
-        .map(|row| sql::service(&row, 0))
-        .transpose()
+        read::service(self.client()?, tenant, id).await
     }
 
     async fn service_count(&mut self, tenant: &Tenant) -> Result<usize> {
@@ -1181,13 +1199,7 @@ impl Txn for PgTxn<'_> {
                 _ => None,
             });
         }
-        self.query_opt(
-            "SELECT user_id, value FROM consentd_usage_opt_outs WHERE tenant = $1 AND user_id = $2",
-            &[&tenant.as_str(), &user.as_str().as_bytes()],
-        )
-        .await?
-        .map(|row| sql::usage(&row, 0))
-        .transpose()
+        read::usage_opt_out(self.client()?, tenant, user).await
     }
 
     fn put_profile(&mut self, tenant: &Tenant, profile: &Profile) {
