@@ -694,6 +694,9 @@ mod tests {
         for bad in ["", "F", "FRA", "F1", "ZZ", "été"] {
             assert!(Region::parse(bad).is_err(), "{bad:?}");
         }
+        // Debug output shows a region as its code, as clients write it.
+        let fr = Region::parse("fr").expect("region");
+        assert_eq!(format!("{fr:?}"), "FR");
     }
 
     /// Each refusal says what is wrong, so that a client can fix it: the
