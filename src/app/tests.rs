@@ -999,3 +999,131 @@ async fn events_that_each_land_first_are_pruned_with_the_rest() {
         run_log_ops(backend, &events).await.expect("consistent");
     }
 }
+
+/// Reads the address's stored state and how many log entries it keeps.
+async fn log_of(app: &App, address: &Address) -> (AddressState, usize) {
+    let state = app
+        .store
+        .address_state(&tenant(), address)
+        .await
+        .expect("read")
+        .expect("state");
+    let kept = app
+        .store
+        .address_history(&tenant(), address, None, 10_000)
+        .await
+        .expect("history");
+    (state, kept.len())
+}
+
+/// Pruning drops only what the rules drop: events past the horizon and,
+/// beyond the most kept, the oldest. A log within both keeps every event
+/// through its checkpoints, and one over its most kept keeps exactly that
+/// many, the newest.
+#[tokio::test]
+async fn pruning_keeps_every_event_within_the_horizon_and_the_most_kept() {
+    let settings = Settings {
+        log_limits: LogLimits {
+            horizon: LATE_EVENT_HORIZON,
+            events_max: 50,
+        },
+        ..Settings::default()
+    };
+    let running = Running::new(Backend::Memory, settings).await;
+    let app = &running.app;
+    // 40 events a minute apart, all within the horizon: the 32nd takes a
+    // checkpoint (and walks the log), which drops nothing.
+    let order: Vec<usize> = (0..40).collect();
+    feed(app, &order, START_MS - DAY_MS, 60_000).await;
+    let (state, kept) = log_of(app, &email(0)).await;
+    assert_eq!((state.log.len, kept, state.log.start), (40, 40, None));
+    // 20 more: 60 in all, over the most kept (50) from the 51st on.
+    let order: Vec<usize> = (40..60).collect();
+    feed(app, &order, START_MS - DAY_MS, 60_000).await;
+    let (state, kept) = log_of(app, &email(0)).await;
+    assert_eq!((state.log.len, kept), (50, 50));
+    let start = state.log.start.expect("pruned");
+    assert_eq!(
+        start.at,
+        START_MS - DAY_MS + 10 * 60_000,
+        "the oldest 10 went"
+    );
+}
+
+/// The log is walked for pruning only when an event takes a checkpoint or
+/// brings it over its most kept: one that brings it to exactly its most
+/// kept leaves it whole, even when every event is past the horizon.
+#[tokio::test]
+async fn a_log_at_its_most_kept_is_not_pruned_until_it_goes_over() {
+    let settings = Settings {
+        log_limits: LogLimits {
+            horizon: LATE_EVENT_HORIZON,
+            events_max: 4,
+        },
+        ..Settings::default()
+    };
+    let running = Running::new(Backend::Memory, settings).await;
+    let app = &running.app;
+    // Four events a day apart, all older than the horizon.
+    let first = START_MS - 20 * DAY_MS;
+    feed(app, &[0, 1, 2, 3], first, DAY_MS).await;
+    let (state, kept) = log_of(app, &email(0)).await;
+    assert_eq!((state.log.len, kept, state.log.start), (4, 4, None));
+    // A fifth goes over: every event past the horizon goes but the newest.
+    feed(app, &[4], first, DAY_MS).await;
+    let (state, kept) = log_of(app, &email(0)).await;
+    assert_eq!((state.log.len, kept), (1, 1));
+    assert_eq!(state.log.start.map(|s| s.at), Some(first + 4 * DAY_MS));
+}
+
+/// A prune walks the whole log, however many reads that takes: when more
+/// entries than one read returns are past the horizon, every one goes, and
+/// the log's count is what is kept.
+#[tokio::test]
+async fn every_event_past_the_horizon_goes_however_many() {
+    let settings = Settings {
+        log_limits: LogLimits {
+            horizon: LATE_EVENT_HORIZON,
+            events_max: 70,
+        },
+        ..Settings::default()
+    };
+    let running = Running::new(Backend::Memory, settings).await;
+    let app = &running.app;
+    let from = START_MS - DAY_MS;
+    let order: Vec<usize> = (0..70).collect();
+    feed(app, &order, from, 60_000).await;
+    let (state, kept) = log_of(app, &email(0)).await;
+    assert_eq!((state.log.len, kept, state.log.start), (70, 70, None));
+    // Fifteen days on, the 71st event brings the log over its most kept,
+    // and all 70 before it are past the horizon.
+    running
+        .clock
+        .advance(LATE_EVENT_HORIZON + Duration::from_secs(86_400));
+    feed(app, &[70], from, 60_000).await;
+    let (state, kept) = log_of(app, &email(0)).await;
+    assert_eq!((state.log.len, kept), (1, 1));
+    assert_eq!(state.log.start.map(|s| s.at), Some(from + 70 * 60_000));
+}
+
+/// A late event past the horizon is walked in its place among the stored
+/// events (it is staged, not yet stored) and goes with them.
+#[tokio::test]
+async fn a_late_event_past_the_horizon_is_pruned_in_its_place() {
+    let settings = Settings {
+        log_limits: LogLimits {
+            horizon: LATE_EVENT_HORIZON,
+            events_max: 4,
+        },
+        ..Settings::default()
+    };
+    let running = Running::new(Backend::Memory, settings).await;
+    let app = &running.app;
+    let first = START_MS - 20 * DAY_MS;
+    feed(app, &[0, 2, 3, 4], first, DAY_MS).await;
+    let placements = feed(app, &[1], first, DAY_MS).await;
+    assert_eq!(placements, [Placement::Late]);
+    let (state, kept) = log_of(app, &email(0)).await;
+    assert_eq!((state.log.len, kept), (1, 1));
+    assert_eq!(state.log.start.map(|s| s.at), Some(first + 4 * DAY_MS));
+}

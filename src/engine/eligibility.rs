@@ -101,11 +101,6 @@ pub struct Reach {
 }
 
 impl Reach {
-    /// Counts one address with its status.
-    pub fn add(&mut self, status: AddressStatus) {
-        self.add_address(status, false);
-    }
-
     /// Counts one address with its status and whether it is opted out of
     /// the channel: it is usable when its status is and it is not.
     pub fn add_address(&mut self, status: AddressStatus, opted_out: bool) {
@@ -559,6 +554,37 @@ mod tests {
             ..unsubscribed
         };
         assert_eq!(decide_with(&fresh, subscribed), vec![]);
+    }
+
+    #[test]
+    fn a_postal_address_is_one_usable_address_and_never_quarantined() {
+        assert_eq!(
+            Reach::postal(true),
+            Reach {
+                addresses: 1,
+                usable: 1,
+                quarantined: false,
+                denylisted: false,
+                opted_out: false,
+            }
+        );
+        assert_eq!(Reach::postal(false), Reach::default());
+    }
+
+    #[test]
+    fn a_decision_with_a_reason_is_not_eligible() {
+        let excluded = Decision {
+            reasons: vec![AddressQuarantined],
+            addresses: vec![],
+        };
+        assert!(!excluded.eligible());
+        assert_eq!(excluded.primary(), Some(AddressQuarantined));
+        let eligible = Decision {
+            reasons: vec![],
+            addresses: vec!["a@x.io".into()],
+        };
+        assert!(eligible.eligible());
+        assert_eq!(eligible.primary(), None);
     }
 
     #[test]

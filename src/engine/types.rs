@@ -514,6 +514,38 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_required_value_is_named_as_required_not_as_too_short() {
+        assert_eq!(Tenant::parse(""), Err(Invalid::new("tenant is required")));
+        assert_eq!(
+            ProfileId::parse(""),
+            Err(Invalid::new("profile_id is required"))
+        );
+        assert_eq!(
+            Tenant::parse(&"t".repeat(TENANT_LEN_MAX + 1)),
+            Err(Invalid::new("tenant must be 1 to 64 bytes long, not 65"))
+        );
+    }
+
+    #[test]
+    fn the_channel_names_listed_to_clients_are_every_wire_name_in_order() {
+        assert_eq!(
+            Channel::api_names(),
+            "CHANNEL_EMAIL, CHANNEL_SMS, CHANNEL_PUSH, CHANNEL_VOICE, CHANNEL_DIRECT_MAIL"
+        );
+    }
+
+    #[test]
+    fn a_postal_address_is_kept_trimmed_and_bounded() {
+        assert_eq!(
+            parse_postal_address("  1 Main St\nSpringfield  "),
+            Ok("1 Main St\nSpringfield".to_owned())
+        );
+        assert_eq!(parse_postal_address("   "), Ok(String::new()), "none");
+        assert!(parse_postal_address(&"a".repeat(POSTAL_ADDRESS_LEN_MAX)).is_ok());
+        assert!(parse_postal_address(&"a".repeat(POSTAL_ADDRESS_LEN_MAX + 1)).is_err());
+    }
+
+    #[test]
     fn change_context_lengths_are_bounded() {
         assert!(ChangeContext::new(Source::Api, "bot", "why").is_ok());
         let long = "x".repeat(ACTOR_LEN_MAX + 1);
