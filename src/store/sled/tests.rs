@@ -329,7 +329,19 @@ async fn a_format_3_directory_gets_canonical_addresses_at_open() {
         store.sync().await.expect("sync");
     }
     {
-        let db = sled::Config::new().path(dir.path()).open().expect("sled");
+        // The store's threads let go of sled's file lock just after it is
+        // dropped: wait for it rather than fail.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new().path(dir.path()).open() {
+                Ok(db) => break db,
+                Err(error) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    drop(error);
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("sled: {error}"),
+            }
+        };
         db.insert(keys::META_FORMAT, &[3]).expect("format 3");
         db.flush().expect("flush");
     }
