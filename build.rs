@@ -17,6 +17,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/consent/v1/tenant.proto",
     "proto/consent/v1/subscription.proto",
     "proto/consent/v1/product_usage.proto",
+    "proto/consent/v1/watch.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -326,6 +326,7 @@ pub const RPC_ROLES: &[(&str, &[Role])] = {
             &[Tracking],
         ),
         ("/consent.v1.AdminService/Backup", &[]),
+        ("/consent.v1.WatchService/Watch", &[Operator, Delivery]),
     ]
 };
 
@@ -788,10 +789,12 @@ mod tests {
                         | "consent.v1.QuarantineService"
                         | "consent.v1.EligibilityService"
                         | "consent.v1.SubscriptionService"
+                        | "consent.v1.WatchService"
                 ),
                 Role::Delivery => matches!(
                     method,
-                    "CheckEligibility"
+                    "Watch"
+                        | "CheckEligibility"
                         | "BatchCheckEligibility"
                         | "StreamEligibility"
                         | "BatchCheckAddresses"
@@ -818,7 +821,7 @@ mod tests {
         }
         assert_eq!(
             RPC_ROLES.len(),
-            34,
+            35,
             "every RPC of the issue is in the table"
         );
     }

@@ -76,6 +76,24 @@ pub enum Error {
     /// `--stream-max-duration`); what was answered before stands.
     #[error("{0}")]
     StreamCut(String),
+    /// A watch token is older than the changes the server keeps.
+    #[error(
+        "the start_token is older than the changes this server keeps (--watch-retention): \
+         resync (read the state you cache again), then watch from the token of the first \
+         message of a Watch without start_token"
+    )]
+    WatchExpired,
+    /// A watch token cannot be followed on (why, for a human).
+    #[error(
+        "{0}: resync (read the state you cache again), then watch from the token of the first \
+         message of a Watch without start_token"
+    )]
+    WatchResync(String),
+    /// As many watches are open as the server allows.
+    #[error(
+        "this server has {0} watches open, the most allowed (--watch-max-streams); retry later"
+    )]
+    TooManyWatches(usize),
     /// The store failed. The cause is logged; the caller sees an opaque message.
     #[error("storage error")]
     Storage(#[from] crate::store::StoreError),

@@ -20,7 +20,10 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use consentd::{
-    app::{COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT},
+    app::{
+        COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT,
+        WATCH_MAX_STREAMS_DEFAULT, WATCH_RETENTION_CHANGES_DEFAULT, WatchSettings,
+    },
     auth::{KeySet, Role, Security, TenantScope, TlsPem},
     clock::SystemClock,
     connection::ConnectionLimits,
@@ -193,6 +196,20 @@ struct ServeArgs {
     /// DEADLINE_EXCEEDED. (A backup has no maximum: it runs while its client reads.)
     #[arg(long, env = "CONSENTD_STREAM_MAX_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     stream_max_duration: Duration,
+    /// Watch (the change feed for clients) keeps committed changes this long;
+    /// a start_token from before is answered WATCH_TOKEN_EXPIRED.
+    #[arg(long, env = "CONSENTD_WATCH_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    watch_retention: Duration,
+    /// Watch keeps at most this many of the newest committed transactions, whatever their age.
+    #[arg(long, env = "CONSENTD_WATCH_RETENTION_CHANGES", default_value_t = WATCH_RETENTION_CHANGES_DEFAULT)]
+    watch_retention_changes: u64,
+    /// A watch with nothing new for its tenant sends a checkpoint (a message
+    /// without changes, with the newest token) this often.
+    #[arg(long, env = "CONSENTD_WATCH_CHECKPOINT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    watch_checkpoint_interval: Duration,
+    /// Watches open at once, over all clients; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CONSENTD_WATCH_MAX_STREAMS", default_value_t = WATCH_MAX_STREAMS_DEFAULT)]
+    watch_max_streams: usize,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off when not set).
     #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -227,6 +244,9 @@ impl ServeArgs {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
+        if self.watch_retention_changes == 0 {
+            return Err("--watch-retention-changes must be at least 1".into());
+        }
         if self.address_log_events_max < 2 * CHECKPOINT_EVERY {
             return Err(format!(
                 "--address-log-events-max must be at least {}",
@@ -255,6 +275,11 @@ impl ServeArgs {
             ("--stream-max-duration", self.stream_max_duration),
             ("--feed-interval", self.feed_interval),
             ("--max-staleness", self.max_staleness),
+            ("--watch-retention", self.watch_retention),
+            (
+                "--watch-checkpoint-interval",
+                self.watch_checkpoint_interval,
+            ),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be longer than zero"));
@@ -293,6 +318,12 @@ impl ServeArgs {
                 min_bytes: self.compaction_min_size,
             },
             max_staleness: self.max_staleness,
+            watch: WatchSettings {
+                retention: self.watch_retention,
+                retention_changes: self.watch_retention_changes,
+                checkpoint_interval: self.watch_checkpoint_interval,
+                max_streams: self.watch_max_streams,
+            },
         })
     }
 }

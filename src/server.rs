@@ -89,7 +89,7 @@ fn log_security(security: &Security) {
 }
 
 /// The consent.v1 services, by their health-check names.
-const SERVICE_NAMES: [&str; 8] = [
+const SERVICE_NAMES: [&str; 9] = [
     "consent.v1.ProfileService",
     "consent.v1.ConsentService",
     "consent.v1.QuarantineService",
@@ -98,6 +98,7 @@ const SERVICE_NAMES: [&str; 8] = [
     "consent.v1.TenantService",
     "consent.v1.SubscriptionService",
     "consent.v1.ProductUsageService",
+    "consent.v1.WatchService",
 ];
 /// The services that still answer once the store refuses writes: decisions
 /// (from the index) and reads.
@@ -301,6 +302,7 @@ pub async fn run(
         .add_service(services.tenant)
         .add_service(services.subscription)
         .add_service(services.usage)
+        .add_service(services.watch)
         .serve_with_incoming_shutdown(incoming, drain);
     if let Some(addr) = local {
         tracing::info!("listening on {addr}");

@@ -19,6 +19,7 @@ mod stream_limits;
 mod subscription;
 mod tenant;
 mod usage;
+mod watch;
 
 use crate::{
     app::App,
@@ -28,7 +29,7 @@ use crate::{
         profile_service_server::ProfileServiceServer,
         quarantine_service_server::QuarantineServiceServer,
         subscription_service_server::SubscriptionServiceServer,
-        tenant_service_server::TenantServiceServer,
+        tenant_service_server::TenantServiceServer, watch_service_server::WatchServiceServer,
     },
 };
 
@@ -68,6 +69,8 @@ pub(crate) struct Services {
     pub(crate) subscription: SubscriptionServiceServer<subscription::SubscriptionApi>,
     /// `consent.v1.ProductUsageService`.
     pub(crate) usage: ProductUsageServiceServer<usage::UsageApi>,
+    /// `consent.v1.WatchService`.
+    pub(crate) watch: WatchServiceServer<watch::WatchApi>,
 }
 
 impl Services {
@@ -105,6 +108,9 @@ impl Services {
             usage: ProductUsageServiceServer::new(usage::UsageApi { app: app.clone() })
                 .max_decoding_message_size(MESSAGE_LIMIT_USAGE_BYTES)
                 .max_encoding_message_size(MESSAGE_LIMIT_USAGE_BYTES),
+            watch: WatchServiceServer::new(watch::WatchApi { app: app.clone() })
+                .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+                .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
         }
     }
 }

@@ -138,6 +138,27 @@ impl From<Error> for Status {
                 HashMap::new(),
                 ErrorDetails::new(),
             ),
+            Error::WatchExpired => status(
+                Code::FailedPrecondition,
+                message,
+                "WATCH_TOKEN_EXPIRED",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
+            Error::WatchResync(_) => status(
+                Code::FailedPrecondition,
+                message,
+                "WATCH_RESYNC_REQUIRED",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
+            Error::TooManyWatches(limit) => status(
+                Code::ResourceExhausted,
+                message,
+                "TOO_MANY_WATCHES",
+                HashMap::from([("limit".to_owned(), limit.to_string())]),
+                ErrorDetails::new(),
+            ),
             Error::Storage(store) => storage_status(&store),
         }
     }

@@ -19,6 +19,7 @@ mod quarantine;
 mod subscriptions;
 mod tenants;
 mod usage;
+mod watch;
 
 use std::{
     path::Path,
@@ -89,6 +90,11 @@ pub const STREAM_MAX_DURATION_DEFAULT: Duration = Duration::from_secs(10 * 60);
 /// be before it refuses to decide (`--max-staleness`; the PostgreSQL store).
 pub const MAX_STALENESS_DEFAULT: Duration = Duration::from_secs(2);
 /// Default lifetime of a double opt-in confirmation token.
+pub use watch::{
+    WATCH_CHECKPOINT_INTERVAL_DEFAULT, WATCH_MAX_STREAMS_DEFAULT, WATCH_RETENTION_CHANGES_DEFAULT,
+    WATCH_RETENTION_DEFAULT, WatchSettings,
+};
+
 pub const CONFIRMATION_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Everything the server can be configured with, once parsed.
@@ -130,6 +136,8 @@ pub struct Settings {
     /// this refuses eligibility decisions (UNAVAILABLE, health NOT_SERVING)
     /// rather than decide on consent that may have changed.
     pub max_staleness: Duration,
+    /// The change feed for clients (`WatchService`).
+    pub watch: WatchSettings,
 }
 
 impl Default for Settings {
@@ -158,6 +166,7 @@ impl Default for Settings {
             },
             security: crate::auth::Security::default(),
             max_staleness: MAX_STALENESS_DEFAULT,
+            watch: WatchSettings::default(),
         }
     }
 }
@@ -193,6 +202,8 @@ pub struct App {
     settings: Arc<Settings>,
     /// What the server counts (served by `metrics::serve` when asked).
     metrics: Arc<Metrics>,
+    /// Watchers: woken when the feed delivers, and their number bounded.
+    watchers: Arc<watch::Watchers>,
 }
 
 impl App {
@@ -230,12 +241,14 @@ impl App {
         metrics.set_store_size_probe(Box::new(move || {
             sized.upgrade().and_then(|store| store.size_on_disk().ok())
         }));
+        let watchers = Arc::new(watch::Watchers::new(settings.watch.max_streams));
         Self {
             store,
             index: Arc::new(Index::new()),
             clock,
             settings: Arc::new(settings),
             metrics,
+            watchers,
         }
     }
 
@@ -244,6 +257,7 @@ impl App {
     /// Runs off the async workers; logs its progress.
     pub async fn start(&self) -> Result<()> {
         let (store, index) = (Arc::clone(&self.store), Arc::clone(&self.index));
+        let watchers = Arc::clone(&self.watchers);
         let started = Instant::now();
         let handle = tokio::runtime::Handle::current();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -258,9 +272,13 @@ impl App {
             };
             let position = handle.block_on(store.load_decision_state(&mut visit))?;
             let sink_index = Arc::clone(&index);
+            let watchers = Arc::clone(&watchers);
             store.follow(
                 position,
-                Box::new(move |committed| sink_index.apply(committed)),
+                Box::new(move |committed| {
+                    sink_index.apply(committed);
+                    watchers.wake();
+                }),
             )?;
             index.loaded(position);
             Ok::<_, StoreError>(records)
@@ -423,17 +441,18 @@ impl App {
         self.ready().await?;
         let now = self.now();
         let markers_before = self.settings.log_limits.cutoff(now);
+        let changes = self.settings.watch.retention();
         let mut removed = 0;
         loop {
             let store = Arc::clone(&self.store);
             let expired = self
                 .off_workers(move || async move {
                     Ok(store
-                        .expire(markers_before, now, RETENTION_SWEEP_BATCH)
+                        .expire(markers_before, now, changes, RETENTION_SWEEP_BATCH)
                         .await?)
                 })
                 .await?;
-            let n = expired.event_markers + expired.tokens;
+            let n = expired.event_markers + expired.tokens + expired.changes;
             removed += n;
             if n < u64::try_from(RETENTION_SWEEP_BATCH).unwrap_or(u64::MAX) {
                 break;

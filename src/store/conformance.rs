@@ -17,7 +17,9 @@ use std::{
     time::Duration,
 };
 
-use super::{Change, Committed, Cursor, Direction, DumpItem, Loaded, Lock, Store};
+use super::{
+    Change, ChangeRetention, Committed, Cursor, Direction, DumpItem, Loaded, Lock, Store, WatchRead,
+};
 use crate::engine::{
     Address, AddressConsent, AddressEvent, AddressEventKind, AddressState, AddressStatus,
     Change as History, ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, EventId,
@@ -84,6 +86,14 @@ fn service(id: &str) -> Service {
         channel: Channel::Email,
         double_opt_in: true,
         created_at: 1,
+    }
+}
+
+fn usage_opt_out(user: &str) -> UsageOptOut {
+    UsageOptOut {
+        user_id: UserId::parse(user).expect("valid"),
+        opted_out_at: 5,
+        context: ctx(),
     }
 }
 
@@ -594,7 +604,10 @@ pub(crate) async fn markers_and_tokens_expire(store: &dyn Store) {
     tx.put_token(&t, &TokenHash([1; 32]), &token("p", 15));
     tx.put_token(&t, &TokenHash([2; 32]), &token("p", 100));
     tx.commit().await.expect("commit");
-    let expired = store.expire(25, 50, 100).await.expect("expire");
+    let expired = store
+        .expire(25, 50, ChangeRetention::KEEP_ALL, 100)
+        .await
+        .expect("expire");
     assert_eq!((expired.event_markers, expired.tokens), (2, 1));
     let mut tx = store.begin(Vec::new()).await.expect("begin");
     let marked = |id: &str| EventId::parse(id).expect("valid");
@@ -610,7 +623,10 @@ pub(crate) async fn markers_and_tokens_expire(store: &dyn Store) {
     );
     drop(tx);
     // The limit holds.
-    let expired = store.expire(1000, 1000, 1).await.expect("expire");
+    let expired = store
+        .expire(1000, 1000, ChangeRetention::KEEP_ALL, 1)
+        .await
+        .expect("expire");
     assert_eq!(expired.event_markers + expired.tokens, 1);
     assert!(store.dump(None).all(|item| !matches!(
         item,
@@ -707,6 +723,133 @@ pub(crate) async fn the_feed_carries_every_committed_change_in_order(store: &dyn
             address: email("a@x.io"),
             status: AddressStatus::Denylisted
         }]
+    );
+}
+
+/// The watch log: a token resumes after what it saw, a tenant sees its own
+/// changes only, a read stops at its limit, restores are logged, and what
+/// retention removed is an expired token, never a silent skip.
+pub(crate) async fn the_watch_log_resumes_after_a_token_and_expires(store: &dyn Store) {
+    let (t, u) = (tenant("t"), tenant("u"));
+    let start = store.watch_head().await.expect("head");
+    let p = profile("p1", &["a@x.io"]);
+    let mut tx = store
+        .begin(vec![Lock::Profile(t.clone(), p.id.clone())])
+        .await
+        .expect("begin");
+    tx.put_profile(&t, &p);
+    tx.commit().await.expect("commit");
+    let mut tx = store.begin(Vec::new()).await.expect("begin");
+    tx.put_usage_opt_out(&u, &usage_opt_out("someone"));
+    tx.commit().await.expect("commit");
+    let mut tx = store
+        .begin(vec![Lock::Address(t.clone(), email("a@x.io"))])
+        .await
+        .expect("begin");
+    tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Denylisted));
+    tx.commit().await.expect("commit");
+    store.sync().await.expect("sync");
+
+    let read = |token: String, tenant: Tenant, limit: usize| async move {
+        match store
+            .watch_read(&token, &tenant, limit)
+            .await
+            .expect("read")
+        {
+            WatchRead::Changes {
+                entries,
+                through,
+                more,
+            } => (entries, through, more),
+            other => panic!("a read of changes, not {other:?}"),
+        }
+    };
+    let (entries, through, more) = read(start.clone(), t.clone(), 10).await;
+    assert!(!more);
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.changes.clone())
+            .collect::<Vec<_>>(),
+        vec![
+            vec![Change::Profile {
+                tenant: t.clone(),
+                profile: Box::new(p.clone())
+            }],
+            vec![Change::Address {
+                tenant: t.clone(),
+                address: email("a@x.io"),
+                status: AddressStatus::Denylisted
+            }],
+        ],
+        "tenant t's transactions, in commit order, not tenant u's"
+    );
+    assert!(entries.iter().all(|e| e.recorded_at > 0));
+    let (after_first, _, _) = read(entries[0].token.clone(), t.clone(), 10).await;
+    assert_eq!(after_first.len(), 1, "resumes after the first");
+    assert_eq!(after_first[0].changes, entries[1].changes);
+    let (nothing, again, more) = read(through.clone(), t.clone(), 10).await;
+    assert!(nothing.is_empty() && !more);
+    let (nothing_yet, _, _) = read(again, t.clone(), 10).await;
+    assert!(
+        nothing_yet.is_empty(),
+        "a token read twice hands out nothing twice"
+    );
+    let (first_only, _, more) = read(start.clone(), t.clone(), 1).await;
+    assert_eq!(first_only.len(), 1);
+    assert!(more, "stopped at its limit");
+    let (of_u, _, _) = read(start.clone(), u.clone(), 10).await;
+    assert_eq!(of_u.len(), 1, "tenant u sees its own change");
+    assert!(matches!(
+        store.watch_read("nonsense", &t, 10).await.expect("read"),
+        WatchRead::Malformed(_)
+    ));
+
+    // A restore is logged like any change.
+    let before_restore = store.watch_head().await.expect("head");
+    let restored = profile("p2", &["b@x.io"]);
+    store
+        .restore(&[DumpItem::Profile {
+            tenant: t.clone(),
+            profile: restored.clone(),
+        }])
+        .await
+        .expect("restore");
+    store.sync().await.expect("sync");
+    let (entries, _, _) = read(before_restore, t.clone(), 10).await;
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.changes.clone())
+            .collect::<Vec<_>>(),
+        vec![vec![Change::Profile {
+            tenant: t.clone(),
+            profile: Box::new(restored)
+        }]]
+    );
+
+    // Retention: everything but the newest goes; a token from before it has expired.
+    let keep_one = ChangeRetention {
+        before: i64::MAX,
+        keep_max: u64::MAX,
+    };
+    let expired = store.expire(0, 0, keep_one, 100).await.expect("expire");
+    assert_eq!(expired.changes, 3, "{expired:?}");
+    store.sync().await.expect("sync");
+    assert_eq!(
+        store.watch_read(&start, &t, 10).await.expect("read"),
+        WatchRead::Expired
+    );
+    let (nothing, _, _) = read(store.watch_head().await.expect("head"), t.clone(), 10).await;
+    assert!(nothing.is_empty(), "a token of now reads on");
+    assert_eq!(
+        store
+            .expire(0, 0, keep_one, 100)
+            .await
+            .expect("expire")
+            .changes,
+        0,
+        "the newest stays"
     );
 }
 
@@ -813,7 +956,10 @@ pub(crate) async fn a_snapshot_is_the_state_when_it_was_taken(store: &dyn Store)
     tx.delete_usage_opt_out(&a, &UserId::parse("u1").expect("valid"));
     tx.put_token(&a, &TokenHash([3; 32]), &token("p9", 100));
     tx.commit().await.expect("commit");
-    let expired = store.expire(1000, 50, 100).await.expect("expire");
+    let expired = store
+        .expire(1000, 50, ChangeRetention::KEEP_ALL, 100)
+        .await
+        .expect("expire");
     assert_eq!((expired.event_markers, expired.tokens), (1, 1));
     read.extend(reading.map(|i| format!("{:?}", i.expect("item"))));
     assert_eq!(read, before, "the snapshot is the state when it was taken");
@@ -903,7 +1049,11 @@ pub(crate) async fn dumps_restore_into_the_same_store(store: &dyn Store, empty: 
     );
     // A restored marker expires by its time.
     assert_eq!(
-        empty.expire(10, 0, 10).await.expect("expire").event_markers,
+        empty
+            .expire(10, 0, ChangeRetention::KEEP_ALL, 10)
+            .await
+            .expect("expire")
+            .event_markers,
         1
     );
 }
@@ -1079,6 +1229,12 @@ macro_rules! conformance_suite {
             async fn the_feed_carries_every_committed_change_in_order() {
                 let (store, _guard) = $make;
                 suite::the_feed_carries_every_committed_change_in_order(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn the_watch_log_resumes_after_a_token_and_expires() {
+                let (store, _guard) = $make;
+                suite::the_watch_log_resumes_after_a_token_and_expires(store.as_ref()).await;
             }
 
             #[tokio::test]

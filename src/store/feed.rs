@@ -92,6 +92,22 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The tenant it changed (`None` for [`Change::Reset`], which is every tenant's).
+    pub fn tenant(&self) -> Option<&Tenant> {
+        match self {
+            Change::Profile { tenant, .. }
+            | Change::Address { tenant, .. }
+            | Change::Subscription { tenant, .. }
+            | Change::TenantSettings { tenant, .. }
+            | Change::Service { tenant, .. }
+            | Change::UsageOptOut { tenant, .. }
+            | Change::AddressConsent { tenant, .. } => Some(tenant),
+            Change::Reset => None,
+        }
+    }
+}
+
 /// The changes of one committed transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -158,17 +174,29 @@ impl FeedQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Numbers a committed transaction's changes. A transaction without
-    /// decision-relevant changes takes no position.
-    pub(crate) fn push(&self, changes: Vec<Change>) -> Position {
+    /// Numbers a committed transaction's changes (a transaction without
+    /// decision-relevant changes takes no position), and first hands the
+    /// position and changes to `log` (under the queue's lock, so that the
+    /// log is written in position order). A failed `log` takes no position.
+    pub(crate) fn push_logged(
+        &self,
+        changes: Vec<Change>,
+        log: impl FnOnce(Position, &[Change]) -> Result<(), StoreError>,
+    ) -> Result<Position, StoreError> {
         let mut queue = self.lock();
         if changes.is_empty() {
-            return Position(queue.last);
+            return Ok(Position(queue.last));
         }
-        queue.last += 1;
-        let position = Position(queue.last);
+        let position = Position(queue.last + 1);
+        log(position, &changes)?;
+        queue.last = position.0;
         queue.pending.push_back(Committed { position, changes });
-        position
+        Ok(position)
+    }
+
+    /// The last position delivered: durable, and handed to the sink.
+    pub(crate) fn delivered(&self) -> Position {
+        Position(self.lock().delivered)
     }
 
     /// The last position handed out.
@@ -233,10 +261,39 @@ mod tests {
                 }),
             )
             .expect("the first follower");
-        assert_eq!(queue.push(vec![change(1)]), Position(11));
-        assert_eq!(queue.push(Vec::new()), Position(11), "nothing: no position");
-        assert_eq!(queue.push(vec![change(2)]), Position(12));
-        assert_eq!(queue.push(vec![change(3)]), Position(13));
+        assert_eq!(
+            queue
+                .push_logged(vec![change(1)], |_, _| Ok(()))
+                .expect("logged"),
+            Position(11)
+        );
+        assert_eq!(
+            queue
+                .push_logged(Vec::new(), |_, _| panic!("nothing to log"))
+                .expect("nothing"),
+            Position(11),
+            "nothing: no position"
+        );
+        assert!(
+            queue
+                .push_logged(vec![change(9)], |_, _| Err(StoreError::io(
+                    std::io::Error::other("full")
+                )))
+                .is_err()
+        );
+        assert_eq!(queue.last(), Position(11), "a failed log takes no position");
+        assert_eq!(
+            queue
+                .push_logged(vec![change(2)], |_, _| Ok(()))
+                .expect("logged"),
+            Position(12)
+        );
+        assert_eq!(
+            queue
+                .push_logged(vec![change(3)], |_, _| Ok(()))
+                .expect("logged"),
+            Position(13)
+        );
         queue.deliver_through(Position(12));
         assert_eq!(*seen.lock().expect("lock"), vec![11, 12]);
         queue.deliver_through(Position(12));

@@ -30,6 +30,7 @@ pub mod sled;
 pub(crate) mod conformance;
 mod feed;
 mod locks;
+pub mod watch;
 
 use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
@@ -42,6 +43,7 @@ use crate::engine::{
 };
 
 pub use feed::{Change, Committed, FeedSink, Position};
+pub use watch::{WatchEntry, WatchRead};
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -262,6 +264,64 @@ pub enum DumpItem {
     },
 }
 
+impl DumpItem {
+    /// What restoring this record changes for decisions and watchers (the
+    /// feed's change), if anything.
+    pub fn change(&self) -> Option<Change> {
+        Some(match self {
+            DumpItem::Profile { tenant, profile } => Change::Profile {
+                tenant: tenant.clone(),
+                profile: Box::new(profile.clone()),
+            },
+            DumpItem::AddressState {
+                tenant,
+                address,
+                state,
+            } => Change::Address {
+                tenant: tenant.clone(),
+                address: address.clone(),
+                status: state.status,
+            },
+            DumpItem::TenantSettings { tenant, settings } => Change::TenantSettings {
+                tenant: tenant.clone(),
+                settings: settings.clone(),
+            },
+            DumpItem::Service { tenant, service } => Change::Service {
+                tenant: tenant.clone(),
+                service: service.clone(),
+            },
+            DumpItem::Subscription {
+                tenant,
+                profile_id,
+                subscription,
+            } => Change::Subscription {
+                tenant: tenant.clone(),
+                profile_id: profile_id.clone(),
+                service_id: subscription.service_id.clone(),
+                status: subscription.status,
+            },
+            DumpItem::UsageOptOut { tenant, opt_out } => Change::UsageOptOut {
+                tenant: tenant.clone(),
+                user_id: opt_out.user_id.clone(),
+                opted_out: true,
+            },
+            DumpItem::AddressConsent {
+                tenant,
+                address,
+                consent,
+            } => Change::AddressConsent {
+                tenant: tenant.clone(),
+                address: address.clone(),
+                opted_out: consent.mask(),
+            },
+            DumpItem::ConsentEntry { .. }
+            | DumpItem::AddressEvent { .. }
+            | DumpItem::FeedbackEventId { .. }
+            | DumpItem::ConfirmationToken { .. } => return None,
+        })
+    }
+}
+
 /// The records of a dump as of one moment, read while writes go on (see
 /// `sled/backup.rs`: a store on disk copies nothing; one in memory may).
 pub trait Snapshot: Send + fmt::Debug {
@@ -284,6 +344,26 @@ pub struct Expired {
     pub event_markers: u64,
     /// Confirmation token records.
     pub tokens: u64,
+    /// Transactions of the watch log.
+    pub changes: u64,
+}
+
+/// How long the watch log keeps a committed transaction (see
+/// [`Store::expire`]): whichever bound is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeRetention {
+    /// Transactions recorded before this time go.
+    pub before: UnixMillis,
+    /// At most this many of the newest transactions are kept.
+    pub keep_max: u64,
+}
+
+impl ChangeRetention {
+    /// Keeps everything (for the tests of the other retention rules).
+    pub const KEEP_ALL: ChangeRetention = ChangeRetention {
+        before: UnixMillis::MIN,
+        keep_max: u64::MAX,
+    };
 }
 
 /// When [`Store::reclaim`] compacts a store.
@@ -457,14 +537,26 @@ pub trait Store: Send + Sync + fmt::Debug {
     // ---- retention ---------------------------------------------------------
 
     /// Deletes at most `limit` records in all: feedback event-id markers
-    /// recorded before `markers_before`, and token records whose token
-    /// expired before `tokens_before`. Durable after [`Store::sync`].
+    /// recorded before `markers_before`, token records whose token
+    /// expired before `tokens_before`, and transactions of the watch log
+    /// past `changes` (the newest transaction always stays). Durable after
+    /// [`Store::sync`].
     async fn expire(
         &self,
         markers_before: UnixMillis,
         tokens_before: UnixMillis,
+        changes: ChangeRetention,
         limit: usize,
     ) -> Result<Expired>;
+
+    // ---- the watch log -----------------------------------------------------
+
+    /// The token after the newest durable change: a watch "from now"
+    /// starts there.
+    async fn watch_head(&self) -> Result<String>;
+    /// The durable transactions after `token`, at most `limit`, with their
+    /// changes of `tenant`, in commit order (see [`watch`]).
+    async fn watch_read(&self, token: &str, tenant: &Tenant, limit: usize) -> Result<WatchRead>;
 
     /// Gives disk space back when `policy` says the store takes too much
     /// (stores in memory never do): copies every record into a fresh

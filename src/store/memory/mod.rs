@@ -15,11 +15,14 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    Change, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver,
-    Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, Txn,
+    Change, ChangeRetention, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink,
+    FlushObserver, Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, Txn,
+    WatchRead,
     feed::FeedQueue,
     locks::{Held, LockTable},
+    watch::{self, Logged},
 };
+use crate::clock::{Clock, SystemClock};
 use crate::engine::{
     Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
     EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
@@ -48,6 +51,30 @@ pub struct MemoryStore {
     state: Mutex<State>,
     locks: LockTable,
     feed: FeedQueueSlot,
+    watch: WatchLog,
+}
+
+/// The watch log: every transaction with changes, by position.
+#[derive(Debug)]
+struct WatchLog {
+    /// The store's identity in its tokens.
+    id: String,
+    log: Mutex<BTreeMap<u64, Logged>>,
+}
+
+impl Default for WatchLog {
+    fn default() -> Self {
+        Self {
+            id: watch::new_store_id(),
+            log: Mutex::default(),
+        }
+    }
+}
+
+impl WatchLog {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Logged>> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The feed queue, starting at position 0.
@@ -68,6 +95,26 @@ impl MemoryStore {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers and logs a transaction's changes, and delivers them (in
+    /// memory a commit is as durable as it gets).
+    fn publish(&self, changes: Vec<Change>) -> Position {
+        let logged = self.feed.0.push_logged(changes, |position, changes| {
+            self.watch.lock().insert(
+                position.0,
+                Logged {
+                    position: position.0,
+                    recorded_at: SystemClock.now_ms(),
+                    changes: changes.to_vec(),
+                },
+            );
+            Ok(())
+        });
+        // Logging into a map cannot fail.
+        let position = logged.unwrap_or_else(|_| self.feed.0.last());
+        self.feed.0.deliver_through(position);
+        position
     }
 }
 
@@ -633,6 +680,7 @@ impl Store for MemoryStore {
         &self,
         markers_before: UnixMillis,
         tokens_before: UnixMillis,
+        changes: ChangeRetention,
         limit: usize,
     ) -> Result<Expired> {
         let mut state = self.state();
@@ -656,9 +704,21 @@ impl Store for MemoryStore {
         for key in &tokens {
             state.tokens.remove(key);
         }
+        let mut log = self.watch.lock();
+        let last = log.last_key_value().map_or(0, |(position, _)| *position);
+        let gone: Vec<u64> = log
+            .values()
+            .take_while(|l| watch::retention_removes(l.position, l.recorded_at, last, changes))
+            .map(|l| l.position)
+            .take(limit.saturating_sub(markers.len() + tokens.len()))
+            .collect();
+        for position in &gone {
+            log.remove(position);
+        }
         Ok(Expired {
             event_markers: u64::try_from(markers.len()).unwrap_or(u64::MAX),
             tokens: u64::try_from(tokens.len()).unwrap_or(u64::MAX),
+            changes: u64::try_from(gone.len()).unwrap_or(u64::MAX),
         })
     }
 
@@ -686,7 +746,38 @@ impl Store for MemoryStore {
         for item in items {
             restore_into(&mut state, item);
         }
+        self.publish(items.iter().filter_map(DumpItem::change).collect());
         Ok(())
+    }
+
+    async fn watch_head(&self) -> Result<String> {
+        Ok(watch::position_token(
+            &self.watch.id,
+            self.feed.0.delivered().0,
+        ))
+    }
+
+    async fn watch_read(&self, token: &str, tenant: &Tenant, limit: usize) -> Result<WatchRead> {
+        let after = match watch::parse_position_token(token, &self.watch.id) {
+            watch::PositionToken::At(after) => after,
+            watch::PositionToken::Refused(answer) => return Ok(answer),
+        };
+        let durable = self.feed.0.delivered().0;
+        let taken: Vec<Logged> = self
+            .watch
+            .lock()
+            .range(after.saturating_add(1)..)
+            .take(limit.saturating_add(1))
+            .map(|(_, logged)| logged.clone())
+            .collect();
+        watch::read_dense(
+            &self.watch.id,
+            after,
+            durable,
+            tenant,
+            limit,
+            taken.into_iter().map(Ok),
+        )
     }
 
     fn size_on_disk(&self) -> Result<u64> {
@@ -1110,8 +1201,7 @@ impl Txn for MemoryTxn<'_> {
         }
         // In memory a commit is as durable as it gets: deliver it now, in
         // commit order (the state lock is still held).
-        let position = store.feed.0.push(changes);
-        store.feed.0.deliver_through(position);
+        let position = store.publish(changes);
         drop(state);
         Ok(position)
     }

@@ -27,6 +27,7 @@ mod schema;
 mod sql;
 #[cfg(test)]
 pub(crate) mod tests;
+mod watch;
 
 use std::{
     collections::HashMap,
@@ -42,8 +43,9 @@ use sha2::{Digest, Sha256};
 
 use self::{feed::Feed, sql::Op};
 use super::{
-    Change, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver,
-    Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, StoreError, Txn,
+    Change, ChangeRetention, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink,
+    FlushObserver, Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, StoreError,
+    Txn, WatchRead,
     codec::{self, CodecError},
     locks::{Held, LockTable},
 };
@@ -678,10 +680,11 @@ impl Store for PgStore {
         &self,
         markers_before: UnixMillis,
         tokens_before: UnixMillis,
+        changes: ChangeRetention,
         limit: usize,
     ) -> Result<Expired> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let markers = client
             .execute(
                 "DELETE FROM consentd_event_markers WHERE ctid IN (
@@ -699,9 +702,12 @@ impl Store for PgStore {
             )
             .await
             .map_err(db_error)?;
+        let left = left.saturating_sub(i64::try_from(tokens).unwrap_or(i64::MAX));
+        let changes = watch::expire(&mut client, changes, left).await?;
         Ok(Expired {
             event_markers: markers,
             tokens,
+            changes,
         })
     }
 
@@ -724,7 +730,10 @@ impl Store for PgStore {
     async fn restore(&self, items: &[DumpItem]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
-        let ops: Vec<Op> = items.iter().map(sql::restore).collect();
+        let mut ops: Vec<Op> = items.iter().map(sql::restore).collect();
+        // The replicas' indexes and the watchers learn of it as of any change.
+        let changes: Vec<Change> = items.iter().filter_map(DumpItem::change).collect();
+        ops.extend(sql::put_changes(&changes));
         let mut statements = Vec::with_capacity(ops.len());
         for op in &ops {
             statements.push(tx.prepare_cached(op.sql).await.map_err(db_error)?);
@@ -741,6 +750,14 @@ impl Store for PgStore {
         .await
         .map_err(db_error)?;
         tx.commit().await.map_err(db_error)
+    }
+
+    async fn watch_head(&self) -> Result<String> {
+        watch::head(&mut self.client().await?).await
+    }
+
+    async fn watch_read(&self, token: &str, tenant: &Tenant, limit: usize) -> Result<WatchRead> {
+        watch::read(&mut self.client().await?, token, tenant, limit).await
     }
 
     fn size_on_disk(&self) -> Result<u64> {
@@ -1369,15 +1386,7 @@ impl Txn for PgTxn<'_> {
         }
         let client = self.client()?;
         let mut ops = ops;
-        if !changes.is_empty() {
-            let mut tenants: Vec<String> = changes
-                .iter()
-                .filter_map(|c| change_tenant(c).map(|t| t.as_str().to_owned()))
-                .collect();
-            tenants.sort_unstable();
-            tenants.dedup();
-            ops.push(sql::put_changes(tenants, codec::encode_changes(&changes)));
-        }
+        ops.extend(sql::put_changes(&changes));
         let mut statements = Vec::with_capacity(ops.len());
         for op in &ops {
             statements.push(client.prepare_cached(op.sql).await.map_err(db_error)?);
@@ -1402,18 +1411,5 @@ impl Txn for PgTxn<'_> {
             observer(started.elapsed(), 1);
         }
         Ok(store.position())
-    }
-}
-
-fn change_tenant(change: &Change) -> Option<&Tenant> {
-    match change {
-        Change::Profile { tenant, .. }
-        | Change::Address { tenant, .. }
-        | Change::Subscription { tenant, .. }
-        | Change::TenantSettings { tenant, .. }
-        | Change::Service { tenant, .. }
-        | Change::UsageOptOut { tenant, .. }
-        | Change::AddressConsent { tenant, .. } => Some(tenant),
-        Change::Reset => None,
     }
 }

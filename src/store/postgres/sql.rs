@@ -9,7 +9,7 @@ use crate::engine::{
     ConsentHistoryEntry, EventId, Profile, ProfileId, Service, ServiceId, Subscription, Tenant,
     TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
 };
-use crate::store::{DumpItem, Result, StoreError, codec};
+use crate::store::{Change, DumpItem, Result, StoreError, codec};
 
 /// A parameter of a staged statement.
 pub(super) type Param = Box<dyn ToSql + Sync + Send>;
@@ -280,13 +280,22 @@ pub(super) fn put_address_consent(
     )
 }
 
-/// Appends a committed transaction's feed entry.
-pub(super) fn put_changes(tenants: Vec<String>, payload: Vec<u8>) -> Op {
-    Op::new(
+/// Appends a committed transaction's feed entry (none without changes).
+pub(super) fn put_changes(changes: &[Change]) -> Option<Op> {
+    if changes.is_empty() {
+        return None;
+    }
+    let mut tenants: Vec<String> = changes
+        .iter()
+        .filter_map(|c| c.tenant().map(|t| t.as_str().to_owned()))
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    Some(Op::new(
         "INSERT INTO consentd_changes (recorded_at, tenants, payload)
          VALUES ((extract(epoch FROM clock_timestamp()) * 1000)::bigint, $1, $2)",
-        vec![Box::new(tenants), Box::new(payload)],
-    )
+        vec![Box::new(tenants), Box::new(codec::encode_changes(changes))],
+    ))
 }
 
 /// The statement that restores one dumped record, as it was dumped.

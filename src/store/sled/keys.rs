@@ -21,6 +21,14 @@
 //! | `x`  | user id                                  | usage opt-out record   |
 //! | `o`  | address kind, address                    | address opt-outs, per channel |
 //!
+//! Outside the tenant layout, the watch log (see `store/watch.rs`):
+//!
+//! | key                     | value                                        |
+//! |-------------------------|----------------------------------------------|
+//! | `w`, position (u64 BE)  | recorded-at time (i64 BE), the feed changes of one transaction |
+//! | `Wi`                    | the store's identity in watch tokens         |
+//! | `Wc`                    | present while the store is closed cleanly    |
+//!
 //! And `M` alone: the store's format version (see `migrate.rs`). Format 2
 //! stores kept the address log under `l`, in arrival order; `migrate.rs`
 //! moves it to `g`.
@@ -56,6 +64,29 @@ pub(crate) const TOKEN_TYPE: u8 = TOKEN;
 pub(crate) const EVENT_ID_TYPE: u8 = EVENT_ID;
 pub(crate) const TENANT_SETTINGS_TYPE: u8 = TENANT_SETTINGS;
 pub(crate) const SERVICE_TYPE: u8 = SERVICE;
+/// The type byte of the watch log.
+pub(crate) const WATCH_LOG_TYPE: u8 = b'w';
+/// The key of the store's identity in watch tokens.
+pub(crate) const META_WATCH_ID: &[u8] = b"Wi";
+/// The key that says the store was closed cleanly (written at close,
+/// removed at open).
+pub(crate) const META_CLEAN_CLOSE: &[u8] = b"Wc";
+
+/// The key of the watch log's transaction at `position`.
+pub(crate) fn watch_log(position: u64) -> [u8; 9] {
+    let mut key = [WATCH_LOG_TYPE; 9];
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The position of a watch log key.
+pub(crate) fn watch_log_position(key: &[u8]) -> Option<u64> {
+    match key.split_first() {
+        Some((&WATCH_LOG_TYPE, position)) => Some(u64::from_be_bytes(position.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// The key of the store's format version.
 pub(crate) const META_FORMAT: &[u8] = b"M";
 const STATUS_INDEX: u8 = b's';

@@ -26,6 +26,7 @@ mod generation;
 mod keys;
 mod migrate;
 mod shadow;
+mod watch;
 
 use std::{
     collections::HashMap,
@@ -39,8 +40,9 @@ use ::sled::IVec;
 use async_trait::async_trait;
 
 use super::{
-    Change, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink, FlushObserver,
-    Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, StoreError, Txn,
+    Change, ChangeRetention, CompactionPolicy, Cursor, Direction, DumpItem, Expired, FeedSink,
+    FlushObserver, Loaded, Lock, Page, Position, Reclaimed, Result, Snapshot, Store, StoreError,
+    Txn, WatchRead,
     feed::FeedQueue,
     locks::{Held, LockTable},
 };
@@ -138,6 +140,8 @@ pub struct SledStore {
     feed: Arc<FeedQueue>,
     /// Why writes are refused, once a flush failed.
     failure: Arc<OnceLock<Arc<str>>>,
+    /// The store's identity in watch tokens.
+    watch_id: String,
     /// Held for the store's lifetime: one process per data directory.
     _dir_lock: DirLock,
 }
@@ -247,12 +251,13 @@ impl SledStore {
             .map_err(open_error(&generation.path))?;
         let data_file = open_data_file(&generation)?;
         migrate::run(&db)?;
+        let opened = watch::open(&db)?;
         let current: Current = Arc::new(RwLock::new(Arc::new(Live {
             db,
             data_file,
             generation,
         })));
-        let feed = Arc::new(FeedQueue::new(Position(0)));
+        let feed = Arc::new(FeedQueue::new(Position(opened.last)));
         let failure = Arc::new(OnceLock::new());
         let commit = GroupCommit::start(
             Arc::clone(&current),
@@ -272,6 +277,7 @@ impl SledStore {
             locks: LockTable::default(),
             feed,
             failure,
+            watch_id: opened.id,
             _dir_lock: dir_lock,
         })
     }
@@ -498,6 +504,37 @@ impl SledStore {
         match self.failure.get() {
             Some(why) => Err(StoreError::Failed(Arc::clone(why))),
             None => Ok(()),
+        }
+    }
+
+    /// Numbers a committed transaction's changes and writes its watch log
+    /// record, after its own records (see `watch.rs`).
+    fn log(&self, db: &::sled::Db, changes: Vec<Change>) -> Result<Position> {
+        self.feed.push_logged(changes, |position, changes| {
+            let (key, value) = watch::record(position.0, changes);
+            db.insert(key, value.as_slice())?;
+            if let Some(shadow) = self.shadow() {
+                shadow.apply(std::iter::once((key.as_slice(), Some(value.as_slice()))));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for SledStore {
+    /// A clean close: everything written is flushed, then marked as such
+    /// (see `watch.rs`). Not after a failed flush.
+    fn drop(&mut self) {
+        if self.failure.get().is_some() {
+            return;
+        }
+        let live = live(&self.current);
+        let closed = watch::close(&live.db).and_then(|()| {
+            live.db.flush()?;
+            live.data_file.sync_data().map_err(StoreError::io)
+        });
+        if let Err(error) = closed {
+            tracing::warn!(%error, "closing the store cleanly failed: watchers will resync");
         }
     }
 }
@@ -765,11 +802,15 @@ impl Store for SledStore {
         &self,
         markers_before: UnixMillis,
         tokens_before: UnixMillis,
+        changes: ChangeRetention,
         limit: usize,
     ) -> Result<Expired> {
         self.check_healthy()?;
         let db = self.db();
-        let (expired, keys) = dump::expired(&db, markers_before, tokens_before, limit)?;
+        let (mut expired, mut keys) = dump::expired(&db, markers_before, tokens_before, limit)?;
+        let logged = watch::expired(&db, changes, limit.saturating_sub(keys.len()))?;
+        expired.changes = u64::try_from(logged.len()).unwrap_or(u64::MAX);
+        keys.extend(logged.iter().map(|key| IVec::from(key.as_slice())));
         self.backups
             .preserve(&db, keys.iter().map(|key| key.as_ref()))?;
         let mut batch = ::sled::Batch::default();
@@ -821,7 +862,22 @@ impl Store for SledStore {
         let _no_compaction = self.reclaim.lock().await;
         let locks: Vec<Lock> = items.iter().map(dump::owner_lock).collect();
         let _held = self.locks.lock(&locks).await;
-        dump::restore_all(&self.db(), items)
+        let db = self.db();
+        dump::restore_all(&db, items)?;
+        self.log(&db, items.iter().filter_map(DumpItem::change).collect())?;
+        Ok(())
+    }
+
+    async fn watch_head(&self) -> Result<String> {
+        Ok(super::watch::position_token(
+            &self.watch_id,
+            self.feed.delivered().0,
+        ))
+    }
+
+    async fn watch_read(&self, token: &str, tenant: &Tenant, limit: usize) -> Result<WatchRead> {
+        let durable = self.feed.delivered().0;
+        watch::read(&self.db(), &self.watch_id, token, durable, tenant, limit)
     }
 
     async fn reclaim(&self, policy: CompactionPolicy) -> Result<Option<Reclaimed>> {
@@ -1334,7 +1390,7 @@ impl Txn for SledTxn<'_> {
                     .map(|(key, value, _)| (key.as_slice(), value.as_deref())),
             );
         }
-        Ok(store.feed.push(changes))
+        store.log(db, changes)
     }
 }
 

@@ -1,0 +1,348 @@
+//! The watch log of the PostgreSQL store: the rows of `consentd_changes`
+//! (the feed that keeps every replica's index fresh), found again by
+//! transaction-id snapshots, so that a token made by one replica resumes on
+//! any other.
+//!
+//! A token holds the database instance (`pg_postmaster_start_time()`, in
+//! microseconds), the snapshot `prev` whose every visible row the client
+//! has seen, and, while a window of rows is read in parts, the snapshot
+//! `cur` that ends the window and the last `(xid, id)` handed out in it.
+//! A read hands out, in `(xid, id)` order, the rows visible in `cur` (the
+//! read's own snapshot when the token has none) and not in `prev`: the same
+//! selection as the index feed (`feed.rs`), so a row that commits after a
+//! later one was read is found all the same.
+//!
+//! - Retention deletes old rows and raises `consentd_watch_horizon` to the
+//!   highest deleted transaction id, in one transaction: a token whose
+//!   `prev` does not see every transaction up to it may have missed a
+//!   deleted row, and has expired.
+//! - After the database restarted, a transaction id may be given again
+//!   (see `feed.rs`): a token of an earlier instance asks for a resync.
+
+use deadpool_postgres::Object;
+use tokio_postgres::IsolationLevel;
+
+use super::{codec, db_error};
+use crate::{
+    engine::Tenant,
+    store::{
+        ChangeRetention, Result, StoreError, WatchEntry, WatchRead,
+        watch::{self},
+    },
+};
+
+/// A token of this store, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Token {
+    /// The database instance: its start time in microseconds.
+    started: i64,
+    /// Every row visible in this snapshot was seen.
+    prev: String,
+    /// The end of the window being read, with the last row handed out.
+    window: Option<Window>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Window {
+    cur: String,
+    after_xid: u64,
+    after_id: i64,
+}
+
+impl Token {
+    fn text(&self) -> String {
+        match &self.window {
+            None => format!("w1.p.{}.{}.-.0.0", self.started, self.prev),
+            Some(w) => format!(
+                "w1.p.{}.{}.{}.{}.{}",
+                self.started, self.prev, w.cur, w.after_xid, w.after_id
+            ),
+        }
+    }
+
+    fn parse(text: &str) -> std::result::Result<Token, WatchRead> {
+        let malformed = || {
+            WatchRead::Malformed(
+                "not a watch token: pass a token exactly as a WatchResponse carried it".into(),
+            )
+        };
+        let parts: Vec<&str> = text.split('.').collect();
+        match parts.as_slice() {
+            ["w1", "p", started, prev, cur, after_xid, after_id] => {
+                let started = started.parse().map_err(|_| malformed())?;
+                let snapshot_ok = |s: &str| {
+                    !s.is_empty()
+                        && s.len() <= watch::TOKEN_LEN_MAX
+                        && s.bytes()
+                            .all(|b| b.is_ascii_digit() || b == b':' || b == b',')
+                        && s.matches(':').count() == 2
+                };
+                if !snapshot_ok(prev) {
+                    return Err(malformed());
+                }
+                let window = if *cur == "-" {
+                    None
+                } else {
+                    if !snapshot_ok(cur) {
+                        return Err(malformed());
+                    }
+                    Some(Window {
+                        cur: (*cur).to_owned(),
+                        after_xid: after_xid.parse().map_err(|_| malformed())?,
+                        after_id: after_id.parse().map_err(|_| malformed())?,
+                    })
+                };
+                Ok(Token {
+                    started,
+                    prev: (*prev).to_owned(),
+                    window,
+                })
+            }
+            ["w1", "s", ..] => Err(WatchRead::Resync(
+                "the token comes from another kind of store".into(),
+            )),
+            _ => Err(malformed()),
+        }
+    }
+}
+
+/// The database instance's start, in microseconds.
+const STARTED: &str = "(extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint";
+
+/// The token after everything committed now.
+pub(super) async fn head(client: &mut Object) -> Result<String> {
+    let row = client
+        .query_one(
+            &format!("SELECT {STARTED}, pg_current_snapshot()::text"),
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(Token {
+        started: row.get(0),
+        prev: row.get(1),
+        window: None,
+    }
+    .text())
+}
+
+/// The committed transactions after `token`, at most `limit`.
+pub(super) async fn read(
+    client: &mut Object,
+    token: &str,
+    tenant: &Tenant,
+    limit: usize,
+) -> Result<WatchRead> {
+    if token.len() > watch::TOKEN_LEN_MAX {
+        return Ok(WatchRead::Malformed("the token is too long".into()));
+    }
+    let token = match Token::parse(token) {
+        Ok(token) => token,
+        Err(answer) => return Ok(answer),
+    };
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_error)?;
+    let row = tx
+        .query_one(
+            &format!(
+                "SELECT {STARTED}, pg_current_snapshot()::text,
+                        coalesce((SELECT deleted_through >= pg_snapshot_xmin($1::text::pg_snapshot)
+                                  FROM consentd_watch_horizon), false)"
+            ),
+            &[&token.prev],
+        )
+        .await
+        .map_err(db_error)?;
+    let started: i64 = row.get(0);
+    let now: String = row.get(1);
+    let expired: bool = row.get(2);
+    if started != token.started {
+        return Ok(WatchRead::Resync(
+            "the database restarted (or is another one) since the token: transaction ids may \
+             have been given again"
+                .into(),
+        ));
+    }
+    if expired {
+        return Ok(WatchRead::Expired);
+    }
+    let window = token.window.clone().unwrap_or(Window {
+        cur: now,
+        after_xid: 0,
+        after_id: 0,
+    });
+    let limit_rows = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let statement = tx
+        .prepare_cached(
+            "SELECT id, xid::text, recorded_at, payload FROM consentd_changes
+             WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+               AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+               AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
+               AND (xid, id) > ($3::text::xid8, $4)
+               AND $5 = ANY(tenants)
+             ORDER BY consentd_changes.xid, id
+             LIMIT $6",
+        )
+        .await
+        .map_err(db_error)?;
+    let rows = tx
+        .query(
+            &statement,
+            &[
+                &token.prev,
+                &window.cur,
+                &window.after_xid.to_string(),
+                &window.after_id,
+                &tenant.as_str(),
+                &limit_rows,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    let more = rows.len() > limit;
+    let mut entries = Vec::with_capacity(rows.len().min(limit));
+    let mut last = None;
+    for row in rows.iter().take(limit) {
+        let id: i64 = row.get(0);
+        let xid_text: String = row.get(1);
+        let xid: u64 = xid_text.parse().map_err(|_| StoreError::Corrupt {
+            key: format!("consentd_changes id {id}"),
+            reason: format!("transaction id {xid_text:?}"),
+        })?;
+        let payload: Vec<u8> = row.get(3);
+        let changes = codec::decode_changes(&payload).map_err(|e| StoreError::Corrupt {
+            key: format!("consentd_changes id {id}"),
+            reason: e.to_string(),
+        })?;
+        let at = Token {
+            started,
+            prev: token.prev.clone(),
+            window: Some(Window {
+                cur: window.cur.clone(),
+                after_xid: xid,
+                after_id: id,
+            }),
+        };
+        let changes = watch::of_tenant(changes, tenant);
+        if !changes.is_empty() {
+            entries.push(WatchEntry {
+                token: at.text(),
+                recorded_at: row.get(2),
+                changes,
+            });
+        }
+        last = Some(at);
+    }
+    let through = if more {
+        last.unwrap_or(token)
+    } else {
+        // The window is read to its end: the next starts after it.
+        Token {
+            started,
+            prev: window.cur,
+            window: None,
+        }
+    };
+    Ok(WatchRead::Changes {
+        entries,
+        through: through.text(),
+        more,
+    })
+}
+
+/// Deletes at most `limit` rows that `retention` lets go of (the newest
+/// always stays) and raises the horizon over them, in one transaction.
+pub(super) async fn expire(
+    client: &mut Object,
+    retention: ChangeRetention,
+    limit: i64,
+) -> Result<u64> {
+    if limit <= 0 {
+        return Ok(0);
+    }
+    let keep = i64::try_from(retention.keep_max.max(1)).unwrap_or(i64::MAX);
+    let tx = client.transaction().await.map_err(db_error)?;
+    let gone = tx
+        .query(
+            "DELETE FROM consentd_changes WHERE id IN (
+                 SELECT id FROM consentd_changes,
+                        (SELECT max(id) AS newest FROM consentd_changes) AS m
+                 WHERE id < m.newest AND (recorded_at < $1 OR m.newest - id >= $2)
+                 ORDER BY id LIMIT $3)
+             RETURNING xid::text",
+            &[&retention.before, &keep, &limit],
+        )
+        .await
+        .map_err(db_error)?;
+    let highest = gone
+        .iter()
+        .filter_map(|row| row.get::<_, String>(0).parse::<u64>().ok())
+        .max();
+    if let Some(highest) = highest {
+        tx.execute(
+            "INSERT INTO consentd_watch_horizon AS h (singleton, deleted_through)
+             VALUES (true, $1::text::xid8)
+             ON CONFLICT (singleton) DO UPDATE
+             SET deleted_through = GREATEST(h.deleted_through, EXCLUDED.deleted_through)",
+            &[&highest.to_string()],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(u64::try_from(gone.len()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_read_back_as_written() {
+        for token in [
+            Token {
+                started: 1_700_000_000_123_456,
+                prev: "10:15:11,12".into(),
+                window: None,
+            },
+            Token {
+                started: 5,
+                prev: "10:10:".into(),
+                window: Some(Window {
+                    cur: "12:14:13".into(),
+                    after_xid: 12,
+                    after_id: 99,
+                }),
+            },
+        ] {
+            assert_eq!(Token::parse(&token.text()), Ok(token));
+        }
+    }
+
+    #[test]
+    fn other_tokens_are_refused() {
+        assert!(matches!(
+            Token::parse("w1.s.0123456789abcdef.5"),
+            Err(WatchRead::Resync(_))
+        ));
+        for text in [
+            "",
+            "w1.p.x.1:2:.-.0.0",
+            "w1.p.1.1:2.-.0.0",
+            "w1.p.1.1:2:;drop.-.0.0",
+            "w1.p.1.1:2:.3:4:.x.0",
+            "w1.p.1.1:2:.-.0",
+        ] {
+            assert!(
+                matches!(Token::parse(text), Err(WatchRead::Malformed(_))),
+                "{text}"
+            );
+        }
+    }
+}
