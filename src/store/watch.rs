@@ -212,19 +212,18 @@ pub(crate) fn read_dense(
             // Retention removed what lies between (positions are dense).
             return Ok(WatchRead::Expired);
         }
+        if logged.changes.iter().any(|c| matches!(c, Change::Reset)) {
+            // Before the limit: a read of nothing finds it too.
+            return Ok(WatchRead::Resync(
+                "the store's state was replaced since the token (a restart after a crash)".into(),
+            ));
+        }
         if read == limit {
             more = true;
             break;
         }
         read += 1;
         through = logged.position;
-        if logged.changes.iter().any(|c| matches!(c, Change::Reset)) {
-            return Ok(WatchRead::Resync(
-                "the store's state was replaced since the token (an import, or a restart after \
-                 a crash)"
-                    .into(),
-            ));
-        }
         let changes = of_tenant(logged.changes, tenant);
         if !changes.is_empty() {
             entries.push(WatchEntry {
@@ -343,9 +342,16 @@ mod tests {
             changes: vec![Change::Reset],
         });
         assert!(matches!(
-            read_dense("id", 1, 2, &tenant("a"), 10, [reset].into_iter()).expect("read"),
+            read_dense("id", 1, 2, &tenant("a"), 10, [reset.clone()].into_iter()).expect("read"),
             WatchRead::Resync(_)
         ));
+        assert!(
+            matches!(
+                read_dense("id", 1, 2, &tenant("a"), 0, [reset].into_iter()).expect("read"),
+                WatchRead::Resync(_)
+            ),
+            "a read of nothing finds it too"
+        );
     }
 
     #[test]

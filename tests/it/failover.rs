@@ -17,14 +17,14 @@ use std::{
 };
 
 use crate::common::{
-    ctx, pg,
+    ctx, error_info, pg,
     process::{ServerProcess, connect},
 };
 use consentd::pb::{
     BatchCheckEligibilityRequest, Channel, ExclusionReason, OptOutRequest, Source,
-    UpsertProfileRequest, consent_service_client::ConsentServiceClient,
+    UpsertProfileRequest, WatchRequest, consent_service_client::ConsentServiceClient,
     eligibility_service_client::EligibilityServiceClient,
-    profile_service_client::ProfileServiceClient,
+    profile_service_client::ProfileServiceClient, watch_service_client::WatchServiceClient,
 };
 
 const TENANT: &str = "failover";
@@ -253,6 +253,24 @@ async fn every_acknowledged_write_is_on_the_synchronous_standby_after_failover()
     server.kill();
 }
 
+/// The token of a new watch of the test tenant on the server at `addr`.
+async fn watch_token(addr: SocketAddr) -> String {
+    let mut stream = WatchServiceClient::new(connect(addr).await)
+        .watch(WatchRequest {
+            tenant: TENANT.to_owned(),
+            start_token: String::new(),
+        })
+        .await
+        .expect("Watch")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a first message in time")
+        .expect("no error")
+        .expect("a first message")
+        .token
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_under_load_loses_nothing_and_the_replicas_recover() {
     if !have_postgres() {
@@ -270,6 +288,7 @@ async fn a_database_restart_under_load_loses_nothing_and_the_replicas_recover() 
         Arc::clone(&acknowledged),
     );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let token = watch_token(addr_a).await;
     // A crash, then the database comes back while the writers go on.
     cluster(&["crash", &database.path()]);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -306,6 +325,19 @@ async fn a_database_restart_under_load_loses_nothing_and_the_replicas_recover() 
             "a replica did not rebuild after the database restarted:\n{}",
             server.stderr_text()
         );
+    }
+    // A watch token from before the restart cannot be trusted (transaction
+    // ids again): resync, on either replica.
+    for addr in [addr_a, addr_b] {
+        let status = WatchServiceClient::new(connect(addr).await)
+            .watch(WatchRequest {
+                tenant: TENANT.to_owned(),
+                start_token: token.clone(),
+            })
+            .await
+            .expect_err("a token from before the restart");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert_eq!(error_info(&status).reason, "WATCH_RESYNC_REQUIRED");
     }
     eprintln!(
         "database restart: {} profiles and {} opt-outs acknowledged, all read back through both replicas",

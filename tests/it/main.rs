@@ -31,3 +31,4 @@ mod scenarios;
 mod subscriptions;
 mod tenants;
 mod validation;
+mod watch;

@@ -107,6 +107,94 @@ async fn an_opt_out_through_one_replica_is_honoured_by_the_others_within_the_bou
     until_decided(&a, "p2", true, BOUND).await;
 }
 
+async fn next(
+    stream: &mut tonic::Streaming<consentd::pb::WatchResponse>,
+) -> consentd::pb::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message in time")
+        .expect("no error")
+        .expect("more")
+}
+
+/// Watch on replicas: a watch through B streams a change written through
+/// A within the staleness bound, and B's token resumes on A (tokens are
+/// the database's, not a replica's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_one_replica_sees_the_others_changes_and_its_token_resumes_on_any() {
+    use consentd::pb::{
+        WatchRequest, watch_change::Change as Watched, watch_service_client::WatchServiceClient,
+    };
+    let Some(url) = pg::database_url() else {
+        return;
+    };
+    let schema = format!("it_replicas_{}", uuid::Uuid::new_v4().simple());
+    let a = replica(&url, &schema, Settings::default()).await;
+    let b = replica(&url, &schema, Settings::default()).await;
+    let watch = |app: &TestApp, start_token: String| {
+        let mut client = WatchServiceClient::new(app.channel.clone());
+        async move {
+            client
+                .watch(WatchRequest {
+                    tenant: TENANT.to_owned(),
+                    start_token,
+                })
+                .await
+                .expect("Watch")
+                .into_inner()
+        }
+    };
+    let mut on_b = watch(&b, String::new()).await;
+    let start = next(&mut on_b).await.token;
+    let written = Instant::now();
+    upsert(&a, "p1", "p1@example.com").await;
+    let message = loop {
+        let message = next(&mut on_b).await;
+        if !message.changes.is_empty() {
+            break message;
+        }
+    };
+    let seen_after = written.elapsed();
+    assert!(
+        seen_after < BOUND,
+        "the watch on B saw A's write after {seen_after:?}"
+    );
+    assert!(
+        matches!(&message.changes[0].change, Some(Watched::Profile(p)) if p.profile_id == "p1"),
+        "{message:?}"
+    );
+    eprintln!("a write through A reached a watch on B in {seen_after:?}");
+    // B's first token, on A: the same change.
+    let mut on_a = watch(&a, start).await;
+    let replayed = loop {
+        let message = next(&mut on_a).await;
+        if !message.changes.is_empty() {
+            break message;
+        }
+    };
+    assert_eq!(replayed.changes, message.changes);
+    // B's newest token, on A: only what is newer.
+    let mut resumed = watch(&a, message.token.clone()).await;
+    opt_out(&b, "p1").await;
+    let newer = loop {
+        let message = next(&mut resumed).await;
+        if !message.changes.is_empty() {
+            break message;
+        }
+    };
+    let Some(Watched::Profile(profile)) = &newer.changes[0].change else {
+        panic!("a profile: {newer:?}");
+    };
+    assert_eq!(
+        profile
+            .consent
+            .as_ref()
+            .and_then(|c| c.all_channels.as_ref())
+            .map(|m| m.status()),
+        Some(consentd::pb::ConsentStatus::OptedOut)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_restarts_catches_up_with_what_it_missed() {
     let Some(url) = pg::database_url() else {

@@ -3,8 +3,8 @@
 //! transaction-id snapshots, so that a token made by one replica resumes on
 //! any other.
 //!
-//! A token holds the database instance (`pg_postmaster_start_time()`, in
-//! microseconds), the snapshot `prev` whose every visible row the client
+//! A token holds the store (a hash of the database and schema names), the
+//! database instance (`pg_postmaster_start_time()`, in microseconds), the snapshot `prev` whose every visible row the client
 //! has seen, and, while a window of rows is read in parts, the snapshot
 //! `cur` that ends the window and the last `(xid, id)` handed out in it.
 //! A read hands out, in `(xid, id)` order, the rows visible in `cur` (the
@@ -34,6 +34,8 @@ use crate::{
 /// A token of this store, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Token {
+    /// The database and schema: 16 hex digits of their names' SHA-256.
+    store: String,
     /// The database instance: its start time in microseconds.
     started: i64,
     /// Every row visible in this snapshot was seen.
@@ -52,10 +54,10 @@ struct Window {
 impl Token {
     fn text(&self) -> String {
         match &self.window {
-            None => format!("w1.p.{}.{}.-.0.0", self.started, self.prev),
+            None => format!("w1.p.{}.{}.{}.-.0.0", self.store, self.started, self.prev),
             Some(w) => format!(
-                "w1.p.{}.{}.{}.{}.{}",
-                self.started, self.prev, w.cur, w.after_xid, w.after_id
+                "w1.p.{}.{}.{}.{}.{}.{}",
+                self.store, self.started, self.prev, w.cur, w.after_xid, w.after_id
             ),
         }
     }
@@ -68,7 +70,10 @@ impl Token {
         };
         let parts: Vec<&str> = text.split('.').collect();
         match parts.as_slice() {
-            ["w1", "p", started, prev, cur, after_xid, after_id] => {
+            ["w1", "p", store, started, prev, cur, after_xid, after_id] => {
+                if store.len() != 16 || !store.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(malformed());
+                }
                 let started = started.parse().map_err(|_| malformed())?;
                 let snapshot_ok = |s: &str| {
                     !s.is_empty()
@@ -93,6 +98,7 @@ impl Token {
                     })
                 };
                 Ok(Token {
+                    store: (*store).to_owned(),
                     started,
                     prev: (*prev).to_owned(),
                     window,
@@ -108,17 +114,30 @@ impl Token {
 
 /// The database instance's start, in microseconds.
 const STARTED: &str = "(extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint";
+/// The names of the database and schema the store is in.
+const WHERE: &str = "current_database() || '/' || current_schema()";
+
+/// The store's identity in tokens, from [`WHERE`].
+fn store_id(names: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(names.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// The token after everything committed now.
 pub(super) async fn head(client: &mut Object) -> Result<String> {
     let row = client
         .query_one(
-            &format!("SELECT {STARTED}, pg_current_snapshot()::text"),
+            &format!("SELECT {STARTED}, pg_current_snapshot()::text, {WHERE}"),
             &[],
         )
         .await
         .map_err(db_error)?;
     Ok(Token {
+        store: store_id(row.get(2)),
         started: row.get(0),
         prev: row.get(1),
         window: None,
@@ -152,7 +171,8 @@ pub(super) async fn read(
             &format!(
                 "SELECT {STARTED}, pg_current_snapshot()::text,
                         coalesce((SELECT deleted_through >= pg_snapshot_xmin($1::text::pg_snapshot)
-                                  FROM consentd_watch_horizon), false)"
+                                  FROM consentd_watch_horizon), false),
+                        {WHERE}"
             ),
             &[&token.prev],
         )
@@ -161,6 +181,12 @@ pub(super) async fn read(
     let started: i64 = row.get(0);
     let now: String = row.get(1);
     let expired: bool = row.get(2);
+    let store = store_id(row.get(3));
+    if store != token.store {
+        return Ok(WatchRead::Resync(
+            "the token comes from another store (another database or schema)".into(),
+        ));
+    }
     if started != token.started {
         return Ok(WatchRead::Resync(
             "the database restarted (or is another one) since the token: transaction ids may \
@@ -221,6 +247,7 @@ pub(super) async fn read(
             reason: e.to_string(),
         })?;
         let at = Token {
+            store: store.clone(),
             started,
             prev: token.prev.clone(),
             window: Some(Window {
@@ -244,6 +271,7 @@ pub(super) async fn read(
     } else {
         // The window is read to its end: the next starts after it.
         Token {
+            store,
             started,
             prev: window.cur,
             window: None,
@@ -307,11 +335,13 @@ mod tests {
     fn tokens_read_back_as_written() {
         for token in [
             Token {
+                store: "0123456789abcdef".into(),
                 started: 1_700_000_000_123_456,
                 prev: "10:15:11,12".into(),
                 window: None,
             },
             Token {
+                store: store_id("db/schema"),
                 started: 5,
                 prev: "10:10:".into(),
                 window: Some(Window {
@@ -333,11 +363,13 @@ mod tests {
         ));
         for text in [
             "",
-            "w1.p.x.1:2:.-.0.0",
-            "w1.p.1.1:2.-.0.0",
-            "w1.p.1.1:2:;drop.-.0.0",
-            "w1.p.1.1:2:.3:4:.x.0",
-            "w1.p.1.1:2:.-.0",
+            "w1.p.0123456789abcdef.x.1:2:.-.0.0",
+            "w1.p.0123456789abcdef.1.1:2.-.0.0",
+            "w1.p.0123456789abcdef.1.1:2:;drop.-.0.0",
+            "w1.p.0123456789abcdef.1.1:2:.3:4:.x.0",
+            "w1.p.0123456789abcdef.1.1:2:.-.0",
+            "w1.p.0123456789abcdeg.1.1:2:.-.0.0",
+            "w1.p.01234567.1.1:2:.-.0.0",
         ] {
             assert!(
                 matches!(Token::parse(text), Err(WatchRead::Malformed(_))),

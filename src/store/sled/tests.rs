@@ -775,3 +775,63 @@ async fn reclaim_waits_while_a_backup_runs() {
         "due once the backup is over"
     );
 }
+
+/// The watch log across restarts: a clean close keeps tokens valid and
+/// positions going on; after an unclean one (no `Wc` marker, as a crash
+/// leaves it), a token from before asks for a resync, and so does a token
+/// of another store.
+#[tokio::test]
+async fn watch_tokens_survive_a_clean_close_and_resync_after_an_unclean_one() {
+    use crate::store::WatchRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t");
+    let store = SledStore::open(dir.path()).expect("open");
+    let start = store.watch_head().await.expect("head");
+    put_profile(&store, "p1", 1).await.expect("put");
+    let after_first = store.watch_head().await.expect("head");
+    drop(store);
+
+    let store = SledStore::open(dir.path()).expect("reopen");
+    put_profile(&store, "p2", 1).await.expect("put");
+    let WatchRead::Changes { entries, .. } = store.watch_read(&start, &t, 10).await.expect("read")
+    else {
+        panic!("a clean close keeps the token");
+    };
+    assert_eq!(
+        entries.len(),
+        2,
+        "the change before the close and the one after"
+    );
+    assert_eq!(
+        entries[0].token, after_first,
+        "positions go on where they were"
+    );
+    let other = SledStore::open(tempfile::tempdir().expect("tempdir").path()).expect("open");
+    assert!(matches!(
+        other.watch_read(&start, &t, 10).await.expect("read"),
+        WatchRead::Resync(_)
+    ));
+    drop(store);
+
+    // What a crash leaves: no clean-close marker.
+    let generation = super::generation::open(dir.path()).expect("generation");
+    let db = sled::Config::new()
+        .path(&generation.path)
+        .open()
+        .expect("sled");
+    assert!(db.remove(keys::META_CLEAN_CLOSE).expect("remove").is_some());
+    db.flush().expect("flush");
+    drop(db);
+    let store = SledStore::open(dir.path()).expect("reopen");
+    let now = store.watch_head().await.expect("head");
+    put_profile(&store, "p3", 1).await.expect("put");
+    assert!(matches!(
+        store.watch_read(&after_first, &t, 10).await.expect("read"),
+        WatchRead::Resync(_)
+    ));
+    let WatchRead::Changes { entries, .. } = store.watch_read(&now, &t, 10).await.expect("read")
+    else {
+        panic!("a token from after the reopen reads on");
+    };
+    assert_eq!(entries.len(), 1);
+}
