@@ -4,7 +4,9 @@
 //! [`RpcHarness`] answers gRPC requests the way the server does — the same
 //! services, codec, validation and access-control layer (off) over an
 //! in-memory store — without a network: a request is an HTTP/2-less
-//! `http::Request` whose body is one gRPC frame.
+//! `http::Request` whose body is one gRPC frame. A streamed answer is read
+//! up to its first message: a watch (which never ends by itself) answers
+//! at once with its starting checkpoint, and checkpoints every millisecond.
 
 use std::sync::Arc;
 
@@ -38,9 +40,16 @@ impl RpcHarness {
             .enable_all()
             .build()
             .ok()?;
+        let settings = Settings {
+            watch: crate::app::WatchSettings {
+                checkpoint_interval: std::time::Duration::from_millis(1),
+                ..crate::app::WatchSettings::default()
+            },
+            ..Settings::default()
+        };
         let app = App::with_store(
             Arc::new(MemoryStore::new()),
-            Settings::default(),
+            settings,
             Arc::new(ManualClock::new(HARNESS_NOW_MS)),
         );
         runtime.block_on(app.start()).ok()?;
@@ -52,7 +61,8 @@ impl RpcHarness {
             .add_service(services.admin)
             .add_service(services.tenant)
             .add_service(services.subscription)
-            .add_service(services.usage);
+            .add_service(services.usage)
+            .add_service(services.watch);
         Some(Self {
             runtime,
             routes: AuthLayer::new(None).layer(routes),
@@ -66,7 +76,8 @@ impl RpcHarness {
     }
 
     /// Sends `message` (the bytes of one request message) to `path` and
-    /// returns the status code of the answer and the bytes of its body.
+    /// returns the status code of the answer and the bytes of its body (of
+    /// a stream: up to its first message).
     pub fn call(&mut self, path: &str, message: &[u8]) -> (tonic::Code, usize) {
         let mut frame = BytesMut::with_capacity(5 + message.len());
         frame.put_u8(0);
@@ -87,12 +98,26 @@ impl RpcHarness {
             // Routes never fails (its error type is `Infallible`).
             let Ok(service) = ready;
             let Ok(response) = service.call(request).await;
-            let (parts, body) = response.into_parts();
-            let Ok(collected) = body.collect().await else {
-                return (tonic::Code::Internal, 0);
-            };
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            let len = collected.to_bytes().len();
+            let (parts, mut body) = response.into_parts();
+            let mut trailers = http::HeaderMap::new();
+            let mut len = 0;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return (tonic::Code::Internal, len);
+                };
+                match frame.into_data() {
+                    Ok(data) => {
+                        len += data.len();
+                        // The first message: enough of a stream.
+                        break;
+                    }
+                    Err(frame) => {
+                        if let Ok(found) = frame.into_trailers() {
+                            trailers = found;
+                        }
+                    }
+                }
+            }
             let status = tonic::Status::from_header_map(&parts.headers)
                 .or_else(|| tonic::Status::from_header_map(&trailers));
             (status.map_or(tonic::Code::Ok, |s| s.code()), len)
@@ -146,5 +171,20 @@ mod tests {
             &prost::Message::encode_to_vec(&request),
         );
         assert_eq!(code, tonic::Code::NotFound);
+        // A watch answers its first message and is left behind.
+        let watch = crate::pb::WatchRequest {
+            tenant: "acme".to_owned(),
+            start_token: String::new(),
+        };
+        for _ in 0..3 {
+            let (code, len) = harness.call(
+                "/consent.v1.WatchService/Watch",
+                &prost::Message::encode_to_vec(&watch),
+            );
+            assert_eq!(code, tonic::Code::Ok);
+            assert!(len > 5, "a message: {len} bytes");
+        }
+        let (code, _) = harness.call("/consent.v1.WatchService/Watch", &[0x12, 0x01, b'x']);
+        assert_eq!(code, tonic::Code::InvalidArgument, "no tenant, a malformed token");
     }
 }
