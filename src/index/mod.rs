@@ -593,20 +593,8 @@ impl Index {
 
     /// Adds one record of the start-up load.
     pub fn load(&self, item: Loaded) {
-        match item {
-            Loaded::TenantSettings(t, settings) => self.write(&t, |s| s.settings = settings),
-            Loaded::Service(t, service) => self.write(&t, |s| s.put_service(&service)),
-            Loaded::Profile(t, profile) => self.write(&t, |s| s.put_profile(&profile)),
-            Loaded::Address(t, address, status) => {
-                self.write(&t, |s| s.put_address(&address, status));
-            }
-            Loaded::AddressConsent(t, address, opted_out) => {
-                self.write(&t, |s| s.put_address_consent(&address, opted_out));
-            }
-            Loaded::Subscription(t, profile, service, status) => self.write(&t, |s| {
-                s.put_subscription(&profile, &service, status == SubscriptionStatus::Active);
-            }),
-        }
+        // A loaded record is the change that would have written it.
+        self.apply_change(&Change::from(item));
     }
 
     /// Says how far the load has come (for health and the log).

@@ -166,6 +166,33 @@ pub enum Loaded {
     Subscription(Tenant, ProfileId, ServiceId, SubscriptionStatus),
 }
 
+impl From<Loaded> for Change {
+    /// A record of the decision state's load as the change that writes it.
+    fn from(item: Loaded) -> Change {
+        match item {
+            Loaded::TenantSettings(tenant, settings) => Change::TenantSettings { tenant, settings },
+            Loaded::Service(tenant, service) => Change::Service { tenant, service },
+            Loaded::Profile(tenant, profile) => Change::Profile { tenant, profile },
+            Loaded::Address(tenant, address, status) => Change::Address {
+                tenant,
+                address,
+                status,
+            },
+            Loaded::AddressConsent(tenant, address, opted_out) => Change::AddressConsent {
+                tenant,
+                address,
+                opted_out,
+            },
+            Loaded::Subscription(tenant, profile_id, service_id, status) => Change::Subscription {
+                tenant,
+                profile_id,
+                service_id,
+                status,
+            },
+        }
+    }
+}
+
 /// One record of a dump, decoded: what export, import and backup carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DumpItem {

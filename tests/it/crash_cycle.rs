@@ -1489,6 +1489,31 @@ async fn check_client(addr: SocketAddr, mut model: ClientModel) -> ClientModel {
 // The test
 // ---------------------------------------------------------------------------
 
+/// The result of a client's task; if it panicked, its message and the
+/// server's last log lines again, last in the output (a long backtrace
+/// printed with the panic would push them out of a shortened log), then the
+/// same panic.
+fn joined<T>(result: Result<T, tokio::task::JoinError>, server: &mut ServerProcess) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) if error.is_panic() => {
+            let payload = error.into_panic();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(not a text)");
+            let lines = server.lines_so_far();
+            eprintln!(
+                "a client task panicked: {message}\nthe server's last log lines:\n{}",
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
+            std::panic::resume_unwind(payload)
+        }
+        Err(error) => panic!("a client task was cancelled: {error}"),
+    }
+}
+
 /// Prints the seed if the test fails, so that the run can be replayed.
 struct SeedReport(u64);
 
@@ -1620,7 +1645,7 @@ async fn crash_cycles(target: Target) {
         server.kill();
         compacted += compactions(&mut server);
         for task in tasks {
-            models.push(task.await.expect("a client task panicked"));
+            models.push(joined(task.await, &mut server));
         }
 
         // Restart and read everything back.
@@ -1632,7 +1657,7 @@ async fn crash_cycles(target: Target) {
             checks.push(tokio::spawn(check_client(addr, model)));
         }
         for check in checks {
-            models.push(check.await.expect("a check panicked"));
+            models.push(joined(check.await, &mut server));
         }
         let acknowledged: u64 = models.iter().map(|m| m.acknowledged).sum();
         eprintln!(

@@ -29,38 +29,13 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Notify, watch};
 
 use super::{db_error, pool_error};
-use crate::store::{Change, Committed, FeedSink, Loaded, Position, Result, StoreError, codec};
+use crate::store::{Change, Committed, FeedSink, Position, Result, StoreError, codec};
 
 /// At most this many rows are read per query while catching up, so that a
 /// replica that was away for a while does not read the whole backlog at once.
 const FEED_PAGE_ROWS: i64 = 2_000;
 /// Changes per delivered part of a rebuild.
 const REBUILD_CHUNK: usize = 10_000;
-
-/// A record of the decision state's load as the change that writes it.
-fn loaded_change(item: Loaded) -> Change {
-    match item {
-        Loaded::TenantSettings(tenant, settings) => Change::TenantSettings { tenant, settings },
-        Loaded::Service(tenant, service) => Change::Service { tenant, service },
-        Loaded::Profile(tenant, profile) => Change::Profile { tenant, profile },
-        Loaded::Address(tenant, address, status) => Change::Address {
-            tenant,
-            address,
-            status,
-        },
-        Loaded::AddressConsent(tenant, address, opted_out) => Change::AddressConsent {
-            tenant,
-            address,
-            opted_out,
-        },
-        Loaded::Subscription(tenant, profile_id, service_id, status) => Change::Subscription {
-            tenant,
-            profile_id,
-            service_id,
-            status,
-        },
-    }
-}
 
 /// The sink, shared so that a poll calls it without holding the lock.
 type SharedSink = Arc<dyn Fn(&[Committed]) + Send + Sync>;
@@ -255,7 +230,7 @@ impl Feed {
         self.rebuilding.store(true, Ordering::Release);
         let mut changes = vec![Change::Reset];
         let snapshot = super::dump::load_decision_state(client, &mut |item| {
-            changes.push(loaded_change(item));
+            changes.push(Change::from(item));
         })
         .await;
         let snapshot = match snapshot {
