@@ -185,6 +185,10 @@ mod tests {
             assert!(len > 5, "a message: {len} bytes");
         }
         let (code, _) = harness.call("/consent.v1.WatchService/Watch", &[0x12, 0x01, b'x']);
-        assert_eq!(code, tonic::Code::InvalidArgument, "no tenant, a malformed token");
+        assert_eq!(
+            code,
+            tonic::Code::InvalidArgument,
+            "no tenant, a malformed token"
+        );
     }
 }

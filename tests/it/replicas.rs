@@ -15,7 +15,7 @@ use std::{
 use crate::common::{pg, *};
 use consentd::{
     app::Settings,
-    pb::{Channel, ExclusionReason, OptOutRequest, Source, UpsertProfileRequest},
+    pb::{Channel, ExclusionReason, OptOutRequest, Source},
     store::postgres::{PgOptions, PgStore},
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -30,17 +30,7 @@ async fn replica(url: &str, schema: &str, settings: Settings) -> TestApp {
 }
 
 async fn upsert(app: &TestApp, id: &str, email: &str) {
-    app.profiles
-        .clone()
-        .upsert_profile(UpsertProfileRequest {
-            tenant: TENANT.to_owned(),
-            profile_id: id.to_owned(),
-            emails: vec![email.to_owned()],
-            context: ctx(Source::Api),
-            ..Default::default()
-        })
-        .await
-        .expect("UpsertProfile");
+    upsert_in(app, TENANT, id, email).await;
 }
 
 async fn opt_out(app: &TestApp, id: &str) {

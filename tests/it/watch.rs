@@ -10,9 +10,8 @@ use crate::common::*;
 use consentd::{
     app::{Settings, WatchSettings},
     pb::{
-        AddressStatus, Channel, QuarantineAddressRequest, Source, UpsertProfileRequest,
-        WatchRequest, WatchResponse, watch_change::Change as WatchedChange,
-        watch_service_client::WatchServiceClient,
+        AddressStatus, Channel, QuarantineAddressRequest, WatchRequest, WatchResponse,
+        watch_change::Change as WatchedChange, watch_service_client::WatchServiceClient,
     },
 };
 use tonic::{Code, Status, Streaming};
@@ -68,20 +67,6 @@ async fn changes(stream: &mut Streaming<WatchResponse>, n: usize) -> (Vec<Watche
     }
     assert_eq!(seen.len(), n, "no more than asked: {seen:?}");
     (seen, token)
-}
-
-async fn upsert_in(app: &TestApp, tenant: &str, id: &str, email: &str) {
-    app.profiles
-        .clone()
-        .upsert_profile(UpsertProfileRequest {
-            tenant: tenant.to_owned(),
-            profile_id: id.to_owned(),
-            emails: vec![email.to_owned()],
-            context: ctx(Source::Api),
-            ..Default::default()
-        })
-        .await
-        .expect("UpsertProfile");
 }
 
 async fn denylist(app: &TestApp, address: &str) {

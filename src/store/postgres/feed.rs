@@ -29,7 +29,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Notify, watch};
 
 use super::{db_error, pool_error};
-use crate::store::{Change, Committed, FeedSink, Position, Result, StoreError, codec};
+use crate::store::{Change, Committed, FeedSink, Position, Result, StoreError};
 
 /// At most this many rows are read per query while catching up, so that a
 /// replica that was away for a while does not read the whole backlog at once.
@@ -268,13 +268,7 @@ impl Feed {
     /// transaction-id order.
     async fn poll(&self, pool: &Pool) -> Result<()> {
         let mut client = pool.get().await.map_err(pool_error)?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db_error)?;
+        let tx = super::snapshot_transaction(&mut client).await?;
         let row = tx
             .query_one(
                 "SELECT pg_current_snapshot()::text, pg_postmaster_start_time()::text",
@@ -332,10 +326,7 @@ impl Feed {
             for row in &rows {
                 let id: i64 = row.get(0);
                 let payload: Vec<u8> = row.get(2);
-                let changes = codec::decode_changes(&payload).map_err(|e| StoreError::Corrupt {
-                    key: format!("consentd_changes id {id}"),
-                    reason: e.to_string(),
-                })?;
+                let changes = super::row_changes(id, &payload)?;
                 let position = Position(self.last.load(Ordering::Acquire) + 1 + batch.len() as u64);
                 batch.push(Committed { position, changes });
                 after_id = id;

@@ -770,6 +770,28 @@ impl Store for PgStore {
     }
 }
 
+/// A read-only `REPEATABLE READ` transaction: every read in it sees one
+/// snapshot (the feed's polls and the watch's reads).
+pub(super) async fn snapshot_transaction(
+    client: &mut Object,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_error)
+}
+
+/// The changes of the `consentd_changes` row `id`.
+pub(super) fn row_changes(id: i64, payload: &[u8]) -> Result<Vec<Change>> {
+    codec::decode_changes(payload).map_err(|e| StoreError::Corrupt {
+        key: format!("consentd_changes id {id}"),
+        reason: e.to_string(),
+    })
+}
+
 /// The point reads that a change and the store both make, on any connection.
 mod read {
     use deadpool_postgres::ClientWrapper;

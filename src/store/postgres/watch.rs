@@ -20,9 +20,8 @@
 //!   (see `feed.rs`): a token of an earlier instance asks for a resync.
 
 use deadpool_postgres::Object;
-use tokio_postgres::IsolationLevel;
 
-use super::{codec, db_error};
+use super::db_error;
 use crate::{
     engine::Tenant,
     store::{
@@ -159,13 +158,7 @@ pub(super) async fn read(
         Ok(token) => token,
         Err(answer) => return Ok(answer),
     };
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db_error)?;
+    let tx = super::snapshot_transaction(client).await?;
     let row = tx
         .query_one(
             &format!(
@@ -242,10 +235,7 @@ pub(super) async fn read(
             reason: format!("transaction id {xid_text:?}"),
         })?;
         let payload: Vec<u8> = row.get(3);
-        let changes = codec::decode_changes(&payload).map_err(|e| StoreError::Corrupt {
-            key: format!("consentd_changes id {id}"),
-            reason: e.to_string(),
-        })?;
+        let changes = super::row_changes(id, &payload)?;
         let at = Token {
             store: store.clone(),
             started,

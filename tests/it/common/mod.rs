@@ -415,6 +415,21 @@ pub(crate) async fn upsert(app: &TestApp, id: &str, emails: &[&str], phones: &[&
         .expect("UpsertProfileResponse.profile is set")
 }
 
+/// Creates or replaces profile `id` of `tenant` with one e-mail address.
+pub(crate) async fn upsert_in(app: &TestApp, tenant: &str, id: &str, email: &str) {
+    app.profiles
+        .clone()
+        .upsert_profile(UpsertProfileRequest {
+            tenant: tenant.to_owned(),
+            profile_id: id.to_owned(),
+            emails: vec![email.to_owned()],
+            context: ctx(Source::Api),
+            ..Default::default()
+        })
+        .await
+        .expect("UpsertProfile");
+}
+
 pub(crate) async fn get_profile(app: &TestApp, id: &str) -> Result<Profile, Status> {
     app.profiles
         .clone()
