@@ -141,6 +141,10 @@ struct Queue {
     delivered: u64,
     /// Committed, not yet delivered.
     pending: VecDeque<Committed>,
+    /// Log records of committed changes not yet written to the store's
+    /// watch log (by its committer, before the flush that makes them
+    /// durable), in position order: position and value.
+    records: Vec<(u64, Vec<u8>)>,
     /// Where delivered changes go; `None`: nobody follows, nothing is kept.
     sink: Option<SharedSink>,
 }
@@ -165,6 +169,7 @@ impl FeedQueue {
                 last: start.0,
                 delivered: start.0,
                 pending: VecDeque::new(),
+                records: Vec::new(),
                 sink: None,
             }),
         }
@@ -192,6 +197,28 @@ impl FeedQueue {
         queue.last = position.0;
         queue.pending.push_back(Committed { position, changes });
         Ok(position)
+    }
+
+    /// Numbers a committed transaction's changes, as [`FeedQueue::push_logged`]
+    /// does, and keeps `record` (its watch log value) for
+    /// [`FeedQueue::take_records`]: the log is written later, in one go for
+    /// many changes, before the flush that makes them durable.
+    pub(crate) fn push_recorded(&self, changes: Vec<Change>, record: Vec<u8>) -> Position {
+        let mut queue = self.lock();
+        if changes.is_empty() {
+            return Position(queue.last);
+        }
+        queue.last += 1;
+        let position = Position(queue.last);
+        queue.pending.push_back(Committed { position, changes });
+        queue.records.push((position.0, record));
+        position
+    }
+
+    /// The log records pushed since the last call, in position order: every
+    /// one up to [`FeedQueue::last`] as read before the call.
+    pub(crate) fn take_records(&self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut self.lock().records)
     }
 
     /// The last position delivered: durable, and handed to the sink.
@@ -305,5 +332,28 @@ mod tests {
                 .follow(Position(0), Box::new(|_: &[Committed]| {}))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn records_are_kept_in_position_order_until_taken() {
+        let queue = FeedQueue::new(Position(4));
+        assert_eq!(
+            queue.push_recorded(vec![change(1)], b"a".to_vec()),
+            Position(5)
+        );
+        assert_eq!(
+            queue.push_recorded(Vec::new(), b"nothing".to_vec()),
+            Position(5),
+            "no change: no position, no record"
+        );
+        assert_eq!(
+            queue.push_recorded(vec![change(2)], b"b".to_vec()),
+            Position(6)
+        );
+        assert_eq!(
+            queue.take_records(),
+            vec![(5, b"a".to_vec()), (6, b"b".to_vec())]
+        );
+        assert!(queue.take_records().is_empty(), "taken once");
     }
 }

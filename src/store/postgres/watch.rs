@@ -12,10 +12,12 @@
 //! selection as the index feed (`feed.rs`), so a row that commits after a
 //! later one was read is found all the same.
 //!
-//! - Retention deletes old rows and raises `consentd_watch_horizon` to the
-//!   highest deleted transaction id, in one transaction: a token whose
-//!   `prev` does not see every transaction up to it may have missed a
-//!   deleted row, and has expired.
+//! - Retention deletes old rows and records in `consentd_watch_horizon` a
+//!   snapshot taken after the deletion, in which every deleted row is
+//!   visible (deletions take turns, under an advisory lock, so the newest
+//!   such snapshot sees what every earlier deletion deleted). A token whose
+//!   `prev` does not see everything that snapshot sees may have missed a
+//!   deleted row, and has expired ([`Snapshot::sees_all_of`]).
 //! - After the database restarted, a transaction id may be given again
 //!   (see `feed.rs`): a token of an earlier instance asks for a resync.
 
@@ -163,17 +165,16 @@ pub(super) async fn read(
         .query_one(
             &format!(
                 "SELECT {STARTED}, pg_current_snapshot()::text,
-                        coalesce((SELECT deleted_through >= pg_snapshot_xmin($1::text::pg_snapshot)
-                                  FROM consentd_watch_horizon), false),
+                        (SELECT deleted_in FROM consentd_watch_horizon),
                         {WHERE}"
             ),
-            &[&token.prev],
+            &[],
         )
         .await
         .map_err(db_error)?;
     let started: i64 = row.get(0);
     let now: String = row.get(1);
-    let expired: bool = row.get(2);
+    let horizon: Option<String> = row.get(2);
     let store = store_id(row.get(3));
     if store != token.store {
         return Ok(WatchRead::Resync(
@@ -187,8 +188,14 @@ pub(super) async fn read(
                 .into(),
         ));
     }
-    if expired {
-        return Ok(WatchRead::Expired);
+    if let Some(horizon) = horizon {
+        let (Some(prev), Some(horizon)) = (Snapshot::parse(&token.prev), Snapshot::parse(&horizon))
+        else {
+            return Ok(WatchRead::Malformed("not a watch token".into()));
+        };
+        if !prev.sees_all_of(&horizon) {
+            return Ok(WatchRead::Expired);
+        }
     }
     let window = token.window.clone().unwrap_or(Window {
         cur: now,
@@ -274,8 +281,12 @@ pub(super) async fn read(
     })
 }
 
+/// Deletions of the watch log take turns under this advisory lock, so that
+/// each one's horizon sees what the ones before deleted ("consentd-watch").
+const RETENTION_LOCK: i64 = 0x636f_6e73_6e74_7763;
+
 /// Deletes at most `limit` rows that `retention` lets go of (the newest
-/// always stays) and raises the horizon over them, in one transaction.
+/// always stays) and records the horizon after them, in one transaction.
 pub(super) async fn expire(
     client: &mut Object,
     retention: ChangeRetention,
@@ -286,35 +297,78 @@ pub(super) async fn expire(
     }
     let keep = i64::try_from(retention.keep_max.max(1)).unwrap_or(i64::MAX);
     let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RETENTION_LOCK])
+        .await
+        .map_err(db_error)?;
     let gone = tx
-        .query(
+        .execute(
             "DELETE FROM consentd_changes WHERE id IN (
                  SELECT id FROM consentd_changes,
                         (SELECT max(id) AS newest FROM consentd_changes) AS m
                  WHERE id < m.newest AND (recorded_at < $1 OR m.newest - id >= $2)
-                 ORDER BY id LIMIT $3)
-             RETURNING xid::text",
+                 ORDER BY id LIMIT $3)",
             &[&retention.before, &keep, &limit],
         )
         .await
         .map_err(db_error)?;
-    let highest = gone
-        .iter()
-        .filter_map(|row| row.get::<_, String>(0).parse::<u64>().ok())
-        .max();
-    if let Some(highest) = highest {
+    if gone > 0 {
+        // A statement after the deletion: its snapshot sees every deleted row.
         tx.execute(
-            "INSERT INTO consentd_watch_horizon AS h (singleton, deleted_through)
-             VALUES (true, $1::text::xid8)
-             ON CONFLICT (singleton) DO UPDATE
-             SET deleted_through = GREATEST(h.deleted_through, EXCLUDED.deleted_through)",
-            &[&highest.to_string()],
+            "INSERT INTO consentd_watch_horizon (singleton, deleted_in)
+             VALUES (true, pg_current_snapshot()::text)
+             ON CONFLICT (singleton) DO UPDATE SET deleted_in = EXCLUDED.deleted_in",
+            &[],
         )
         .await
         .map_err(db_error)?;
     }
     tx.commit().await.map_err(db_error)?;
-    Ok(u64::try_from(gone.len()).unwrap_or(u64::MAX))
+    Ok(gone)
+}
+
+/// A transaction-id snapshot (`pg_snapshot`): the transactions below `xmin`
+/// had ended, those from `xmax` on had not begun, and those in `xip` were
+/// in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    xmin: u64,
+    xmax: u64,
+    xip: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Reads `xmin:xmax:xip,xip,…`.
+    fn parse(text: &str) -> Option<Snapshot> {
+        let mut parts = text.split(':');
+        let (Some(xmin), Some(xmax), Some(xip), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let xip = if xip.is_empty() {
+            Vec::new()
+        } else {
+            xip.split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?
+        };
+        Some(Snapshot {
+            xmin: xmin.parse().ok()?,
+            xmax: xmax.parse().ok()?,
+            xip,
+        })
+    }
+
+    /// Whether every committed transaction visible in `other` is visible in
+    /// this one (without knowing which ended in a commit: an in-progress
+    /// transaction here that may have committed by `other` counts as unseen).
+    fn sees_all_of(&self, other: &Snapshot) -> bool {
+        other.xmax <= self.xmax
+            && self
+                .xip
+                .iter()
+                .all(|x| *x >= other.xmax || other.xip.contains(x))
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +397,38 @@ mod tests {
         ] {
             assert_eq!(Token::parse(&token.text()), Ok(token));
         }
+    }
+
+    fn snapshot(text: &str) -> Snapshot {
+        Snapshot::parse(text).expect("a snapshot")
+    }
+
+    #[test]
+    fn a_snapshot_sees_what_an_earlier_one_saw() {
+        assert_eq!(
+            snapshot("10:15:11,12"),
+            Snapshot {
+                xmin: 10,
+                xmax: 15,
+                xip: vec![11, 12]
+            }
+        );
+        assert_eq!(snapshot("7:7:").xip, Vec::<u64>::new());
+        for bad in ["", "1:2", "1:2:3:4", "a:2:", "1:2:x", "1:2:3,"] {
+            assert_eq!(Snapshot::parse(bad), None, "{bad}");
+        }
+        // A long transaction (5) runs in both; 11 ends in between.
+        let earlier = snapshot("5:15:5,11,12");
+        assert!(snapshot("5:20:5,12,17").sees_all_of(&earlier), "a later one");
+        assert!(earlier.sees_all_of(&earlier), "itself");
+        // Not: 13 ran in the token's snapshot but had ended in the horizon's.
+        assert!(!snapshot("5:15:5,11,12,13").sees_all_of(&earlier));
+        // Not: the horizon saw transactions up to 15, the token only to 14.
+        assert!(!snapshot("5:14:5,11,12").sees_all_of(&earlier));
+        // Not: an earlier one, in which 14 still ran.
+        assert!(!snapshot("5:15:5,11,12,14").sees_all_of(&earlier));
+        // An in-progress transaction the horizon had not seen begin: fine.
+        assert!(snapshot("5:20:5,16").sees_all_of(&earlier));
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! that concurrent writers share fewer, larger flushes. A lone writer (last
 //! group of one) is flushed at once and pays no wait.
 //!
+//! Before it flushes, the committer writes the watch log records of every
+//! change pushed so far (`FeedQueue::take_records`, `watch.rs`): after the
+//! changes' own records, and in the flush that acknowledges them.
+//!
 //! After a successful flush the committer hands the feed every change it
 //! covers (`FeedQueue::deliver_through`), and only then answers the waiters:
 //! so when a write is acknowledged, the decision index has it, and the index
@@ -44,7 +48,7 @@ use tokio::sync::oneshot;
 
 use super::{
     super::{FlushObserver, StoreError, feed::FeedQueue},
-    Current,
+    Current, ShadowSlot,
 };
 
 /// A failpoint for tests: called before each `fdatasync`; an error is taken
@@ -88,6 +92,7 @@ impl GroupCommit {
     pub(crate) fn start(
         current: Current,
         feed: Arc<FeedQueue>,
+        shadow: ShadowSlot,
         failure: Arc<OnceLock<Arc<str>>>,
         fault: Option<SyncFault>,
     ) -> std::io::Result<Self> {
@@ -97,6 +102,7 @@ impl GroupCommit {
         let committer = Committer {
             current,
             feed,
+            shadow,
             failure,
             fault,
         };
@@ -146,6 +152,8 @@ struct Committer {
     /// (while no write is applied or waiting).
     current: Current,
     feed: Arc<FeedQueue>,
+    /// A compaction's copy, which gets the watch log records too.
+    shadow: ShadowSlot,
     failure: Arc<OnceLock<Arc<str>>>,
     fault: Option<SyncFault>,
 }
@@ -195,8 +203,18 @@ impl Committer {
         }
         // Every change pushed by now was applied before the flush starts.
         let covered = self.feed.last();
+        // Every record up to `covered` (pushed with its position).
+        let records = self.feed.take_records();
         let live = super::live(&self.current);
-        match flush_and_sync(&live.db, &live.data_file, self.fault.as_ref()) {
+        let shadow = self
+            .shadow
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let written = super::watch::write(&live.db, shadow.as_deref(), &records)
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        match written.and_then(|()| flush_and_sync(&live.db, &live.data_file, self.fault.as_ref()))
+        {
             Ok(()) => {
                 self.feed.deliver_through(covered);
                 Ok(())

@@ -1,10 +1,14 @@
 //! The watch log of the embedded store (see `store/watch.rs`): one record
 //! per committed transaction with changes, under its dense position.
 //!
-//! A commit writes its records first and its log record last, in one order
-//! that sled recovers a prefix of: after a crash, a log record never
-//! survives without its change, but a change may survive without its log
-//! record (it was not durable, so never acknowledged nor watched). A watcher
+//! A commit writes its records and encodes its log record, which the feed
+//! queue keeps with its position; the group committer writes the log
+//! records of a whole group just before the flush that makes them durable
+//! (one lock-free pass instead of one more insert under the queue's lock per
+//! write). sled recovers a prefix of what was written, in order: after a
+//! crash a log record never survives without its change, but a change may
+//! survive without its log record (it was not durable, so never
+//! acknowledged nor watched). A watcher
 //! that resumed across the crash would miss it, so an open after an unclean
 //! close logs a [`Change::Reset`]: tokens from before it ask for a resync.
 //! A clean close writes `Wc` after its last flush; an open removes it.
@@ -75,12 +79,30 @@ pub(super) fn close(db: &Db) -> Result<()> {
     Ok(())
 }
 
-/// The key and value that log a transaction.
-pub(super) fn record(position: u64, changes: &[Change]) -> ([u8; 9], Vec<u8>) {
-    (
-        keys::watch_log(position),
-        watch::encode_logged(SystemClock.now_ms(), changes),
-    )
+/// The value that logs a transaction's changes (its key is its position).
+pub(super) fn record(changes: &[Change]) -> Vec<u8> {
+    watch::encode_logged(SystemClock.now_ms(), changes)
+}
+
+/// Writes log records (position, value), to the database and to a
+/// compaction's copy if one is being made.
+pub(super) fn write(
+    db: &Db,
+    shadow: Option<&super::shadow::Shadow>,
+    records: &[(u64, Vec<u8>)],
+) -> Result<()> {
+    for (position, value) in records {
+        db.insert(keys::watch_log(*position), value.as_slice())?;
+    }
+    if let Some(shadow) = shadow {
+        let keys: Vec<[u8; 9]> = records.iter().map(|(p, _)| keys::watch_log(*p)).collect();
+        shadow.apply(
+            keys.iter()
+                .zip(records)
+                .map(|(key, (_, value))| (key.as_slice(), Some(value.as_slice()))),
+        );
+    }
+    Ok(())
 }
 
 /// The transactions after `token`, up to `durable`.
