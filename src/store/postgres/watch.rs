@@ -419,7 +419,10 @@ mod tests {
         }
         // A long transaction (5) runs in both; 11 ends in between.
         let earlier = snapshot("5:15:5,11,12");
-        assert!(snapshot("5:20:5,12,17").sees_all_of(&earlier), "a later one");
+        assert!(
+            snapshot("5:20:5,12,17").sees_all_of(&earlier),
+            "a later one"
+        );
         assert!(earlier.sees_all_of(&earlier), "itself");
         // Not: 13 ran in the token's snapshot but had ended in the horizon's.
         assert!(!snapshot("5:15:5,11,12,13").sees_all_of(&earlier));

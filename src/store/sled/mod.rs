@@ -815,8 +815,9 @@ impl Store for SledStore {
         self.check_healthy()?;
         let db = self.db();
         let (mut expired, mut keys) = dump::expired(&db, markers_before, tokens_before, limit)?;
-        let logged = watch::expired(&db, changes, limit.saturating_sub(keys.len()))?;
-        expired.changes = u64::try_from(logged.len()).unwrap_or(u64::MAX);
+        let (logged, transactions) =
+            watch::expired(&db, changes, limit.saturating_sub(keys.len()))?;
+        expired.changes = transactions;
         keys.extend(logged.iter().map(|key| IVec::from(key.as_slice())));
         self.backups
             .preserve(&db, keys.iter().map(|key| key.as_ref()))?;

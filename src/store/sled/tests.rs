@@ -835,3 +835,59 @@ async fn watch_tokens_survive_a_clean_close_and_resync_after_an_unclean_one() {
     };
     assert_eq!(entries.len(), 1);
 }
+
+/// Changes flushed together are logged as one group: a token inside the
+/// group resumes inside it, and retention removes a group whole.
+#[tokio::test]
+async fn a_group_of_logged_changes_resumes_from_inside_it() {
+    use crate::store::{ChangeRetention, WatchRead};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t");
+    let store = SledStore::open(dir.path()).expect("open");
+    let start = store.watch_head().await.expect("head");
+    for id in ["p1", "p2", "p3"] {
+        let mut tx = store
+            .begin(vec![Lock::Profile(t.clone(), pid(id))])
+            .await
+            .expect("begin");
+        tx.put_profile(&t, &Profile::new(pid(id), ProfileAddresses::default(), 0));
+        tx.commit().await.expect("commit");
+    }
+    store.sync().await.expect("one flush for the three");
+    let groups = store.db().scan_prefix([keys::WATCH_LOG_TYPE]).count();
+    assert_eq!(groups, 1, "one group");
+    let read = |token: String, limit: usize| {
+        let store = &store;
+        let t = t.clone();
+        async move {
+            match store.watch_read(&token, &t, limit).await.expect("read") {
+                WatchRead::Changes { entries, .. } => entries,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let all = read(start.clone(), 10).await;
+    assert_eq!(all.len(), 3);
+    let rest = read(all[0].token.clone(), 10).await;
+    assert_eq!(
+        rest.iter().map(|e| e.token.clone()).collect::<Vec<_>>(),
+        [all[1].token.clone(), all[2].token.clone()]
+    );
+    assert_eq!(read(all[1].token.clone(), 1).await[0].token, all[2].token);
+    put_profile(&store, "p4", 1).await.expect("a second group");
+    let everything_old = ChangeRetention {
+        before: i64::MAX,
+        keep_max: 1,
+    };
+    let expired = store
+        .expire(0, 0, everything_old, 100)
+        .await
+        .expect("expire");
+    assert_eq!(expired.changes, 3, "the first group, whole");
+    store.sync().await.expect("sync");
+    assert_eq!(
+        store.watch_read(&all[1].token, &t, 10).await.expect("read"),
+        WatchRead::Expired
+    );
+    assert_eq!(read(all[2].token.clone(), 10).await.len(), 1, "p4");
+}
