@@ -180,27 +180,8 @@ impl FeedQueue {
     }
 
     /// Numbers a committed transaction's changes (a transaction without
-    /// decision-relevant changes takes no position), and first hands the
-    /// position and changes to `log` (under the queue's lock, so that the
-    /// log is written in position order). A failed `log` takes no position.
-    pub(crate) fn push_logged(
-        &self,
-        changes: Vec<Change>,
-        log: impl FnOnce(Position, &[Change]) -> Result<(), StoreError>,
-    ) -> Result<Position, StoreError> {
-        let mut queue = self.lock();
-        if changes.is_empty() {
-            return Ok(Position(queue.last));
-        }
-        let position = Position(queue.last + 1);
-        log(position, &changes)?;
-        queue.last = position.0;
-        queue.pending.push_back(Committed { position, changes });
-        Ok(position)
-    }
-
-    /// Numbers a committed transaction's changes, as [`FeedQueue::push_logged`]
-    /// does, and keeps `record` (its watch log value) for
+    /// decision-relevant changes takes no position), and keeps `record` (its
+    /// watch log value) for
     /// [`FeedQueue::take_records`]: the log is written later, in one go for
     /// many changes, before the flush that makes them durable.
     pub(crate) fn push_recorded(&self, changes: Vec<Change>, record: Vec<u8>) -> Position {
@@ -289,36 +270,20 @@ mod tests {
             )
             .expect("the first follower");
         assert_eq!(
-            queue
-                .push_logged(vec![change(1)], |_, _| Ok(()))
-                .expect("logged"),
+            queue.push_recorded(vec![change(1)], Vec::new()),
             Position(11)
         );
         assert_eq!(
-            queue
-                .push_logged(Vec::new(), |_, _| panic!("nothing to log"))
-                .expect("nothing"),
+            queue.push_recorded(Vec::new(), Vec::new()),
             Position(11),
             "nothing: no position"
         );
-        assert!(
-            queue
-                .push_logged(vec![change(9)], |_, _| Err(StoreError::io(
-                    std::io::Error::other("full")
-                )))
-                .is_err()
-        );
-        assert_eq!(queue.last(), Position(11), "a failed log takes no position");
         assert_eq!(
-            queue
-                .push_logged(vec![change(2)], |_, _| Ok(()))
-                .expect("logged"),
+            queue.push_recorded(vec![change(2)], Vec::new()),
             Position(12)
         );
         assert_eq!(
-            queue
-                .push_logged(vec![change(3)], |_, _| Ok(()))
-                .expect("logged"),
+            queue.push_recorded(vec![change(3)], Vec::new()),
             Position(13)
         );
         queue.deliver_through(Position(12));

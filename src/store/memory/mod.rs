@@ -100,19 +100,16 @@ impl MemoryStore {
     /// Numbers and logs a transaction's changes, and delivers them (in
     /// memory a commit is as durable as it gets).
     fn publish(&self, changes: Vec<Change>) -> Position {
-        let logged = self.feed.0.push_logged(changes, |position, changes| {
-            self.watch.lock().insert(
-                position.0,
-                Logged {
-                    position: position.0,
-                    recorded_at: SystemClock.now_ms(),
-                    changes: changes.to_vec(),
-                },
-            );
-            Ok(())
-        });
-        // Logging into a map cannot fail.
-        let position = logged.unwrap_or_else(|_| self.feed.0.last());
+        let record = watch::encode_logged(SystemClock.now_ms(), &changes);
+        let position = self.feed.0.push_recorded(changes, record);
+        let mut log = self.watch.lock();
+        for (at, record) in self.feed.0.take_records() {
+            // Encoded just above: it decodes.
+            if let Ok(logged) = watch::decode_logged(at, &record) {
+                log.insert(at, logged);
+            }
+        }
+        drop(log);
         self.feed.0.deliver_through(position);
         position
     }
