@@ -508,11 +508,20 @@ impl Check {
                 .field("default_region", engine::Region::parse(code))
                 .map(Some),
         };
+        let display_name = req
+            .display_name
+            .as_deref()
+            .and_then(|raw| self.field("display_name", engine::parse_display_name(raw)));
+        let privacy_policy_url = req.privacy_policy_url.as_deref().and_then(|raw| {
+            self.field("privacy_policy_url", engine::parse_privacy_policy_url(raw))
+        });
         (self.violations.len() == before).then_some(engine::SettingsUpdate {
             regimes,
             rules,
             reset_rules: req.reset_quarantine_rules,
             default_region,
+            display_name,
+            privacy_policy_url,
         })
     }
 
@@ -1022,6 +1031,8 @@ pub(crate) fn tenant_settings_to_pb(
             .default_region
             .map(|r| r.to_string())
             .unwrap_or_default(),
+        display_name: settings.display_name.clone(),
+        privacy_policy_url: settings.privacy_policy_url.clone(),
     }
 }
 

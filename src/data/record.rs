@@ -26,7 +26,8 @@ use crate::{
         ProfileId, Proof, QuarantineRules, REASON_LEN_MAX, Regime, Region, RuleOverrides,
         SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
         SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis,
-        UsageOptOut, UserId, check_channel, parse_name, parse_postal_address,
+        UsageOptOut, UserId, check_channel, parse_display_name, parse_name, parse_postal_address,
+        parse_privacy_policy_url,
     },
     store::DumpItem,
 };
@@ -736,6 +737,12 @@ pub struct TenantSettingsRecord {
     /// absent if none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_region: Option<String>,
+    /// The name the preference page shows; absent if none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub display_name: String,
+    /// The privacy-policy address the preference page links to; absent if none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub privacy_policy_url: String,
 }
 
 /// A service.
@@ -1044,6 +1051,8 @@ impl Record {
                     mailbox_full_reset_period_ms: rules.mailbox_full_reset_period.map(millis),
                     updated_at_ms: settings.updated_at,
                     default_region: settings.default_region.map(|r| r.to_string()),
+                    display_name: settings.display_name.clone(),
+                    privacy_policy_url: settings.privacy_policy_url.clone(),
                 })
             }
             DumpItem::Service { tenant, service } => Record::Service(ServiceRecord {
@@ -1315,6 +1324,10 @@ impl Record {
                             .map(Region::parse)
                             .transpose()
                             .map_err(|e| format!("default_region: {e}"))?,
+                        display_name: parse_display_name(&r.display_name)
+                            .map_err(|e| format!("display_name: {e}"))?,
+                        privacy_policy_url: parse_privacy_policy_url(&r.privacy_policy_url)
+                            .map_err(|e| format!("privacy_policy_url: {e}"))?,
                     },
                 }
             }

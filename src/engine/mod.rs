@@ -33,8 +33,9 @@ pub use subscription::{
     TOKEN_BYTES, Token, TokenHash, TokenRecord, TokenRefusal, confirm, subscribe, unsubscribe,
 };
 pub use tenant::{
-    RULE_PERIOD_MAX, Regime, RuleOverrides, SOFT_ERROR_THRESHOLD_MAX, SettingsUpdate,
-    TenantSettings,
+    DISPLAY_NAME_LEN_MAX, PRIVACY_POLICY_URL_LEN_MAX, RULE_PERIOD_MAX, Regime, RuleOverrides,
+    SOFT_ERROR_THRESHOLD_MAX, SettingsUpdate, TenantSettings, parse_display_name,
+    parse_privacy_policy_url,
 };
 pub use types::*;
 pub use usage::{USAGE_EVENTS_MAX, USAGE_PAYLOAD_LEN_MAX, UsageOptOut};

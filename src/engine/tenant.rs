@@ -106,6 +106,11 @@ pub struct TenantSettings {
     /// Where phone numbers written in national form (`06 12 34 56 78`)
     /// are read; `None`: only international numbers are accepted.
     pub default_region: Option<Region>,
+    /// The name the preference page shows for the tenant (empty: none).
+    pub display_name: String,
+    /// The `https://` address of the tenant's privacy policy, linked from the
+    /// preference page (empty: none).
+    pub privacy_policy_url: String,
 }
 
 /// A change of settings: only what is given changes.
@@ -119,6 +124,62 @@ pub struct SettingsUpdate {
     pub reset_rules: bool,
     /// The default region to set: `Some(None)` clears it, `None` leaves it.
     pub default_region: Option<Option<Region>>,
+    /// The display name to set (`Some("")` clears it), checked by [`parse_display_name`].
+    pub display_name: Option<String>,
+    /// The privacy-policy address to set (`Some("")` clears it), checked by
+    /// [`parse_privacy_policy_url`].
+    pub privacy_policy_url: Option<String>,
+}
+
+/// Longest tenant display name, in bytes.
+pub const DISPLAY_NAME_LEN_MAX: usize = 128;
+/// Longest privacy-policy address, in bytes.
+pub const PRIVACY_POLICY_URL_LEN_MAX: usize = 512;
+
+/// A display name: trimmed, at most [`DISPLAY_NAME_LEN_MAX`] bytes, no
+/// control characters; empty clears it.
+pub fn parse_display_name(raw: &str) -> Result<String, Invalid> {
+    let trimmed = raw.trim();
+    if trimmed.len() > DISPLAY_NAME_LEN_MAX {
+        return Err(Invalid(format!(
+            "display_name must be at most {DISPLAY_NAME_LEN_MAX} bytes long, not {}",
+            trimmed.len()
+        )));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(Invalid(
+            "display_name may not contain control characters".to_owned(),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A privacy-policy address: `https://` and a host, at most
+/// [`PRIVACY_POLICY_URL_LEN_MAX`] bytes of printable ASCII without spaces,
+/// quotes or angle brackets (it is put in a page's link); empty clears it.
+pub fn parse_privacy_policy_url(raw: &str) -> Result<String, Invalid> {
+    let url = raw.trim();
+    if url.is_empty() {
+        return Ok(String::new());
+    }
+    if url.len() > PRIVACY_POLICY_URL_LEN_MAX {
+        return Err(Invalid(format!(
+            "privacy_policy_url must be at most {PRIVACY_POLICY_URL_LEN_MAX} bytes long, not {}",
+            url.len()
+        )));
+    }
+    let host = url.strip_prefix("https://").unwrap_or_default();
+    let host_end = host.find(['/', '?', '#']).unwrap_or(host.len());
+    if host[..host_end].is_empty()
+        || !url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'<' | b'>' | b'`'))
+    {
+        return Err(Invalid(format!(
+            "privacy_policy_url must be an https:// address of printable ASCII without quotes or angle brackets, not {url:?}"
+        )));
+    }
+    Ok(url.to_owned())
 }
 
 impl TenantSettings {
@@ -156,6 +217,12 @@ impl TenantSettings {
         self.rules.merge(&update.rules);
         if let Some(region) = update.default_region {
             self.default_region = region;
+        }
+        if let Some(name) = &update.display_name {
+            self.display_name.clone_from(name);
+        }
+        if let Some(url) = &update.privacy_policy_url {
+            self.privacy_policy_url.clone_from(url);
         }
         let changed = *self != before;
         if changed {
@@ -280,6 +347,62 @@ mod tests {
             (settings.default_region, settings.updated_at),
             (None, Some(4))
         );
+    }
+
+    #[test]
+    fn the_page_branding_is_set_cleared_or_left() {
+        let mut settings = TenantSettings::default();
+        let set = SettingsUpdate {
+            display_name: Some("Acme".to_owned()),
+            privacy_policy_url: Some("https://acme.example/privacy".to_owned()),
+            ..SettingsUpdate::default()
+        };
+        assert!(settings.apply(&set, 1));
+        assert_eq!(settings.display_name, "Acme");
+        assert_eq!(settings.privacy_policy_url, "https://acme.example/privacy");
+        assert!(!settings.apply(&set, 2), "the same values change nothing");
+        assert!(!settings.apply(&SettingsUpdate::default(), 3));
+        let clear_name = SettingsUpdate {
+            display_name: Some(String::new()),
+            ..SettingsUpdate::default()
+        };
+        assert!(settings.apply(&clear_name, 4));
+        assert_eq!(settings.display_name, "");
+        assert_eq!(settings.privacy_policy_url, "https://acme.example/privacy");
+    }
+
+    #[test]
+    fn display_names_and_privacy_addresses_are_checked() {
+        assert_eq!(parse_display_name("  Acme AB "), Ok("Acme AB".to_owned()));
+        assert_eq!(parse_display_name(""), Ok(String::new()));
+        let longest = "é".repeat(DISPLAY_NAME_LEN_MAX / 2);
+        assert_eq!(parse_display_name(&longest), Ok(longest.clone()));
+        assert!(parse_display_name(&format!("{longest}a")).is_err());
+        assert!(parse_display_name("Acme\nAB").is_err());
+
+        for ok in [
+            "https://acme.example/privacy",
+            "https://acme.example",
+            "https://acme.example/p?lang=sv#top",
+        ] {
+            assert_eq!(parse_privacy_policy_url(ok), Ok(ok.to_owned()), "{ok}");
+        }
+        assert_eq!(parse_privacy_policy_url(" "), Ok(String::new()));
+        for bad in [
+            "http://acme.example/privacy",
+            "javascript:alert(1)",
+            "https://",
+            "https:///path",
+            "https://acme.example/a b",
+            "https://acme.example/\"x",
+            "https://acme.example/<x>",
+            "//acme.example/privacy",
+        ] {
+            assert!(parse_privacy_policy_url(bad).is_err(), "{bad}");
+        }
+        let path = "a".repeat(PRIVACY_POLICY_URL_LEN_MAX - "https://h/".len());
+        assert!(parse_privacy_policy_url(&format!("https://h/{path}")).is_ok());
+        assert!(parse_privacy_policy_url(&format!("https://h/{path}a")).is_err());
     }
 
     #[test]

@@ -597,6 +597,9 @@ pub(crate) fn encode_tenant_settings(t: &TenantSettings) -> Vec<u8> {
     // Added after format 3 without a new version: a record that ends
     // before it has no default region.
     w.str(t.default_region.as_ref().map_or("", |r| r.as_str()));
+    // Added later in the same way: a record that ends before them has neither.
+    w.str(&t.display_name);
+    w.str(&t.privacy_policy_url);
     w.0
 }
 
@@ -635,6 +638,16 @@ pub(crate) fn decode_tenant_settings(bytes: &[u8]) -> Result<TenantSettings, Cod
                     tag: 0xff,
                 })?),
             }
+        },
+        display_name: if r.0.is_empty() {
+            String::new()
+        } else {
+            r.string()?
+        },
+        privacy_policy_url: if r.0.is_empty() {
+            String::new()
+        } else {
+            r.string()?
         },
     })
 }
@@ -1480,15 +1493,29 @@ mod tests {
             },
             updated_at: Some(9),
             default_region: Region::parse("SE").ok(),
+            display_name: "Acme".to_owned(),
+            privacy_policy_url: "https://acme.example/p".to_owned(),
         };
         let bytes = encode_tenant_settings(&settings);
         assert_eq!(decode_tenant_settings(&bytes).expect("decodes"), settings);
+        // Settings written before the page branding existed end before it.
+        let unbranded = TenantSettings {
+            display_name: String::new(),
+            privacy_policy_url: String::new(),
+            ..settings.clone()
+        };
+        let branding = 1 + "Acme".len() + 1 + "https://acme.example/p".len();
+        let before_branding = &bytes[..bytes.len() - branding];
+        assert_eq!(
+            decode_tenant_settings(before_branding).expect("decodes"),
+            unbranded
+        );
         // Settings written before the default region existed end before it.
         let without = TenantSettings {
             default_region: None,
-            ..settings.clone()
+            ..unbranded.clone()
         };
-        let old = &bytes[..bytes.len() - 3];
+        let old = &before_branding[..before_branding.len() - 3];
         assert_eq!(decode_tenant_settings(old).expect("decodes"), without);
         assert_eq!(
             decode_tenant_settings(&encode_tenant_settings(&without)).expect("decodes"),
