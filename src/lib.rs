@@ -19,6 +19,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod index;
+pub mod links;
 pub mod metrics;
 pub mod request_id;
 pub mod server;
