@@ -18,6 +18,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/consent/v1/subscription.proto",
     "proto/consent/v1/product_usage.proto",
     "proto/consent/v1/watch.proto",
+    "proto/consent/v1/preference.proto",
 ];
 
 fn main() -> io::Result<()> {

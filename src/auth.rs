@@ -327,6 +327,10 @@ pub const RPC_ROLES: &[(&str, &[Role])] = {
         ),
         ("/consent.v1.AdminService/Backup", &[]),
         ("/consent.v1.WatchService/Watch", &[Operator, Delivery]),
+        (
+            "/consent.v1.PreferenceService/CreatePreferenceLink",
+            &[Operator, Delivery],
+        ),
     ]
 };
 

@@ -94,6 +94,12 @@ pub enum Error {
         "this server has {0} watches open, the most allowed (--watch-max-streams); retry later"
     )]
     TooManyWatches(usize),
+    /// Preference links need `--public-url` and `--link-keys`.
+    #[error(
+        "this server makes no preference links: start it with --public-url and --link-keys \
+         (see \"Preference page and unsubscribe links\" in the README)"
+    )]
+    LinksNotConfigured,
     /// The store failed. The cause is logged; the caller sees an opaque message.
     #[error("storage error")]
     Storage(#[from] crate::store::StoreError),

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod request_id;
 pub mod server;
 pub mod store;
+pub mod web;
 
 /// The code generated from `proto/consent/v1/*.proto`, fenced here.
 #[allow(

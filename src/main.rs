@@ -21,14 +21,16 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use consentd::{
     app::{
-        COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT,
+        COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, LinkSettings,
         WATCH_MAX_STREAMS_DEFAULT, WATCH_RETENTION_CHANGES_DEFAULT, WatchSettings,
     },
     auth::{KeySet, Role, Security, TenantScope, TlsPem},
     clock::SystemClock,
     connection::ConnectionLimits,
     engine::{ADDRESS_LOG_EVENTS_MAX_DEFAULT, CHECKPOINT_EVERY, LogLimits, QuarantineRules},
+    links::LinkKeys,
     server::{self, App, Settings},
+    web::{IpNet, PageSettings, RATE_PER_IP_DEFAULT, RATE_PER_LINK_DEFAULT},
     store::{
         CompactionPolicy,
         postgres::{PgOptions, PgStore, redact},
@@ -71,6 +73,17 @@ enum Command {
 enum KeysCommand {
     /// Print a new random API key (once) and the key-file entry that accepts it.
     Generate(GenerateArgs),
+    /// Print a new link key: a `[[key]]` entry to append to the --link-keys
+    /// file (the last key seals new links; keep the older ones so that links
+    /// already sent keep working until they expire).
+    GenerateLinkKey(GenerateLinkKeyArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenerateLinkKeyArgs {
+    /// The key's id: 1 to 32 ASCII letters, digits, '.', '_' or '-' (e.g. the month, 2026-12).
+    #[arg(long)]
+    id: String,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +223,33 @@ struct ServeArgs {
     /// Watches open at once, over all clients; one more is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CONSENTD_WATCH_MAX_STREAMS", default_value_t = WATCH_MAX_STREAMS_DEFAULT)]
     watch_max_streams: usize,
+    /// Serve the preference page (the page behind unsubscribe links, and
+    /// RFC 8058 one-click unsubscribe) over HTTP on ADDR (off when not set).
+    /// Put a TLS-terminating proxy in front of it; links start with --public-url.
+    #[arg(long, env = "CONSENTD_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// What preference links start with: the address at which people reach
+    /// --http-listen (https://prefs.example.com). Needed with --link-keys.
+    #[arg(long, env = "CONSENTD_PUBLIC_URL", value_name = "URL", requires = "link_keys")]
+    public_url: Option<String>,
+    /// The link key file (TOML; `consentd keys generate-link-key`): the last
+    /// key seals new links, every key opens them. Needed with --public-url.
+    #[arg(long, env = "CONSENTD_LINK_KEYS", value_name = "FILE", requires = "public_url")]
+    link_keys: Option<PathBuf>,
+    /// How long a preference link works.
+    #[arg(long, env = "CONSENTD_LINK_TTL", default_value = "60d", value_parser = humantime::parse_duration)]
+    link_ttl: Duration,
+    /// A proxy (address or network, e.g. 10.0.0.0/8) whose X-Forwarded-For
+    /// header names the client of the preference page; repeat for several.
+    /// Without it the header is ignored and the peer's address is recorded.
+    #[arg(long = "http-trusted-proxy", env = "CONSENTD_HTTP_TRUSTED_PROXIES", value_delimiter = ',', value_parser = IpNet::parse, value_name = "NET")]
+    http_trusted_proxies: Vec<IpNet>,
+    /// Requests per minute to the preference page from one client address (IPv6: one /64).
+    #[arg(long, env = "CONSENTD_HTTP_RATE_PER_IP", default_value_t = RATE_PER_IP_DEFAULT)]
+    http_rate_per_ip: u32,
+    /// Requests per minute to the preference page on one link.
+    #[arg(long, env = "CONSENTD_HTTP_RATE_PER_LINK", default_value_t = RATE_PER_LINK_DEFAULT)]
+    http_rate_per_link: u32,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off when not set).
     #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -324,7 +364,38 @@ impl ServeArgs {
                 checkpoint_interval: self.watch_checkpoint_interval,
                 max_streams: self.watch_max_streams,
             },
+            links: self.links()?,
+            page: PageSettings {
+                trusted_proxies: self.http_trusted_proxies.clone(),
+                rate_per_ip: self.http_rate_per_ip,
+                rate_per_link: self.http_rate_per_link,
+                ..PageSettings::default()
+            },
         })
+    }
+
+    /// The preference-link settings: the key file read and checked, the
+    /// public address checked.
+    fn links(&self) -> Result<Option<LinkSettings>, String> {
+        let (Some(url), Some(file)) = (&self.public_url, &self.link_keys) else {
+            return Ok(None);
+        };
+        let public_url = parse_public_url(url)?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("--link-keys {}: {e}", file.display()))?;
+        let keys =
+            LinkKeys::parse(&text).map_err(|e| format!("--link-keys {}: {e}", file.display()))?;
+        if self.link_ttl.is_zero() {
+            return Err("--link-ttl must be longer than zero".into());
+        }
+        if self.http_rate_per_ip == 0 || self.http_rate_per_link == 0 {
+            return Err("--http-rate-per-ip and --http-rate-per-link must be at least 1".into());
+        }
+        Ok(Some(LinkSettings {
+            keys: Arc::new(keys),
+            public_url,
+            ttl: self.link_ttl,
+        }))
     }
 }
 
@@ -378,6 +449,27 @@ fn main() -> ExitCode {
         Command::ImportSuppressions(args) => tools::import_suppressions(&args),
         Command::Backup(args) => tools::backup(&args),
         Command::Keys(KeysCommand::Generate(args)) => generate_key(&args),
+        Command::Keys(KeysCommand::GenerateLinkKey(args)) => generate_link_key(&args),
+    }
+}
+
+/// Prints a new link-key entry on stdout (`>> links.toml` appends it);
+/// explanations go to stderr.
+fn generate_link_key(args: &GenerateLinkKeyArgs) -> ExitCode {
+    match consentd::links::generate_link_key(&args.id) {
+        Ok(entry) => {
+            eprintln!(
+                "Append this entry to the --link-keys file (keep it secret, mode 0600) and \
+                 restart the server: the last key in the file seals new links, and every key in \
+                 it opens them, so keep the older keys until their links have expired (--link-ttl)."
+            );
+            print!("{entry}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -467,6 +559,16 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 }
             }
         }
+        let page_listener = match args.http_listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    tracing::error!("cannot listen for the preference page on {addr}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -474,7 +576,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match server::run(app, listener, shutdown_signal()).await {
+        match server::run_with_page(app, listener, page_listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!("server failed: {error}");
@@ -482,6 +584,28 @@ fn serve(args: &ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The public address of the preference page: `http://` or `https://`, a
+/// host, an optional path; no query or fragment; kept without a trailing `/`.
+fn parse_public_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("--public-url {raw:?} must start with https:// (or http://)"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty()
+        || url.len() > 512
+        || !url.bytes().all(|b| b.is_ascii_graphic())
+        || url.contains(['?', '#', '"', '\'', '<', '>', '\\'])
+    {
+        return Err(format!(
+            "--public-url {raw:?} must be an address such as https://prefs.example.com (a host, \
+             an optional path, no query, at most 512 characters)"
+        ));
+    }
+    Ok(url.to_owned())
 }
 
 /// A byte size: a number with an optional unit (KiB, MiB, GiB; KB, MB, GB).

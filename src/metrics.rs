@@ -96,6 +96,8 @@ pub struct Metrics {
     flush_writes: Histogram,
     /// `consentd_store_size_bytes`, refreshed at each scrape.
     store_size_bytes: IntGauge,
+    /// `consentd_page_requests_total{outcome}` (the preference page).
+    page_requests: IntCounterVec,
     /// The `method` label values: the methods served (fixed at start), so
     /// that made-up paths can neither grow the registry nor displace them.
     methods: HashSet<String>,
@@ -179,7 +181,15 @@ impl Metrics {
         registry.register(Box::new(durable_wait_seconds.clone()))?;
         registry.register(Box::new(flush_seconds.clone()))?;
         registry.register(Box::new(flush_writes.clone()))?;
+        let page_requests = IntCounterVec::new(
+            Opts::new(
+                "consentd_page_requests_total",
+                "Requests to the preference page, by outcome: shown, saved, saved_unchanged, one_click, one_click_repeat, invalid_link, csrf_refused, bad_one_click, rate_limited",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(store_size_bytes.clone()))?;
+        registry.register(Box::new(page_requests.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -190,6 +200,7 @@ impl Metrics {
             flush_seconds,
             flush_writes,
             store_size_bytes,
+            page_requests,
             methods: served_methods(),
             store_size: OnceLock::new(),
         })
@@ -234,6 +245,12 @@ impl Metrics {
                     .with_label_values(&[channel_label(channel), label])
             })
             .inc();
+    }
+
+    /// Counts one request to the preference page. `outcome` is one of a
+    /// fixed set of constants (never client text): the label set stays small.
+    pub fn page_request(&self, outcome: &'static str) {
+        self.page_requests.with_label_values(&[outcome]).inc();
     }
 
     /// Records how long a write waited for durability.

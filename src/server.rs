@@ -89,7 +89,7 @@ fn log_security(security: &Security) {
 }
 
 /// The consent.v1 services, by their health-check names.
-const SERVICE_NAMES: [&str; 9] = [
+const SERVICE_NAMES: [&str; 10] = [
     "consent.v1.ProfileService",
     "consent.v1.ConsentService",
     "consent.v1.QuarantineService",
@@ -99,6 +99,7 @@ const SERVICE_NAMES: [&str; 9] = [
     "consent.v1.SubscriptionService",
     "consent.v1.ProductUsageService",
     "consent.v1.WatchService",
+    "consent.v1.PreferenceService",
 ];
 /// The services that still answer once the store refuses writes: decisions
 /// (from the index) and reads.
@@ -198,7 +199,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_with_page(app, listener, None, shutdown).await
+}
+
+/// [`run`], and the preference page on `page_listener` (`--http-listen`)
+/// when given: it stops accepting at the same signal, and its connections
+/// finish (within the grace period) before the store is closed.
+pub async fn run_with_page(
+    app: App,
+    listener: TcpListener,
+    page_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let settings = app.settings().clone();
+    let (stop_page, page_stopped) = tokio::sync::watch::channel(false);
+    let page = page_listener
+        .map(|listener| tokio::spawn(crate::web::serve(app.clone(), listener, page_stopped)));
     let services = Services::new(&app);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -237,6 +253,7 @@ pub async fn run(
         for task in stop_background {
             task.abort();
         }
+        let _ = stop_page.send(true);
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
@@ -303,6 +320,7 @@ pub async fn run(
         .add_service(services.subscription)
         .add_service(services.usage)
         .add_service(services.watch)
+        .add_service(services.preference)
         .serve_with_incoming_shutdown(incoming, drain);
     if let Some(addr) = local {
         tracing::info!("listening on {addr}");
@@ -317,6 +335,12 @@ pub async fn run(
         } => {
             tracing::warn!(grace_s = grace.as_secs(), "grace period over; closing the remaining connections");
         }
+    }
+    if let Some(page) = page {
+        // Stopped at the drain (or when the server ended, which drops the
+        // sender); returns once its connections are done or the grace
+        // period is over.
+        let _ = page.await;
     }
     for task in background {
         // Stopped at the drain: each ends at once (cancelled), dropping its hold.

@@ -62,7 +62,8 @@ impl RpcHarness {
             .add_service(services.tenant)
             .add_service(services.subscription)
             .add_service(services.usage)
-            .add_service(services.watch);
+            .add_service(services.watch)
+            .add_service(services.preference);
         Some(Self {
             runtime,
             routes: AuthLayer::new(None).layer(routes),

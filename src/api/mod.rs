@@ -12,6 +12,7 @@ mod eligibility;
 #[doc(hidden)]
 pub mod fuzz;
 mod page;
+mod preference;
 mod profile;
 mod quarantine;
 mod status;
@@ -25,6 +26,7 @@ use crate::{
     app::App,
     pb::{
         admin_service_server::AdminServiceServer, consent_service_server::ConsentServiceServer,
+        preference_service_server::PreferenceServiceServer,
         product_usage_service_server::ProductUsageServiceServer,
         profile_service_server::ProfileServiceServer,
         quarantine_service_server::QuarantineServiceServer,
@@ -71,6 +73,8 @@ pub(crate) struct Services {
     pub(crate) usage: ProductUsageServiceServer<usage::UsageApi>,
     /// `consent.v1.WatchService`.
     pub(crate) watch: WatchServiceServer<watch::WatchApi>,
+    /// `consent.v1.PreferenceService`.
+    pub(crate) preference: PreferenceServiceServer<preference::PreferenceApi>,
 }
 
 impl Services {
@@ -111,6 +115,11 @@ impl Services {
             watch: WatchServiceServer::new(watch::WatchApi { app: app.clone() })
                 .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
                 .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
+            preference: PreferenceServiceServer::new(preference::PreferenceApi {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(DECODE_LIMIT_DEFAULT_BYTES)
+            .max_encoding_message_size(ENCODE_LIMIT_DEFAULT_BYTES),
         }
     }
 }

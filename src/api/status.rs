@@ -159,6 +159,13 @@ impl From<Error> for Status {
                 HashMap::from([("limit".to_owned(), limit.to_string())]),
                 ErrorDetails::new(),
             ),
+            Error::LinksNotConfigured => status(
+                Code::FailedPrecondition,
+                message,
+                "LINKS_NOT_CONFIGURED",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
             Error::Storage(store) => storage_status(&store),
         }
     }

@@ -14,6 +14,7 @@
 
 mod consent;
 mod eligibility;
+mod preferences;
 mod profiles;
 mod quarantine;
 mod subscriptions;
@@ -28,6 +29,10 @@ use std::{
 };
 
 pub use eligibility::{BATCH_PART_MIN, Decided, DecisionSink, Ids};
+pub use preferences::{
+    LINK_TTL_DEFAULT, LinkSettings, PAGE_LANGUAGES, PreferenceLink, Preferences, one_click_path,
+    page_path,
+};
 pub(crate) use quarantine::record_manual;
 pub use quarantine::{ManualEvent, Recorded, Recording};
 pub use subscriptions::{Confirmed, SERVICES_PER_TENANT_MAX};
@@ -138,6 +143,10 @@ pub struct Settings {
     pub max_staleness: Duration,
     /// The change feed for clients (`WatchService`).
     pub watch: WatchSettings,
+    /// Preference links (`PreferenceService`); `None`: not configured.
+    pub links: Option<LinkSettings>,
+    /// The preference page's HTTP server (`--http-listen`).
+    pub page: crate::web::PageSettings,
 }
 
 impl Default for Settings {
@@ -167,6 +176,8 @@ impl Default for Settings {
             security: crate::auth::Security::default(),
             max_staleness: MAX_STALENESS_DEFAULT,
             watch: WatchSettings::default(),
+            links: None,
+            page: crate::web::PageSettings::default(),
         }
     }
 }

@@ -34,7 +34,7 @@ pub struct Confirmed {
 /// Numbers a subscription change as the profile's next history entry and
 /// stages the entry, the profile and the subscription.
 #[allow(clippy::too_many_arguments)]
-fn record(
+pub(super) fn record(
     tx: &mut (dyn Txn + '_),
     tenant: &Tenant,
     profile: &mut Profile,
@@ -62,7 +62,7 @@ fn record(
 
 /// Deletes the record of the token a subscription was waiting for, if any:
 /// the change at hand supersedes it.
-fn retire_pending(tx: &mut (dyn Txn + '_), tenant: &Tenant, current: Option<&Subscription>) {
+pub(super) fn retire_pending(tx: &mut (dyn Txn + '_), tenant: &Tenant, current: Option<&Subscription>) {
     if let Some(pending) = current.and_then(|s| s.pending) {
         tx.delete_token(tenant, &pending.token_hash);
     }

@@ -8,6 +8,7 @@ mod address;
 mod address_consent;
 mod consent;
 mod eligibility;
+mod preferences;
 mod quarantine;
 mod subscription;
 mod tenant;
@@ -31,6 +32,9 @@ pub use quarantine::{
 pub use subscription::{
     PendingConfirmation, Service, Subscribed, Subscription, SubscriptionChange, SubscriptionStatus,
     TOKEN_BYTES, Token, TokenHash, TokenRecord, TokenRefusal, confirm, subscribe, unsubscribe,
+};
+pub use preferences::{
+    PageChoice, PreferenceChanges, channel_ticked, preference_changes, subscription_shown,
 };
 pub use tenant::{
     DISPLAY_NAME_LEN_MAX, PRIVACY_POLICY_URL_LEN_MAX, RULE_PERIOD_MAX, Regime, RuleOverrides,
