@@ -21,8 +21,8 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use consentd::{
     app::{
-        COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, LinkSettings,
-        WATCH_MAX_STREAMS_DEFAULT, WATCH_RETENTION_CHANGES_DEFAULT, WatchSettings,
+        COMPACTION_RATIO_DEFAULT, CONCURRENT_STREAMS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT,
+        LinkSettings, WATCH_MAX_STREAMS_DEFAULT, WATCH_RETENTION_CHANGES_DEFAULT, WatchSettings,
     },
     auth::{KeySet, Role, Security, TenantScope, TlsPem},
     clock::SystemClock,
@@ -30,11 +30,11 @@ use consentd::{
     engine::{ADDRESS_LOG_EVENTS_MAX_DEFAULT, CHECKPOINT_EVERY, LogLimits, QuarantineRules},
     links::LinkKeys,
     server::{self, App, Settings},
-    web::{IpNet, PageSettings, RATE_PER_IP_DEFAULT, RATE_PER_LINK_DEFAULT},
     store::{
         CompactionPolicy,
         postgres::{PgOptions, PgStore, redact},
     },
+    web::{IpNet, PageSettings, RATE_PER_IP_DEFAULT, RATE_PER_LINK_DEFAULT},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -230,11 +230,21 @@ struct ServeArgs {
     http_listen: Option<SocketAddr>,
     /// What preference links start with: the address at which people reach
     /// --http-listen (https://prefs.example.com). Needed with --link-keys.
-    #[arg(long, env = "CONSENTD_PUBLIC_URL", value_name = "URL", requires = "link_keys")]
+    #[arg(
+        long,
+        env = "CONSENTD_PUBLIC_URL",
+        value_name = "URL",
+        requires = "link_keys"
+    )]
     public_url: Option<String>,
     /// The link key file (TOML; `consentd keys generate-link-key`): the last
     /// key seals new links, every key opens them. Needed with --public-url.
-    #[arg(long, env = "CONSENTD_LINK_KEYS", value_name = "FILE", requires = "public_url")]
+    #[arg(
+        long,
+        env = "CONSENTD_LINK_KEYS",
+        value_name = "FILE",
+        requires = "public_url"
+    )]
     link_keys: Option<PathBuf>,
     /// How long a preference link works.
     #[arg(long, env = "CONSENTD_LINK_TTL", default_value = "60d", value_parser = humantime::parse_duration)]

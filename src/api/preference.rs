@@ -38,7 +38,9 @@ impl PreferenceService for PreferenceApi {
             (0, false) => check
                 .service_id("service_id", &req.service_id)
                 .map(LinkScope::Service),
-            (_, true) => check.channel("channel", req.channel).map(LinkScope::Channel),
+            (_, true) => check
+                .channel("channel", req.channel)
+                .map(LinkScope::Channel),
             (_, false) => {
                 check.violation(
                     "service_id",

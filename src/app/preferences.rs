@@ -72,7 +72,10 @@ pub fn one_click_path(tenant: &Tenant, token: &str) -> String {
 
 impl App {
     fn links(&self) -> Result<&LinkSettings> {
-        self.settings.links.as_ref().ok_or(Error::LinksNotConfigured)
+        self.settings
+            .links
+            .as_ref()
+            .ok_or(Error::LinksNotConfigured)
     }
 
     /// Seals the links for one message to `profile`. The profile (and the
@@ -189,8 +192,7 @@ impl App {
                 continue;
             };
             let current = tx.subscription(tenant, id, service_id).await?;
-            if let Some((subscription, change)) =
-                crate::engine::unsubscribe(current.as_ref(), now)
+            if let Some((subscription, change)) = crate::engine::unsubscribe(current.as_ref(), now)
             {
                 retire_pending(tx.as_mut(), tenant, current.as_ref());
                 record(

@@ -62,7 +62,11 @@ pub(super) fn record(
 
 /// Deletes the record of the token a subscription was waiting for, if any:
 /// the change at hand supersedes it.
-pub(super) fn retire_pending(tx: &mut (dyn Txn + '_), tenant: &Tenant, current: Option<&Subscription>) {
+pub(super) fn retire_pending(
+    tx: &mut (dyn Txn + '_),
+    tenant: &Tenant,
+    current: Option<&Subscription>,
+) {
     if let Some(pending) = current.and_then(|s| s.pending) {
         tx.delete_token(tenant, &pending.token_hash);
     }

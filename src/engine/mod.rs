@@ -24,6 +24,9 @@ pub use consent::{
 pub use eligibility::{
     Decision, ExclusionReason, Facts, Policy, Reach, Reasons, Summary, decide, judge,
 };
+pub use preferences::{
+    PageChoice, PreferenceChanges, channel_ticked, preference_changes, subscription_shown,
+};
 pub use quarantine::{
     ADDRESS_LOG_EVENTS_MAX_DEFAULT, AddressEvent, AddressEventKind, AddressState, AddressStatus,
     CHECKPOINT_EVERY, ErrorReason, EventKey, FeedbackKind, LATE_EVENT_HORIZON_DEFAULT, LogLimits,
@@ -32,9 +35,6 @@ pub use quarantine::{
 pub use subscription::{
     PendingConfirmation, Service, Subscribed, Subscription, SubscriptionChange, SubscriptionStatus,
     TOKEN_BYTES, Token, TokenHash, TokenRecord, TokenRefusal, confirm, subscribe, unsubscribe,
-};
-pub use preferences::{
-    PageChoice, PreferenceChanges, channel_ticked, preference_changes, subscription_shown,
 };
 pub use tenant::{
     DISPLAY_NAME_LEN_MAX, PRIVACY_POLICY_URL_LEN_MAX, RULE_PERIOD_MAX, Regime, RuleOverrides,

@@ -180,8 +180,16 @@ mod tests {
         let one = IpNet::parse("::1").expect("valid");
         assert!(one.contains(ip("::1")));
         assert!(!one.contains(ip("::2")));
-        assert!(IpNet::parse("0.0.0.0/0").expect("valid").contains(ip("8.8.8.8")));
-        assert!(!IpNet::parse("0.0.0.0/0").expect("valid").contains(ip("::2")));
+        assert!(
+            IpNet::parse("0.0.0.0/0")
+                .expect("valid")
+                .contains(ip("8.8.8.8"))
+        );
+        assert!(
+            !IpNet::parse("0.0.0.0/0")
+                .expect("valid")
+                .contains(ip("::2"))
+        );
         for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
             assert!(IpNet::parse(bad).is_err(), "{bad}");
         }
@@ -197,7 +205,11 @@ mod tests {
         );
         // From the proxy: the last hop that is not a proxy.
         assert_eq!(
-            client_ip(ip("10.0.0.2"), Some("1.2.3.4, 198.51.100.7, 10.0.0.3"), &trusted),
+            client_ip(
+                ip("10.0.0.2"),
+                Some("1.2.3.4, 198.51.100.7, 10.0.0.3"),
+                &trusted
+            ),
             ip("198.51.100.7")
         );
         assert_eq!(client_ip(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));

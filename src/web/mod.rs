@@ -124,9 +124,7 @@ pub async fn serve(app: App, listener: TcpListener, mut stop: watch::Receiver<bo
         tracing::info!("preference page on http://{addr}");
     }
     if app.settings().links.is_none() {
-        tracing::warn!(
-            "--http-listen without --link-keys and --public-url: every link is refused"
-        );
+        tracing::warn!("--http-listen without --link-keys and --public-url: every link is refused");
     }
     let grace = app.settings().shutdown_grace;
     let shared = Arc::new(Shared {
@@ -242,7 +240,10 @@ fn secured(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
             header::HeaderName::from_static("permissions-policy"),
             "camera=(), microphone=(), geolocation=(), interest-cohort=()",
         ),
-        (header::HeaderName::from_static("x-robots-tag"), "noindex, nofollow"),
+        (
+            header::HeaderName::from_static("x-robots-tag"),
+            "noindex, nofollow",
+        ),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
@@ -328,9 +329,8 @@ async fn handle(
     if route == Route::Style {
         return match parts.method {
             Method::GET | Method::HEAD => {
-                let mut response = Response::new(Full::new(Bytes::from_static(
-                    page::STYLE.as_bytes(),
-                )));
+                let mut response =
+                    Response::new(Full::new(Bytes::from_static(page::STYLE.as_bytes())));
                 let headers = response.headers_mut();
                 headers.insert(
                     header::CONTENT_TYPE,
@@ -357,7 +357,10 @@ async fn handle(
     }
     let ip = client_ip(
         peer.ip(),
-        header_str(&parts.headers, header::HeaderName::from_static("x-forwarded-for")),
+        header_str(
+            &parts.headers,
+            header::HeaderName::from_static("x-forwarded-for"),
+        ),
         &shared.app.settings().page.trusted_proxies,
     );
     let now = Instant::now();
@@ -407,10 +410,7 @@ async fn handle(
                         "a one-click unsubscribe is a POST with the body List-Unsubscribe=One-Click (RFC 8058)\n",
                     );
                 }
-                let context = context(
-                    "one-click unsubscribe (RFC 8058)",
-                    ONE_CLICK_NOTICE_VERSION,
-                );
+                let context = context("one-click unsubscribe (RFC 8058)", ONE_CLICK_NOTICE_VERSION);
                 return match shared.app.one_click_unsubscribe(&claims, &context).await {
                     Ok(changed) => {
                         shared.app.metrics().page_request(if changed {
@@ -423,13 +423,30 @@ async fn handle(
                     Err(error) => failed(text, &error),
                 };
             }
-            submit(shared, text, &claims, token, &page_path, content_type, &body, &context(
-                "preference page",
-                NOTICE_VERSION,
-            ))
+            submit(
+                shared,
+                text,
+                &claims,
+                token,
+                &page_path,
+                content_type,
+                &body,
+                &context("preference page", NOTICE_VERSION),
+            )
             .await
         }
-        _ => show(shared, text, &claims, token, &page_path, None, StatusCode::OK).await,
+        _ => {
+            show(
+                shared,
+                text,
+                &claims,
+                token,
+                &page_path,
+                None,
+                StatusCode::OK,
+            )
+            .await
+        }
     }
 }
 
@@ -494,7 +511,10 @@ async fn read_body(body: Incoming) -> Result<Bytes, Response<Full<Bytes>>> {
                     "the request body is larger than 16 KiB\n",
                 ))
             } else {
-                Err(plain(StatusCode::BAD_REQUEST, "the request body could not be read\n"))
+                Err(plain(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read\n",
+                ))
             }
         }
     }
@@ -510,14 +530,21 @@ async fn show(
     message: Option<&str>,
     status: StatusCode,
 ) -> Response<Full<Bytes>> {
-    match shared.app.preferences(&claims.tenant, &claims.profile).await {
+    match shared
+        .app
+        .preferences(&claims.tenant, &claims.profile)
+        .await
+    {
         Ok(prefs) => {
             let csrf = match shared.app.link_csrf(token) {
                 Ok(csrf) => csrf,
                 Err(error) => return failed(text, &error),
             };
             shared.app.metrics().page_request("shown");
-            html(status, page::preferences(text, path, &prefs, &csrf, message))
+            html(
+                status,
+                page::preferences(text, path, &prefs, &csrf, message),
+            )
         }
         Err(error) => failed(text, &error),
     }
@@ -546,7 +573,12 @@ async fn submit(
         return plain(StatusCode::BAD_REQUEST, "the form is not UTF-8\n");
     };
     let pairs = form_pairs(body);
-    let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let text = field("lang").and_then(text::text).unwrap_or(text);
     let csrf = field("csrf").unwrap_or_default();
     if !shared.app.link_csrf_valid(token, csrf) {
@@ -601,7 +633,10 @@ async fn submit(
                 .await
                 .map(|s| s.privacy_policy_url)
                 .unwrap_or_default();
-            html(StatusCode::OK, page::saved(text, path, written > 0, &privacy))
+            html(
+                StatusCode::OK,
+                page::saved(text, path, written > 0, &privacy),
+            )
         }
         Err(error) => failed(text, &error),
     }
@@ -705,7 +740,13 @@ mod tests {
                 token: "tok"
             }
         );
-        for unknown in ["/", "/p/acme", "/p/acme/tok/x", "/x/acme/tok", "//p/acme/tok"] {
+        for unknown in [
+            "/",
+            "/p/acme",
+            "/p/acme/tok/x",
+            "/x/acme/tok",
+            "//p/acme/tok",
+        ] {
             assert_eq!(route(unknown), Route::Unknown, "{unknown}");
         }
     }

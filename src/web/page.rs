@@ -56,10 +56,7 @@ pub(crate) fn escape(raw: &str) -> String {
 /// The frame around a page's content.
 fn frame(text: &Text, title: &str, body: &str, languages: Option<&str>) -> String {
     let nav = languages.map_or_else(String::new, |path| {
-        let mut nav = format!(
-            "<nav aria-label=\"{}\"><ul>",
-            escape(text.languages)
-        );
+        let mut nav = format!("<nav aria-label=\"{}\"><ul>", escape(text.languages));
         for other in text::ALL {
             let name = match other.code {
                 "sv" => "Svenska",
@@ -67,7 +64,10 @@ fn frame(text: &Text, title: &str, body: &str, languages: Option<&str>) -> Strin
                 _ => "English",
             };
             if other.code == text.code {
-                let _ = write!(nav, "<li><strong aria-current=\"page\">{name}</strong></li>");
+                let _ = write!(
+                    nav,
+                    "<li><strong aria-current=\"page\">{name}</strong></li>"
+                );
             } else {
                 let _ = write!(
                     nav,
@@ -188,9 +188,7 @@ pub(crate) fn preferences(
         let state = match subscription.status {
             SubscriptionStatus::Active => text.subscribed,
             SubscriptionStatus::PendingConfirmation => text.pending,
-            SubscriptionStatus::Unsubscribed => {
-                text.unsubscribed
-            }
+            SubscriptionStatus::Unsubscribed => text.unsubscribed,
         };
         if crate::engine::subscription_shown(subscription) {
             let _ = write!(

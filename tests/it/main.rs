@@ -23,6 +23,7 @@ mod failover;
 mod faults;
 mod fsync_trace;
 mod identity;
+mod landing;
 mod limits;
 mod observability;
 mod ordering;

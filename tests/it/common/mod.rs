@@ -25,7 +25,7 @@ use consentd::{
         profile_service_client::ProfileServiceClient,
         quarantine_service_client::QuarantineServiceClient,
     },
-    server::{App, ServeError, Settings, run},
+    server::{App, ServeError, Settings, run_with_page},
     store::sled::SledOptions,
 };
 use prost_types::Timestamp;
@@ -58,6 +58,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct TestApp {
     /// The address the server listens on (`127.0.0.1:<ephemeral port>`).
     pub(crate) addr: SocketAddr,
+    /// The address of its preference page (`--http-listen`), on another port.
+    pub(crate) page_addr: SocketAddr,
     /// The server's clock; tests move it instead of sleeping.
     pub(crate) clock: ManualClock,
     /// The raw channel, for clients the harness does not wrap (health, reflection).
@@ -207,11 +209,20 @@ async fn serve_app(
         .await
         .expect("bind an ephemeral port");
     let addr = listener.local_addr().expect("listener address");
+    let page_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral port");
+    let page_addr = page_listener.local_addr().expect("listener address");
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(run(app, listener, async move {
-        // Resolves on send and when the sender is dropped.
-        let _ = shutdown_rx.await;
-    }));
+    let server = tokio::spawn(run_with_page(
+        app,
+        listener,
+        Some(page_listener),
+        async move {
+            // Resolves on send and when the sender is dropped.
+            let _ = shutdown_rx.await;
+        },
+    ));
     let channel = match client_tls {
         None => Endpoint::from_shared(format!("http://{addr}")).expect("endpoint URI"),
         Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
@@ -225,6 +236,7 @@ async fn serve_app(
     wait_until_serving(&channel).await;
     TestApp {
         addr,
+        page_addr,
         clock,
         profiles: ProfileServiceClient::new(channel.clone()),
         consent: ConsentServiceClient::new(channel.clone()),
@@ -280,6 +292,7 @@ impl TestApp {
     pub(crate) async fn stop(self) -> (TempDir, ManualClock) {
         let TestApp {
             addr: _,
+            page_addr: _,
             clock,
             channel,
             profiles,
