@@ -794,10 +794,12 @@ mod tests {
                         | "consent.v1.EligibilityService"
                         | "consent.v1.SubscriptionService"
                         | "consent.v1.WatchService"
+                        | "consent.v1.PreferenceService"
                 ),
                 Role::Delivery => matches!(
                     method,
                     "Watch"
+                        | "CreatePreferenceLink"
                         | "CheckEligibility"
                         | "BatchCheckEligibility"
                         | "StreamEligibility"
@@ -825,7 +827,7 @@ mod tests {
         }
         assert_eq!(
             RPC_ROLES.len(),
-            35,
+            36,
             "every RPC of the issue is in the table"
         );
     }
