@@ -757,3 +757,108 @@ async fn the_page_speaks_english_swedish_and_dutch_and_shows_the_tenant() {
     .await;
     assert!(invalid.body.contains("Deze link werkt niet"));
 }
+
+/// Where `npm ci --prefix tests/browser` puts playwright-core.
+const PLAYWRIGHT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/browser/node_modules/playwright-core"
+);
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[tokio::test]
+#[ignore = "needs Debian's chromium and playwright-core: apt-get install chromium && npm ci --prefix tests/browser"]
+async fn a_person_unticks_e_mail_in_a_real_browser_and_the_proof_is_kept() {
+    for (tool, install) in [
+        (CHROMIUM, "apt-get install chromium"),
+        (PLAYWRIGHT, "npm ci --prefix tests/browser"),
+    ] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: install it with `{install}` (.ci/run does)"
+        );
+    }
+    let app = spawn_linked().await;
+    upsert(&app, "p1", &["p1@example.com"], &[]).await;
+    TenantServiceClient::new(app.channel.clone())
+        .update_tenant_settings(UpdateTenantSettingsRequest {
+            tenant: TENANT.to_owned(),
+            display_name: Some("Acme Newsletters".to_owned()),
+            privacy_policy_url: Some("https://acme.example/privacy".to_owned()),
+            context: operator("ops", "branding"),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateTenantSettings");
+    let mut subs = SubscriptionServiceClient::new(app.channel.clone());
+    subs.create_service(CreateServiceRequest {
+        tenant: TENANT.to_owned(),
+        service_id: "weekly".to_owned(),
+        name: "The weekly letter".to_owned(),
+        channel: consentd::pb::Channel::Email as i32,
+        double_opt_in: false,
+        context: operator("ops", "setup"),
+    })
+    .await
+    .expect("CreateService");
+    subs.subscribe(SubscribeRequest {
+        tenant: TENANT.to_owned(),
+        profile_id: "p1".to_owned(),
+        service_id: "weekly".to_owned(),
+        context: operator("ops", "signed up at the counter"),
+    })
+    .await
+    .expect("Subscribe");
+    let link = link(&app, "p1").await;
+    let url = format!("http://{}{}", app.page_addr, path_of(&link.url));
+    // CONSENTD_SCREENSHOT=docs/preference-page.png renews the README's picture.
+    let screenshot = std::env::var("CONSENTD_SCREENSHOT").ok();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new("node");
+        command
+            .arg("tests/browser/preference_page.js")
+            .arg(&url)
+            .args(screenshot)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        command.output()
+    })
+    .await
+    .expect("the browser task")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the browser run failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(seen["heading"], "Your communication preferences");
+    assert_eq!(
+        seen["emailBefore"], true,
+        "opt-out regime, no preference: ticked"
+    );
+    assert_eq!(
+        seen["emailAfterSpace"], false,
+        "Space on the focused box unticks it"
+    );
+    assert_eq!(seen["confirmation"], "Your preferences are saved");
+    assert_eq!(seen["emailReloaded"], false);
+    let user_agent = seen["userAgent"].as_str().expect("a user agent");
+    assert!(user_agent.contains("Chrome"), "{user_agent}");
+
+    let consent = get_consent(&app, "p1").await;
+    let email = channel_consent(&consent, consentd::pb::Channel::Email);
+    assert_eq!(email.effective_status(), ConsentStatus::OptedOut);
+    assert_eq!(
+        email.mark.as_ref().map(|m| m.source()),
+        Some(Source::LandingPage)
+    );
+    let history = consent_history(&app, "p1", 10, "").await.entries;
+    assert_eq!(history.len(), 2, "the subscription, then e-mail");
+    let context = history[0].context.as_ref().expect("a context");
+    assert_eq!(history[0].channel(), consentd::pb::Channel::Email);
+    assert_eq!(context.source(), Source::LandingPage);
+    assert_eq!(context.ip_address, "127.0.0.1");
+    assert_eq!(context.user_agent, user_agent);
+    assert_eq!(context.notice_version, NOTICE_VERSION);
+}
