@@ -182,8 +182,10 @@ mod tests {
     #[test]
     fn clearing_everything_lifts_the_all_channels_opt_out() {
         let settings = TenantSettings::default();
-        let mut state = ConsentState::default();
-        state.all_channels = mark(ConsentStatus::OptedOut);
+        let state = ConsentState {
+            all_channels: mark(ConsentStatus::OptedOut),
+            ..ConsentState::default()
+        };
         let choice = PageChoice {
             everything_off: false,
             channels: [true; 5],

@@ -302,7 +302,7 @@ fn query_lang(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

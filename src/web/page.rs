@@ -126,20 +126,20 @@ pub(crate) fn preferences(
     let settings = &prefs.settings;
     let consent = &prefs.profile.consent;
     let mut body = String::with_capacity(4096);
-    let _ = write!(body, "<h1>{}</h1>\n", escape(text.title));
+    let _ = writeln!(body, "<h1>{}</h1>", escape(text.title));
     if let Some(message) = message {
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "<p class=\"message\" role=\"status\">{}</p>\n",
+            "<p class=\"message\" role=\"status\">{}</p>",
             escape(message)
         );
     }
     if settings.display_name.is_empty() {
-        let _ = write!(body, "<p>{}</p>\n", escape(text.intro));
+        let _ = writeln!(body, "<p>{}</p>", escape(text.intro));
     } else {
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "<p>{} <strong>{}</strong>.</p>\n",
+            "<p>{} <strong>{}</strong>.</p>",
             escape(text.intro_from),
             escape(&settings.display_name)
         );
@@ -161,11 +161,11 @@ pub(crate) fn preferences(
     for channel in Channel::ALL {
         let field = channel_field(channel);
         let ticked = channel_ticked(consent, settings, channel);
-        let _ = write!(
+        let _ = writeln!(
             body,
             "<div class=\"choice\"><input type=\"checkbox\" id=\"ch-{field}\" name=\"ch\" value=\"{field}\" \
              aria-describedby=\"ch-{field}-state\"{}>\
-             <label for=\"ch-{field}\">{}<span class=\"state\" id=\"ch-{field}-state\">{}</span></label></div>\n",
+             <label for=\"ch-{field}\">{}<span class=\"state\" id=\"ch-{field}-state\">{}</span></label></div>",
             if ticked { " checked" } else { "" },
             escape(text.channel(channel)),
             escape(status_line(
@@ -182,7 +182,7 @@ pub(crate) fn preferences(
         escape(text.subscriptions)
     );
     if prefs.subscriptions.is_empty() {
-        let _ = write!(body, "<p>{}</p>\n", escape(text.no_subscriptions));
+        let _ = writeln!(body, "<p>{}</p>", escape(text.no_subscriptions));
     }
     for (i, (service, subscription)) in prefs.subscriptions.iter().enumerate() {
         let state = match subscription.status {
@@ -191,19 +191,19 @@ pub(crate) fn preferences(
             SubscriptionStatus::Unsubscribed => text.unsubscribed,
         };
         if crate::engine::subscription_shown(subscription) {
-            let _ = write!(
+            let _ = writeln!(
                 body,
                 "<div class=\"choice\"><input type=\"checkbox\" id=\"svc-{i}\" name=\"svc\" value=\"{}\" checked \
                  aria-describedby=\"svc-{i}-state\">\
-                 <label for=\"svc-{i}\">{}<span class=\"state\" id=\"svc-{i}-state\">{}</span></label></div>\n",
+                 <label for=\"svc-{i}\">{}<span class=\"state\" id=\"svc-{i}-state\">{}</span></label></div>",
                 escape(service.id.as_str()),
                 escape(&service.name),
                 escape(state),
             );
         } else {
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<div class=\"choice\"><span>{}<span class=\"state\">{}</span></span></div>\n",
+                "<div class=\"choice\"><span>{}<span class=\"state\">{}</span></span></div>",
                 escape(&service.name),
                 escape(state),
             );
@@ -238,9 +238,9 @@ pub(crate) fn preferences(
 
 fn footer(body: &mut String, text: &Text, privacy_policy_url: &str) {
     if !privacy_policy_url.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "<footer><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></footer>\n",
+            "<footer><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></footer>",
             escape(privacy_policy_url),
             escape(text.privacy)
         );

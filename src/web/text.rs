@@ -191,14 +191,8 @@ pub(crate) fn choose(query_lang: Option<&str>, accept_language: Option<&str>) ->
         let primary = tag.split('-').next().unwrap_or_default();
         let q = parts
             .find_map(|p| p.trim().strip_prefix("q="))
-            .map_or(1000, |q| {
-                // q is at most 1 with three decimals: in thousandths.
-                q.trim()
-                    .parse::<f32>()
-                    .ok()
-                    .filter(|q| (0.0..=1.0).contains(q))
-                    .map_or(0, |q| (q * 1000.0).round() as u16)
-            });
+            .map_or(Some(1000), q_thousandths)
+            .unwrap_or(0);
         if q == 0 {
             continue;
         }
@@ -209,6 +203,22 @@ pub(crate) fn choose(query_lang: Option<&str>, accept_language: Option<&str>) ->
         }
     }
     best.map_or(&EN, |(_, text)| text)
+}
+
+/// A q-value (RFC 9110: `0`, `0.5`, `1.000`, at most three decimals) in
+/// thousandths; `None` when it is not one.
+fn q_thousandths(raw: &str) -> Option<u16> {
+    let raw = raw.trim();
+    let (whole, fraction) = raw.split_once('.').unwrap_or((raw, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +238,26 @@ mod tests {
         assert_eq!(choose(None, Some("sv;q=2")).code, "en");
         assert_eq!(choose(None, None).code, "en");
         assert_eq!(choose(Some(""), None).code, "en");
+    }
+
+    #[test]
+    fn q_values_are_read_to_the_thousandth() {
+        for (raw, q) in [
+            ("1", Some(1000)),
+            ("1.000", Some(1000)),
+            ("0", Some(0)),
+            ("0.5", Some(500)),
+            ("0.123", Some(123)),
+            (" 0.05 ", Some(50)),
+            ("1.5", None),
+            ("2", None),
+            ("0.1234", None),
+            ("-0.5", None),
+            ("0.x", None),
+            ("", None),
+        ] {
+            assert_eq!(q_thousandths(raw), q, "{raw:?}");
+        }
     }
 
     #[test]
