@@ -719,6 +719,20 @@ fn is_one_click(content_type: &str, body: &[u8]) -> bool {
     })
 }
 
+/// An entry point for the fuzz target `page_input` (not an API: hidden
+/// from the docs, unused by the server): what the page makes of a request's
+/// path, query, form body and one-click body. Returns how many form pairs
+/// it read, so that nothing is optimised away.
+#[doc(hidden)]
+pub fn fuzz_page_input(path: &str, content_type: &str, body: &[u8]) -> usize {
+    let _ = route(path);
+    let _ = query_lang(Some(path));
+    let _ = is_one_click(content_type, body);
+    let _ = text::choose(Some(path), Some(content_type));
+    let _ = truncate(path, path.len() / 2);
+    std::str::from_utf8(body).map_or(0, |b| form_pairs(b).len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
