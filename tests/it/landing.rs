@@ -862,3 +862,102 @@ async fn a_person_unticks_e_mail_in_a_real_browser_and_the_proof_is_kept() {
     assert_eq!(context.user_agent, user_agent);
     assert_eq!(context.notice_version, NOTICE_VERSION);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_links_made_with_a_generated_key_and_refuses_a_bad_key_file() {
+    use crate::common::process::{CONSENTD_BIN, ServerProcess, after, connect};
+    let generated = std::process::Command::new(CONSENTD_BIN)
+        .args(["keys", "generate-link-key", "--id", "2026-12"])
+        .output()
+        .expect("run consentd");
+    assert!(generated.status.success(), "{generated:?}");
+    let entry = String::from_utf8(generated.stdout).expect("UTF-8");
+    assert!(
+        entry.starts_with("[[key]]\nid = \"2026-12\"\nsecret = \""),
+        "{entry}"
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let keys = dir.path().join("link-keys.toml");
+    std::fs::write(&keys, &entry).expect("write the key file");
+    let data = dir.path().join("data");
+    let args = |keys: &std::path::Path, public: &str| {
+        vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--data-dir".to_owned(),
+            data.display().to_string(),
+            "--http-listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--public-url".to_owned(),
+            public.to_owned(),
+            "--link-keys".to_owned(),
+            keys.display().to_string(),
+        ]
+    };
+    let mut server = ServerProcess::start_with(&args(&keys, "https://prefs.example.com/"));
+    let addr = server.wait_listening().await;
+    let line = server.wait_for_line("preference page on http://").await;
+    let page_addr: SocketAddr = after(&line, "preference page on http://")
+        .parse()
+        .expect("the page's address");
+    let channel = connect(addr).await;
+    consentd::pb::profile_service_client::ProfileServiceClient::new(channel.clone())
+        .upsert_profile(consentd::pb::UpsertProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "p1".to_owned(),
+            emails: vec!["p1@example.com".to_owned()],
+            context: ctx(Source::Api),
+            ..Default::default()
+        })
+        .await
+        .expect("UpsertProfile");
+    let link = PreferenceServiceClient::new(channel)
+        .create_preference_link(CreatePreferenceLinkRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "p1".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("a link")
+        .into_inner();
+    assert!(
+        link.url.starts_with("https://prefs.example.com/p/acme/"),
+        "the trailing slash of --public-url is dropped: {}",
+        link.url
+    );
+    let page = http(page_addr, "GET", &path_of(&link.url), &[], b"").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Your communication preferences"));
+    server.terminate();
+    let (status, _) = server.wait_stopped().await;
+    assert!(status.success(), "{status:?}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, format!("{entry}{entry}")).expect("write a bad key file");
+    for (case, keys, public, expected) in [
+        (
+            "a key twice",
+            &bad,
+            "https://prefs.example.com",
+            "key[1]: id \"2026-12\" is given twice",
+        ),
+        (
+            "no scheme",
+            &keys,
+            "prefs.example.com",
+            "--public-url \"prefs.example.com\" must start with https://",
+        ),
+        (
+            "a query",
+            &keys,
+            "https://prefs.example.com/?a=b",
+            "no query",
+        ),
+    ] {
+        let mut refused = ServerProcess::start_with(&args(keys, public));
+        let (status, stderr) = refused.wait_exit().await;
+        assert_eq!(status.code(), Some(64), "{case}: {stderr}");
+        assert!(stderr.contains(expected), "{case}: {stderr}");
+    }
+}
