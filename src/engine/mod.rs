@@ -8,6 +8,7 @@ mod address;
 mod address_consent;
 mod consent;
 mod eligibility;
+mod erasure;
 mod quarantine;
 mod subscription;
 mod tenant;
@@ -22,6 +23,9 @@ pub use consent::{
 };
 pub use eligibility::{
     Decision, ExclusionReason, Facts, Policy, Reach, Reasons, Summary, decide, judge,
+};
+pub use erasure::{
+    AddressHash, ERASURE_KEY_BYTES, Erasure, ErasureKey, TOMBSTONE_REASON, Tombstone,
 };
 pub use quarantine::{
     ADDRESS_LOG_EVENTS_MAX_DEFAULT, AddressEvent, AddressEventKind, AddressState, AddressStatus,
