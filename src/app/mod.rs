@@ -14,6 +14,7 @@
 
 mod consent;
 mod eligibility;
+mod erasure;
 mod profiles;
 mod quarantine;
 mod subscriptions;
@@ -28,6 +29,7 @@ use std::{
 };
 
 pub use eligibility::{BATCH_PART_MIN, Decided, DecisionSink, Ids};
+pub use erasure::{EXPORT_HISTORY_ENTRIES_MAX, SubjectData, TOMBSTONE_ACTOR};
 pub(crate) use quarantine::record_manual;
 pub use quarantine::{ManualEvent, Recorded, Recording};
 pub use subscriptions::{Confirmed, SERVICES_PER_TENANT_MAX};
