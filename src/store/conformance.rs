@@ -23,10 +23,9 @@ use super::{
 use crate::engine::{
     Address, AddressConsent, AddressEvent, AddressEventKind, AddressState, AddressStatus,
     Change as History, ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, Erasure,
-    ErasureKey, EventId, Tombstone,
-    EventKey, Profile, ProfileAddresses, ProfileId, Regime, Scope, Service, ServiceId, Source,
-    Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UsageOptOut,
-    UserId,
+    ErasureKey, EventId, EventKey, Profile, ProfileAddresses, ProfileId, Regime, Scope, Service,
+    ServiceId, Source, Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash,
+    TokenRecord, Tombstone, UsageOptOut, UserId,
 };
 
 pub(crate) fn tenant(name: &str) -> Tenant {
@@ -1193,7 +1192,11 @@ pub(crate) async fn erasure_removes_the_profile_and_keeps_tombstones(
     tx.put_profile(&t, &p);
     tx.put_profile(&t, &kept);
     tx.put_subscription(&t, &p.id, &subscription("news", SubscriptionStatus::Active));
-    tx.put_subscription(&t, &kept.id, &subscription("news", SubscriptionStatus::Active));
+    tx.put_subscription(
+        &t,
+        &kept.id,
+        &subscription("news", SubscriptionStatus::Active),
+    );
     tx.put_token(&t, &TokenHash([1; 32]), &token("p1", 100));
     tx.put_token(&t, &TokenHash([2; 32]), &token("p10", 100));
     tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Quarantined));
@@ -1288,10 +1291,11 @@ pub(crate) async fn erasure_removes_the_profile_and_keeps_tombstones(
     );
     let seen = seen.lock().expect("lock").clone();
     assert!(
-        seen.last().is_some_and(|c| c.changes.contains(&Change::ProfileErased {
-            tenant: t.clone(),
-            profile_id: p.id.clone(),
-        })),
+        seen.last()
+            .is_some_and(|c| c.changes.contains(&Change::ProfileErased {
+                tenant: t.clone(),
+                profile_id: p.id.clone(),
+            })),
         "the erasure is on the feed"
     );
 
@@ -1309,10 +1313,7 @@ pub(crate) async fn erasure_removes_the_profile_and_keeps_tombstones(
         None
     );
     assert_eq!(tx.erasure_key(&tenant("u")).await.expect("read"), None);
-    assert_eq!(
-        tx.tombstone(&tenant("u"), &hash).await.expect("read"),
-        None
-    );
+    assert_eq!(tx.tombstone(&tenant("u"), &hash).await.expect("read"), None);
     drop(tx);
 
     // The dump holds the tombstone, the secret and the record, and nothing
@@ -1354,11 +1355,7 @@ pub(crate) async fn erasure_removes_the_profile_and_keeps_tombstones(
     empty.restore(&items).await.expect("restore");
     empty.sync().await.expect("sync");
     let restored: Vec<DumpItem> = empty.dump(None).map(|i| i.expect("item")).collect();
-    assert_eq!(
-        restored.len(),
-        items.len(),
-        "the same number of records"
-    );
+    assert_eq!(restored.len(), items.len(), "the same number of records");
     for item in &items {
         assert!(restored.contains(item), "{item:?} is restored");
     }

@@ -11,8 +11,8 @@ use crate::common::*;
 use consentd::pb::{
     AddressStatus, AddressType, Channel, CreateServiceRequest, EraseProfileRequest,
     EraseProfileResponse, ExclusionReason, ExportProfileDataRequest, QuarantineAddressRequest,
-    Source, SubscribeRequest, WatchRequest, watch_change::Change as Watched,
-    subscription_service_client::SubscriptionServiceClient, watch_service_client::WatchServiceClient,
+    Source, SubscribeRequest, WatchRequest, subscription_service_client::SubscriptionServiceClient,
+    watch_change::Change as Watched, watch_service_client::WatchServiceClient,
 };
 use serde_json::Value;
 use tonic::{Code, Status};
@@ -74,12 +74,18 @@ async fn an_erased_person_who_opted_out_stays_opted_out_when_re_imported() {
     assert_eq!(ms_of(erased.erased_at.as_ref()), Some(app.now_ms()));
 
     // Gone: reads say so, decisions too, and a retry is NOT_FOUND.
-    assert_profile_not_found("get", &get_profile(&app, SECRET_ID).await.expect_err("gone"));
+    assert_profile_not_found(
+        "get",
+        &get_profile(&app, SECRET_ID).await.expect_err("gone"),
+    );
     assert_eq!(
         reasons(&check(&app, SECRET_ID, Channel::Email).await),
         [ExclusionReason::ProfileNotFound]
     );
-    assert_profile_not_found("retry", &try_erase(&app, SECRET_ID).await.expect_err("gone"));
+    assert_profile_not_found(
+        "retry",
+        &try_erase(&app, SECRET_ID).await.expect_err("gone"),
+    );
 
     // The CRM re-imports the person, under the same id and under another,
     // with the e-mail spelled differently: both are opted out of everything.
@@ -177,7 +183,12 @@ async fn a_person_who_never_opted_out_leaves_nothing_and_address_states_stay() {
         consentd::pb::ConsentStatus::OptedOut as i32,
         "{consent:?}"
     );
-    assert!(consent_history(&app, SECRET_ID, 10, "").await.entries.is_empty());
+    assert!(
+        consent_history(&app, SECRET_ID, 10, "")
+            .await
+            .entries
+            .is_empty()
+    );
     assert_eq!(
         reasons(&check(&app, SECRET_ID, Channel::Email).await),
         [ExclusionReason::AddressDenylisted]
@@ -209,7 +220,10 @@ async fn invalid_and_unknown_requests_are_refused_by_field() {
         .expect_err("invalid");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert_profile_not_found("erase", &try_erase(&app, "nobody").await.expect_err("none"));
-    assert_profile_not_found("export", &try_export(&app, "nobody").await.expect_err("none"));
+    assert_profile_not_found(
+        "export",
+        &try_export(&app, "nobody").await.expect_err("none"),
+    );
 }
 
 #[tokio::test]
@@ -281,7 +295,10 @@ async fn the_export_document_holds_everything_about_the_profile() {
     let erased = erase(&app, SECRET_ID).await;
     assert_eq!(erased.subscriptions, 1);
     assert_eq!(erased.tombstones, 1, "the SMS opt-out, kept for the phone");
-    assert_profile_not_found("export", &try_export(&app, SECRET_ID).await.expect_err("gone"));
+    assert_profile_not_found(
+        "export",
+        &try_export(&app, SECRET_ID).await.expect_err("gone"),
+    );
 }
 
 #[tokio::test]
@@ -325,9 +342,9 @@ fn export_store(data_dir: &std::path::Path) -> String {
         Some(url) => {
             let schema = crate::common::pg::schema_for(data_dir);
             let separator = if url.contains('?') { '&' } else { '?' };
-            command
-                .arg("--database-url")
-                .arg(format!("{url}{separator}options=-c%20search_path%3D{schema}"));
+            command.arg("--database-url").arg(format!(
+                "{url}{separator}options=-c%20search_path%3D{schema}"
+            ));
         }
         None => {
             command.arg("--data-dir").arg(data_dir);
@@ -396,6 +413,12 @@ async fn nothing_readable_about_an_erased_person_is_left_in_an_export() {
     assert_eq!(types.iter().filter(|t| *t == "tombstone").count(), 2);
     assert_eq!(types.iter().filter(|t| *t == "erasure_key").count(), 1);
     assert_eq!(types.iter().filter(|t| *t == "erasure").count(), 1);
-    assert!(export.contains("ticket GDPR-17"), "the erasure's reason is kept");
-    assert!(!types.iter().any(|t| t == "confirmation_token"), "{types:?}");
+    assert!(
+        export.contains("ticket GDPR-17"),
+        "the erasure's reason is kept"
+    );
+    assert!(
+        !types.iter().any(|t| t == "confirmation_token"),
+        "{types:?}"
+    );
 }
