@@ -1233,7 +1233,23 @@ pub(crate) async fn erasure_removes_the_profile_and_keeps_tombstones(
         "a change reads its own write"
     );
     assert_eq!(tx.tombstone(&t, &hash).await.expect("read"), Some(stone));
-    let stored = tx.profile(&t, &p.id).await.expect("read").expect("there");
+    let mut stored = tx.profile(&t, &p.id).await.expect("read").expect("there");
+    // What this change staged of the profile goes too.
+    let late = stored
+        .set_consent(
+            Scope::Channel(Channel::Sms),
+            ConsentStatus::OptedOut,
+            &ctx(),
+            3,
+        )
+        .expect("an entry");
+    tx.append_history(&t, &p.id, &late);
+    tx.put_profile(&t, &stored);
+    tx.put_subscription(
+        &t,
+        &p.id,
+        &subscription("digest", SubscriptionStatus::Active),
+    );
     tx.erase_profile(&t, &stored).await.expect("erase");
     assert_eq!(
         tx.profile(&t, &p.id).await.expect("read"),
@@ -1258,6 +1274,15 @@ pub(crate) async fn erasure_removes_the_profile_and_keeps_tombstones(
             .await
             .expect("subscriptions")
             .is_empty()
+    );
+    assert!(
+        store
+            .subscribers(&t, &ServiceId::parse("digest").expect("valid"), None, 10)
+            .await
+            .expect("subscribers")
+            .items
+            .is_empty(),
+        "a subscription staged by the erasing change goes too"
     );
     assert_eq!(
         store

@@ -1153,15 +1153,27 @@ impl Txn for SledTxn<'_> {
         let db = self.store.db();
         let id = &profile.id;
         let mut removed: Vec<Vec<u8>> = Vec::new();
-        for key in db.scan_prefix(keys::consent_log_prefix(tenant, id)).keys() {
-            removed.push(key?.to_vec());
-        }
+        let history = keys::consent_log_prefix(tenant, id);
         let prefix = keys::subscriptions_prefix(tenant, id);
+        // What is stored, and what this change staged before.
+        let mut found: Vec<Vec<u8>> = self
+            .staged
+            .keys()
+            .filter(|k| k.starts_with(&history) || k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for key in db.scan_prefix(&history).keys() {
+            found.push(key?.to_vec());
+        }
         for key in db.scan_prefix(&prefix).keys() {
-            let key = key?;
-            let service = ServiceId::from_trusted(utf8_tail(&key, prefix.len())?);
-            removed.push(keys::subscriber(tenant, &service, id));
-            removed.push(key.to_vec());
+            found.push(key?.to_vec());
+        }
+        for key in found {
+            if key.starts_with(&prefix) {
+                let service = ServiceId::from_trusted(utf8_tail(&key, prefix.len())?);
+                removed.push(keys::subscriber(tenant, &service, id));
+            }
+            removed.push(key);
         }
         // Tokens are found by their hash alone: the tenant's few live ones
         // are read (retention deletes them once expired).
