@@ -332,6 +332,10 @@ async fn watchers_are_told_of_an_erasure() {
 /// Exports the store a stopped test server used, as `consentd export`
 /// does, and returns its text.
 fn export_store(data_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(export_store_to_file(data_dir).path()).expect("read the export")
+}
+
+fn export_store_to_file(data_dir: &std::path::Path) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().expect("temporary file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_consentd"));
     command.arg("export").env("RUST_LOG", "warn");
@@ -360,7 +364,7 @@ fn export_store(data_dir: &std::path::Path) -> String {
         "export failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read_to_string(file.path()).expect("read the export")
+    file
 }
 
 #[tokio::test]
@@ -420,5 +424,39 @@ async fn nothing_readable_about_an_erased_person_is_left_in_an_export() {
     assert!(
         !types.iter().any(|t| t == "confirmation_token"),
         "{types:?}"
+    );
+}
+
+#[tokio::test]
+async fn tombstones_survive_an_export_and_an_import() {
+    if crate::common::pg::harness_on_postgres() {
+        // The import below fills a data directory (the embedded store).
+        return;
+    }
+    let app = spawn_app().await;
+    upsert(&app, SECRET_ID, &[EMAIL], &[]).await;
+    opt_out_all(&app, SECRET_ID).await;
+    erase(&app, SECRET_ID).await;
+    let (data_dir, clock) = app.stop().await;
+    let file = export_store_to_file(data_dir.path());
+    let restored = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_consentd"))
+        .env("RUST_LOG", "warn")
+        .arg("import")
+        .arg("--data-dir")
+        .arg(restored.path())
+        .arg(file.path())
+        .output()
+        .expect("run consentd import");
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app = TestApp::start_on(restored, clock).await;
+    upsert(&app, "after-restore", &[EMAIL], &[]).await;
+    assert_eq!(
+        reasons(&check(&app, "after-restore", Channel::Email).await),
+        [ExclusionReason::OptedOutAllChannels]
     );
 }
