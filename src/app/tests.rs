@@ -1170,3 +1170,53 @@ async fn a_late_event_past_the_horizon_is_pruned_in_its_place() {
     assert_eq!((state.log.len, kept), (1, 1));
     assert_eq!(state.log.start.map(|s| s.at), Some(first + 4 * DAY_MS));
 }
+
+#[tokio::test]
+async fn a_profile_data_export_holds_the_newest_history_up_to_its_limit() {
+    let running = Running::new(Backend::Memory, Settings::default()).await;
+    let app = &running.app;
+    let t = tenant();
+    app.upsert_profile(
+        &t,
+        &pid(0),
+        ProfileAddresses {
+            emails: vec![email(0)],
+            ..ProfileAddresses::default()
+        },
+    )
+    .await
+    .expect("upsert");
+    let entries = EXPORT_HISTORY_ENTRIES_MAX + 1;
+    for i in 0..entries {
+        let status = if i % 2 == 0 {
+            ConsentStatus::OptedOut
+        } else {
+            ConsentStatus::OptedIn
+        };
+        app.set_consent(&t, &pid(0), Scope::AllChannels, status, &ctx())
+            .await
+            .expect("consent");
+    }
+    let data = app.export_profile_data(&t, &pid(0)).await.expect("export");
+    assert!(!data.history_complete);
+    assert_eq!(data.history.len(), EXPORT_HISTORY_ENTRIES_MAX);
+    assert_eq!(
+        data.history.first().map(|e| e.sequence),
+        Some(entries as u64),
+        "newest first"
+    );
+    assert_eq!(data.addresses.len(), 1);
+    app.set_consent(
+        &t,
+        &pid(1),
+        Scope::AllChannels,
+        ConsentStatus::OptedOut,
+        &ctx(),
+    )
+    .await
+    .expect_err("no such profile");
+    assert!(matches!(
+        app.export_profile_data(&t, &pid(1)).await,
+        Err(Error::ProfileNotFound(_))
+    ));
+}
