@@ -240,6 +240,8 @@ pub const RPC_ROLES: &[(&str, &[Role])] = {
     &[
         ("/consent.v1.ProfileService/UpsertProfile", &[Operator]),
         ("/consent.v1.ProfileService/GetProfile", &[Operator]),
+        ("/consent.v1.ProfileService/EraseProfile", &[Operator]),
+        ("/consent.v1.ProfileService/ExportProfileData", &[Operator]),
         (
             "/consent.v1.ConsentService/OptOut",
             &[Operator, LandingPage],
@@ -827,9 +829,26 @@ mod tests {
         }
         assert_eq!(
             RPC_ROLES.len(),
-            36,
+            38,
             "every RPC of the issue is in the table"
         );
+    }
+
+    #[test]
+    fn only_operators_and_admins_erase_or_export_a_profile() {
+        for path in [
+            "/consent.v1.ProfileService/EraseProfile",
+            "/consent.v1.ProfileService/ExportProfileData",
+        ] {
+            for role in Role::ALL {
+                let allowed = caller(role, acme()).check_method(path).is_ok();
+                assert_eq!(
+                    allowed,
+                    matches!(role, Role::Admin | Role::Operator),
+                    "{role} on {path}"
+                );
+            }
+        }
     }
 
     #[test]

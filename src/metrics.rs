@@ -615,6 +615,8 @@ mod tests {
         let metrics = Metrics::new();
         for served in [
             "consent.v1.ProfileService/GetProfile",
+            "consent.v1.ProfileService/EraseProfile",
+            "consent.v1.ProfileService/ExportProfileData",
             "consent.v1.EligibilityService/StreamEligibility",
             "consent.v1.AdminService/Backup",
             "grpc.health.v1.Health/Check",

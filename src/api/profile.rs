@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{
     app::App,
+    data::subject::{SUBJECT_CONTENT_TYPE, SubjectDocument},
     engine::{ConsentStatus, Scope},
     pb::{self, consent_service_server::ConsentService, profile_service_server::ProfileService},
 };
@@ -62,6 +63,52 @@ impl ProfileService for ProfileApi {
         let profile = self.app.profile(&tenant, &id).await?;
         Ok(Response::new(pb::GetProfileResponse {
             profile: Some(convert::profile_to_pb(&profile)),
+        }))
+    }
+
+    async fn erase_profile(
+        &self,
+        request: Request<pb::EraseProfileRequest>,
+    ) -> Result<Response<pb::EraseProfileResponse>, Status> {
+        let access = Access::of(&request, &self.app);
+        let req = request.into_inner();
+        let mut check = Check::default();
+        let tenant = access.tenant(&mut check, &req.tenant)?;
+        let id = check.profile_id("profile_id", &req.profile_id);
+        let context = access.context(&mut check, req.context.as_ref());
+        let (tenant, id, context) = check.finish((tenant, id, context))?;
+        let erasure = self.app.erase_profile(&tenant, &id, &context).await?;
+        // The log says that an erasure happened, never whom it erased.
+        tracing::info!(
+            source = ?context.source,
+            tombstones = erasure.tombstones,
+            history_entries = erasure.history_entries,
+            subscriptions = erasure.subscriptions,
+            "erased a profile"
+        );
+        Ok(Response::new(pb::EraseProfileResponse {
+            erased_at: Some(convert::timestamp(erasure.erased_at)),
+            tombstones: erasure.tombstones,
+            history_entries: erasure.history_entries,
+            subscriptions: erasure.subscriptions,
+        }))
+    }
+
+    async fn export_profile_data(
+        &self,
+        request: Request<pb::ExportProfileDataRequest>,
+    ) -> Result<Response<pb::ExportProfileDataResponse>, Status> {
+        let access = Access::of(&request, &self.app);
+        let req = request.into_inner();
+        let mut check = Check::default();
+        let tenant = access.tenant(&mut check, &req.tenant)?;
+        let id = check.profile_id("profile_id", &req.profile_id);
+        let (tenant, id) = check.finish((tenant, id))?;
+        let data = self.app.export_profile_data(&tenant, &id).await?;
+        let document = SubjectDocument::new(&tenant, &data).to_json();
+        Ok(Response::new(pb::ExportProfileDataResponse {
+            document,
+            content_type: SUBJECT_CONTENT_TYPE.to_owned(),
         }))
     }
 }

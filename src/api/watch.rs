@@ -185,6 +185,11 @@ fn change_to_pb(
             PbChange::TenantSettings(tenant_settings_to_pb(settings, rules))
         }
         Change::Service { service, .. } => PbChange::Service(service_to_pb(service)),
+        Change::ProfileErased { profile_id, .. } => {
+            PbChange::ProfileErased(pb::WatchProfileErased {
+                profile_id: profile_id.as_str().to_owned(),
+            })
+        }
         Change::Reset => return None,
     };
     Some(pb::WatchChange {

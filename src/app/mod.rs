@@ -14,6 +14,7 @@
 
 mod consent;
 mod eligibility;
+mod erasure;
 mod preferences;
 mod profiles;
 mod quarantine;
@@ -29,6 +30,7 @@ use std::{
 };
 
 pub use eligibility::{BATCH_PART_MIN, Decided, DecisionSink, Ids};
+pub use erasure::{EXPORT_HISTORY_ENTRIES_MAX, SubjectData, TOMBSTONE_ACTOR};
 pub use preferences::{
     LINK_TTL_DEFAULT, LinkSettings, PAGE_LANGUAGES, PreferenceLink, Preferences, one_click_path,
     page_path,

@@ -196,6 +196,9 @@ enum Op {
     Unsubscribe {
         id: usize,
     },
+    Erase {
+        id: usize,
+    },
     Restart,
 }
 
@@ -220,6 +223,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..EMAILS.len()).prop_map(|email| Op::Release { email }),
         (0..IDS.len()).prop_map(|id| Op::Subscribe { id }),
         (0..IDS.len()).prop_map(|id| Op::Unsubscribe { id }),
+        (0..IDS.len()).prop_map(|id| Op::Erase { id }),
         Just(Op::Restart),
     ]
 }
@@ -239,6 +243,8 @@ async fn run_ops(backend: Backend, ops: &[Op]) -> std::result::Result<(), TestCa
         .map_err(fail)?;
     let mut profiles: BTreeMap<usize, ModelProfile> = BTreeMap::new();
     let mut events: BTreeMap<usize, BTreeSet<u8>> = BTreeMap::new();
+    // The tombstone of each e-mail: (all channels, the e-mail channel).
+    let mut tombstones: BTreeMap<usize, (bool, bool)> = BTreeMap::new();
     for op in ops {
         let app = &running.app;
         match op {
@@ -256,7 +262,44 @@ async fn run_ops(backend: Backend, ops: &[Op]) -> std::result::Result<(), TestCa
                 app.upsert_profile(&t, &pid(*id), addresses)
                     .await
                     .map_err(fail)?;
-                profiles.entry(*id).or_default().0 = distinct;
+                let entry = profiles.entry(*id).or_default();
+                // An address new to the profile brings its tombstone's
+                // opt-outs, where the profile has no preference.
+                let (mut all, mut mail) = (false, false);
+                for e in distinct.iter().filter(|e| !entry.0.contains(e)) {
+                    let (a, m) = tombstones.get(e).copied().unwrap_or_default();
+                    all |= a;
+                    mail |= m;
+                }
+                if all && entry.1.is_none() {
+                    entry.1 = Some(true);
+                    entry.3 += 1;
+                }
+                if mail && entry.2[0].is_none() {
+                    entry.2[0] = Some(true);
+                    entry.3 += 1;
+                }
+                entry.0 = distinct;
+            }
+            Op::Erase { id } => {
+                let erased = app.erase_profile(&t, &pid(*id), &ctx()).await;
+                match profiles.remove(id) {
+                    None => prop_assert!(matches!(erased, Err(Error::ProfileNotFound(_)))),
+                    Some((emails, all, channels, changes)) => {
+                        let erasure = erased.map_err(fail)?;
+                        prop_assert_eq!(erasure.history_entries, changes);
+                        let kept = (all == Some(true), channels[0] == Some(true));
+                        let stones = if kept.0 || kept.1 { emails.len() } else { 0 };
+                        prop_assert_eq!(erasure.tombstones as usize, stones);
+                        if stones > 0 {
+                            for e in emails {
+                                let stone = tombstones.entry(e).or_default();
+                                stone.0 |= kept.0;
+                                stone.1 |= kept.1;
+                            }
+                        }
+                    }
+                }
             }
             Op::Consent { id, channel, out } => {
                 let scope = match channel {
@@ -1126,4 +1169,54 @@ async fn a_late_event_past_the_horizon_is_pruned_in_its_place() {
     let (state, kept) = log_of(app, &email(0)).await;
     assert_eq!((state.log.len, kept), (1, 1));
     assert_eq!(state.log.start.map(|s| s.at), Some(first + 4 * DAY_MS));
+}
+
+#[tokio::test]
+async fn a_profile_data_export_holds_the_newest_history_up_to_its_limit() {
+    let running = Running::new(Backend::Memory, Settings::default()).await;
+    let app = &running.app;
+    let t = tenant();
+    app.upsert_profile(
+        &t,
+        &pid(0),
+        ProfileAddresses {
+            emails: vec![email(0)],
+            ..ProfileAddresses::default()
+        },
+    )
+    .await
+    .expect("upsert");
+    let entries = EXPORT_HISTORY_ENTRIES_MAX + 1;
+    for i in 0..entries {
+        let status = if i % 2 == 0 {
+            ConsentStatus::OptedOut
+        } else {
+            ConsentStatus::OptedIn
+        };
+        app.set_consent(&t, &pid(0), Scope::AllChannels, status, &ctx())
+            .await
+            .expect("consent");
+    }
+    let data = app.export_profile_data(&t, &pid(0)).await.expect("export");
+    assert!(!data.history_complete);
+    assert_eq!(data.history.len(), EXPORT_HISTORY_ENTRIES_MAX);
+    assert_eq!(
+        data.history.first().map(|e| e.sequence),
+        Some(entries as u64),
+        "newest first"
+    );
+    assert_eq!(data.addresses.len(), 1);
+    app.set_consent(
+        &t,
+        &pid(1),
+        Scope::AllChannels,
+        ConsentStatus::OptedOut,
+        &ctx(),
+    )
+    .await
+    .expect_err("no such profile");
+    assert!(matches!(
+        app.export_profile_data(&t, &pid(1)).await,
+        Err(Error::ProfileNotFound(_))
+    ));
 }

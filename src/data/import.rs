@@ -11,8 +11,8 @@ use super::{
     record::{Header, Record},
 };
 use crate::{
-    engine::{Address, LogMeta, Tenant},
-    store::{DumpItem, Store},
+    engine::{Address, ErasureKey, LogMeta, Tenant},
+    store::{DumpItem, Lock, Store},
 };
 use tokio::runtime::Handle;
 
@@ -109,6 +109,10 @@ pub fn import(
         }
         match parse_line(text) {
             Ok(Some((type_name, item, canonical))) => {
+                if let DumpItem::ErasureKey { tenant, key } = &item {
+                    same_erasure_key(store, runtime, tenant, key)
+                        .map_err(|why| DataError::Input(format!("line {line_no}: {why}")))?;
+                }
                 let item = respelled.merge(store, runtime, &pending, item, canonical)?;
                 pending.push((type_name, item));
             }
@@ -143,6 +147,34 @@ fn header(text: &[u8]) -> Result<Header, DataError> {
         }
         Ok(other) => Err(bad(format!("found a '{}' record", other.type_name()))),
         Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Refuses a tenant's erasure secret when the store holds another one: its
+/// tombstones were hashed with one of the two, and replacing the store's
+/// would make every tombstone it holds unreachable (the people it kept
+/// opted out would be contactable again), while keeping it would do the
+/// same to the file's. The import stops there.
+fn same_erasure_key(
+    store: &dyn Store,
+    runtime: &Handle,
+    tenant: &Tenant,
+    key: &ErasureKey,
+) -> Result<(), String> {
+    let held = runtime
+        .block_on(async {
+            let mut tx = store.begin(vec![Lock::ErasureKey(tenant.clone())]).await?;
+            tx.erasure_key(tenant).await
+        })
+        .map_err(|e| e.to_string())?;
+    match held {
+        Some(held) if &held != key => Err(format!(
+            "tenant '{}' already holds another erasure secret: the tombstones of this file and \
+             those of the store were hashed with different secrets and cannot be merged; import \
+             this tenant into a store without erasures of it",
+            tenant.as_str()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -298,6 +330,44 @@ mod tests {
             )
         })
         .expect("import")
+    }
+
+    /// A tenant's erasure secret is imported once, again the same, and never
+    /// over another one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erasure_secret_never_replaces_another() {
+        let key = |byte: u8| {
+            format!(
+                r#"{{"type":"erasure_key","tenant":"t","key":"{}"}}"#,
+                format!("{byte:02x}").repeat(32)
+            )
+        };
+        let store = MemoryStore::new();
+        assert_eq!(import_lines(&store, &[key(1)]).await.total(), 1);
+        assert_eq!(import_lines(&store, &[key(1)]).await.total(), 1, "the same");
+        let header = serde_json::to_string(&Record::Header(Header::new(None, 1))).expect("json");
+        let text = format!("{header}\n{}\n", key(2));
+        let runtime = Handle::current();
+        let store_ref: &dyn Store = &store;
+        let refused = tokio::task::block_in_place(|| {
+            import(store_ref, &runtime, text.as_bytes(), |_, _| {}, |_| {})
+        })
+        .expect_err("another secret");
+        assert!(
+            refused.to_string().contains("line 2") && refused.to_string().contains("erasure"),
+            "{refused}"
+        );
+        let mut tx = store
+            .begin(vec![Lock::ErasureKey(Tenant::parse("t").expect("valid"))])
+            .await
+            .expect("begin");
+        assert_eq!(
+            tx.erasure_key(&Tenant::parse("t").expect("valid"))
+                .await
+                .expect("read"),
+            Some(ErasureKey([1; 32])),
+            "the store's secret stays"
+        );
     }
 
     /// An export of an earlier version may hold two spellings of one

@@ -10,6 +10,7 @@
 pub mod export;
 pub mod import;
 pub mod record;
+pub mod subject;
 pub mod suppressions;
 
 use crate::store::StoreError;

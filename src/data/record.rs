@@ -20,14 +20,14 @@ use serde::{Deserialize, Serialize};
 use crate::{
     engine::{
         ACTOR_LEN_MAX, ADDRESSES_PER_KIND_MAX, Address, AddressConsent, AddressEvent,
-        AddressEventKind, AddressKind, AddressMark, AddressState, AddressStatus, Change,
-        ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState, ConsentStatus,
-        ErrorReason, EventId, EventKey, FeedbackKind, LogMeta, PendingConfirmation, Profile,
-        ProfileId, Proof, QuarantineRules, REASON_LEN_MAX, Regime, Region, RuleOverrides,
-        SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
-        SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis,
-        UsageOptOut, UserId, check_channel, parse_display_name, parse_name, parse_postal_address,
-        parse_privacy_policy_url,
+        AddressEventKind, AddressHash, AddressKind, AddressMark, AddressState, AddressStatus,
+        Change, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark, ConsentState,
+        ConsentStatus, Erasure, ErasureKey, ErrorReason, EventId, EventKey, FeedbackKind, LogMeta,
+        PendingConfirmation, Profile, ProfileId, Proof, QuarantineRules, REASON_LEN_MAX, Regime,
+        Region, RuleOverrides, SERVICE_NAME_LEN_MAX, Scope, Service, ServiceId, Source,
+        Subscription, SubscriptionChange, SubscriptionStatus, Tenant, TenantSettings, TokenHash,
+        TokenRecord, Tombstone, UnixMillis, UsageOptOut, UserId, check_channel, parse_display_name,
+        parse_name, parse_postal_address, parse_privacy_policy_url,
     },
     store::DumpItem,
 };
@@ -65,6 +65,13 @@ pub enum Record {
     UsageOptOut(UsageOptOutRecord),
     /// An address's opt-outs, per channel.
     AddressConsent(AddressConsentRecord),
+    /// A tenant's erasure secret (the key of its tombstones' hashes).
+    ErasureKey(ErasureKeyRecord),
+    /// What an erased person had opted out of, under the keyed hash of one
+    /// of their addresses.
+    Tombstone(TombstoneRecord),
+    /// The record of one erasure (no personal data of the person erased).
+    Erasure(ErasureRecord),
 }
 
 /// The header line.
@@ -853,6 +860,51 @@ pub struct AddressMarkRecord {
     pub context: ContextRecord,
 }
 
+/// A tenant's erasure secret: keep the export as secret as the data it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureKeyRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// The 32-byte secret, in hex.
+    pub key: String,
+}
+
+/// A tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TombstoneRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// HMAC-SHA256 of the address (kind byte, canonical text) under the
+    /// tenant's erasure secret, in hex.
+    pub address_hash: String,
+    /// Opted out of every channel.
+    pub all_channels: bool,
+    /// Channels opted out of.
+    pub channels: Vec<ChannelName>,
+}
+
+/// An erasure record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// When the erasure was made.
+    pub erased_at_ms: UnixMillis,
+    /// Tells apart two erasures of one millisecond.
+    pub id: u64,
+    /// Who asked, how and why.
+    pub context: ContextRecord,
+    /// Tombstones written.
+    pub tombstones: u32,
+    /// Consent history entries deleted.
+    pub history_entries: u64,
+    /// Subscriptions deleted.
+    pub subscriptions: u32,
+}
+
 fn hex(hash: &TokenHash) -> String {
     hash.0.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -1118,6 +1170,33 @@ impl Record {
                     })
                     .collect(),
             }),
+            DumpItem::ErasureKey { tenant, key } => Record::ErasureKey(ErasureKeyRecord {
+                tenant: tenant.as_str().to_owned(),
+                key: hex(&TokenHash(key.0)),
+            }),
+            DumpItem::Tombstone {
+                tenant,
+                hash,
+                tombstone,
+            } => Record::Tombstone(TombstoneRecord {
+                tenant: tenant.as_str().to_owned(),
+                address_hash: hex(&TokenHash(hash.0)),
+                all_channels: tombstone.all_channels,
+                channels: Channel::ALL
+                    .iter()
+                    .filter(|c| tombstone.channels & (1 << c.index()) != 0)
+                    .map(|&c| c.into())
+                    .collect(),
+            }),
+            DumpItem::Erasure { tenant, erasure } => Record::Erasure(ErasureRecord {
+                tenant: tenant.as_str().to_owned(),
+                erased_at_ms: erasure.erased_at,
+                id: erasure.id,
+                context: (&erasure.context).into(),
+                tombstones: erasure.tombstones,
+                history_entries: erasure.history_entries,
+                subscriptions: erasure.subscriptions,
+            }),
         }
     }
 
@@ -1136,6 +1215,9 @@ impl Record {
             Record::ConfirmationToken(_) => "confirmation_token",
             Record::UsageOptOut(_) => "usage_opt_out",
             Record::AddressConsent(_) => "address_consent",
+            Record::ErasureKey(_) => "erasure_key",
+            Record::Tombstone(_) => "tombstone",
+            Record::Erasure(_) => "erasure",
         }
     }
 
@@ -1412,6 +1494,46 @@ impl Record {
                     consent,
                 }
             }
+            Record::ErasureKey(r) => DumpItem::ErasureKey {
+                tenant: tenant(&r.tenant)?,
+                key: ErasureKey(token_hash(&r.key, "key")?.0),
+            },
+            Record::Tombstone(r) => {
+                let mut channels = 0u8;
+                for (i, channel) in r.channels.iter().enumerate() {
+                    let channel: Channel = (*channel).into();
+                    if channel.address_kind().is_none() {
+                        return Err(format!(
+                            "channels[{i}]: {} reaches no address",
+                            channel.api_name()
+                        ));
+                    }
+                    channels |= 1 << channel.index();
+                }
+                let tombstone = Tombstone {
+                    all_channels: r.all_channels,
+                    channels,
+                };
+                if tombstone.is_empty() {
+                    return Err("a tombstone keeps all_channels or at least one channel".into());
+                }
+                DumpItem::Tombstone {
+                    tenant: tenant(&r.tenant)?,
+                    hash: AddressHash(token_hash(&r.address_hash, "address_hash")?.0),
+                    tombstone,
+                }
+            }
+            Record::Erasure(r) => DumpItem::Erasure {
+                tenant: tenant(&r.tenant)?,
+                erasure: Erasure {
+                    erased_at: r.erased_at_ms,
+                    id: r.id,
+                    context: r.context.parse()?,
+                    tombstones: r.tombstones,
+                    history_entries: r.history_entries,
+                    subscriptions: r.subscriptions,
+                },
+            },
         };
         Ok(Some(item))
     }

@@ -8,6 +8,7 @@ mod address;
 mod address_consent;
 mod consent;
 mod eligibility;
+mod erasure;
 mod preferences;
 mod quarantine;
 mod subscription;
@@ -23,6 +24,9 @@ pub use consent::{
 };
 pub use eligibility::{
     Decision, ExclusionReason, Facts, Policy, Reach, Reasons, Summary, decide, judge,
+};
+pub use erasure::{
+    AddressHash, ERASURE_KEY_BYTES, Erasure, ErasureKey, TOMBSTONE_REASON, Tombstone,
 };
 pub use preferences::{
     PageChoice, PreferenceChanges, channel_ticked, preference_changes, subscription_shown,

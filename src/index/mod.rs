@@ -289,6 +289,27 @@ impl TenantState {
         }
     }
 
+    /// Forgets a profile: its slot, its uses of addresses (an address slot
+    /// stays while its status or opt-outs matter), its subscriptions.
+    fn remove_profile(&mut self, id: &ProfileId) {
+        let Some(slot) = self.profiles.find((0, id.as_str())) else {
+            return;
+        };
+        let old: Vec<u32> = self.profile_addresses(slot).collect();
+        for a in old {
+            if let Some(address) = self.addresses.get_mut(a) {
+                address.users = address.users.saturating_sub(1);
+            }
+            self.release_if_unused(a);
+        }
+        self.more.remove(&slot);
+        self.postal.remove(&slot);
+        for entry in self.services.values_mut() {
+            entry.active.remove(&slot);
+        }
+        self.profiles.remove(slot);
+    }
+
     fn put_address(&mut self, address: &Address, status: AddressStatus) {
         // Decisions tell usable from not; WITH_ERRORS is kept as VALID.
         let status = if status.is_usable() {
@@ -670,6 +691,9 @@ impl Index {
                 address,
                 opted_out,
             } => self.write(tenant, |s| s.put_address_consent(address, *opted_out)),
+            Change::ProfileErased { tenant, profile_id } => {
+                self.write(tenant, |s| s.remove_profile(profile_id));
+            }
             // Not read by decisions.
             Change::UsageOptOut { .. } => {}
             Change::Reset => self

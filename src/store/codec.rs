@@ -11,10 +11,11 @@ use std::time::Duration;
 use crate::engine::{
     Address, AddressConsent, AddressEvent, AddressEventKind, AddressKind, AddressMark,
     AddressState, AddressStatus, Change, ChangeContext, Channel, ConsentHistoryEntry, ConsentMark,
-    ConsentState, ConsentStatus, ErrorReason, EventId, FeedbackKind, PendingConfirmation, Profile,
-    ProfileId, Proof, QuarantineRules, Regime, Region, RuleOverrides, Scope, Service, ServiceId,
-    Source, Subscription, SubscriptionChange, SubscriptionStatus, TenantSettings, TokenHash,
-    TokenRecord, UnixMillis, UsageOptOut, UserId,
+    ConsentState, ConsentStatus, ERASURE_KEY_BYTES, Erasure, ErasureKey, ErrorReason, EventId,
+    FeedbackKind, PendingConfirmation, Profile, ProfileId, Proof, QuarantineRules, Regime, Region,
+    RuleOverrides, Scope, Service, ServiceId, Source, Subscription, SubscriptionChange,
+    SubscriptionStatus, TenantSettings, TokenHash, TokenRecord, Tombstone, UnixMillis, UsageOptOut,
+    UserId,
 };
 use crate::engine::{EventKey, LogMeta, Tenant};
 use crate::store::Change as FeedChange;
@@ -752,6 +753,74 @@ pub(crate) fn decode_token(
     })
 }
 
+/// Encodes a tombstone (the address hash lives in the key).
+pub(crate) fn encode_tombstone(t: &Tombstone) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(u8::from(t.all_channels));
+    w.u8(t.channels);
+    w.0
+}
+
+/// Decodes a tombstone.
+pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<Tombstone, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    let all_channels = match r.u8()? {
+        0 => false,
+        1 => true,
+        tag => {
+            return Err(CodecError::BadTag {
+                what: "tombstone",
+                tag,
+            });
+        }
+    };
+    Ok(Tombstone {
+        all_channels,
+        channels: r.u8()?,
+    })
+}
+
+/// Encodes an erasure secret.
+pub(crate) fn encode_erasure_key(k: &ErasureKey) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.bytes(&k.0);
+    w.0
+}
+
+/// Decodes an erasure secret.
+pub(crate) fn decode_erasure_key(bytes: &[u8]) -> Result<ErasureKey, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    let key = r.bytes()?;
+    <[u8; ERASURE_KEY_BYTES]>::try_from(key)
+        .map(ErasureKey)
+        .map_err(|_| CodecError::Truncated)
+}
+
+/// Encodes an erasure record (its time and id live in the key too).
+pub(crate) fn encode_erasure(e: &Erasure) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.i64(e.erased_at);
+    w.u64(e.id);
+    put_context(&mut w, &e.context);
+    w.u64(u64::from(e.tombstones));
+    w.u64(e.history_entries);
+    w.u64(u64::from(e.subscriptions));
+    w.0
+}
+
+/// Decodes an erasure record.
+pub(crate) fn decode_erasure(bytes: &[u8]) -> Result<Erasure, CodecError> {
+    let mut r = Reader::new(bytes)?;
+    Ok(Erasure {
+        erased_at: r.i64()?,
+        id: r.u64()?,
+        context: get_context(&mut r)?,
+        tombstones: u32::try_from(r.u64()?).unwrap_or(u32::MAX),
+        history_entries: r.u64()?,
+        subscriptions: u32::try_from(r.u64()?).unwrap_or(u32::MAX),
+    })
+}
+
 /// Encodes a usage opt-out (the user id lives in the key).
 pub(crate) fn encode_usage_opt_out(u: &UsageOptOut) -> Vec<u8> {
     let mut w = Writer::new();
@@ -1059,6 +1128,11 @@ pub(crate) fn encode_changes(changes: &[FeedChange]) -> Vec<u8> {
                 put_address(&mut w, address);
                 w.u8(*opted_out);
             }
+            FeedChange::ProfileErased { tenant, profile_id } => {
+                w.u8(9);
+                w.str(tenant.as_str());
+                w.str(profile_id.as_str());
+            }
         }
     }
     w.0
@@ -1131,6 +1205,10 @@ pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<FeedChange>, CodecError
                 opted_out: r.u8()?,
             },
             8 => FeedChange::Reset,
+            9 => FeedChange::ProfileErased {
+                tenant: get_tenant(&mut r)?,
+                profile_id: ProfileId::from_trusted(r.string()?),
+            },
             tag => {
                 return Err(CodecError::BadTag {
                     what: "feed change",
@@ -1283,9 +1361,13 @@ mod tests {
                 opted_out: false,
             },
             FeedChange::AddressConsent {
-                tenant,
+                tenant: tenant.clone(),
                 address: phone,
                 opted_out: 0b10,
+            },
+            FeedChange::ProfileErased {
+                tenant,
+                profile_id: ProfileId::parse("gone").expect("valid"),
             },
         ];
         let bytes = encode_changes(&changes);
@@ -1294,6 +1376,37 @@ mod tests {
         for end in 0..bytes.len() {
             assert!(decode_changes(&bytes[..end]).is_err(), "cut at {end}");
         }
+    }
+
+    #[test]
+    fn erasure_records_round_trip() {
+        let stone = Tombstone {
+            all_channels: true,
+            channels: 0b1_0010,
+        };
+        assert_eq!(
+            decode_tombstone(&encode_tombstone(&stone)).ok(),
+            Some(stone)
+        );
+        let key = ErasureKey([7; ERASURE_KEY_BYTES]);
+        assert_eq!(
+            decode_erasure_key(&encode_erasure_key(&key)).ok(),
+            Some(key.clone())
+        );
+        let short = encode_erasure_key(&key);
+        assert!(decode_erasure_key(&short[..short.len() - 1]).is_err());
+        let erasure = Erasure {
+            erased_at: -5,
+            id: u64::MAX,
+            context: ctx(),
+            tombstones: 3,
+            history_entries: 12,
+            subscriptions: 2,
+        };
+        assert_eq!(
+            decode_erasure(&encode_erasure(&erasure)).ok(),
+            Some(erasure)
+        );
     }
 
     #[test]

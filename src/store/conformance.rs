@@ -22,10 +22,10 @@ use super::{
 };
 use crate::engine::{
     Address, AddressConsent, AddressEvent, AddressEventKind, AddressState, AddressStatus,
-    Change as History, ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, EventId,
-    EventKey, Profile, ProfileAddresses, ProfileId, Regime, Scope, Service, ServiceId, Source,
-    Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord, UsageOptOut,
-    UserId,
+    Change as History, ChangeContext, Channel, ConsentHistoryEntry, ConsentStatus, Erasure,
+    ErasureKey, EventId, EventKey, Profile, ProfileAddresses, ProfileId, Regime, Scope, Service,
+    ServiceId, Source, Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash,
+    TokenRecord, Tombstone, UsageOptOut, UserId,
 };
 
 pub(crate) fn tenant(name: &str) -> Tenant {
@@ -1155,6 +1155,243 @@ pub(crate) async fn address_opt_outs_are_stored_fed_and_loaded(store: &dyn Store
     }));
 }
 
+/// Erasing a profile deletes it with its history, subscriptions (and their
+/// subscriber entries), tokens and address links, and puts
+/// `ProfileErased` on the feed; tombstones, the erasure secret and erasure
+/// records are read back in a change, kept apart per tenant, and carried by
+/// dumps; address states stay.
+pub(crate) async fn erasure_removes_the_profile_and_keeps_tombstones(
+    store: &dyn Store,
+    empty: &dyn Store,
+) {
+    let t = tenant("t");
+    let seen: Arc<Mutex<Vec<Committed>>> = Arc::default();
+    let sink_seen = Arc::clone(&seen);
+    store
+        .follow(
+            store.position(),
+            Box::new(move |batch: &[Committed]| {
+                sink_seen.lock().expect("lock").extend_from_slice(batch);
+            }),
+        )
+        .expect("follow");
+    let mut p = profile("p1", &["a@x.io"]);
+    let kept = profile("p10", &["a@x.io"]);
+    let entry = p
+        .set_consent(Scope::AllChannels, ConsentStatus::OptedOut, &ctx(), 2)
+        .expect("an entry");
+    let mut tx = store
+        .begin(vec![
+            Lock::Profile(t.clone(), p.id.clone()),
+            Lock::Profile(t.clone(), kept.id.clone()),
+            Lock::Address(t.clone(), email("a@x.io")),
+        ])
+        .await
+        .expect("begin");
+    tx.append_history(&t, &p.id, &entry);
+    tx.put_profile(&t, &p);
+    tx.put_profile(&t, &kept);
+    tx.put_subscription(&t, &p.id, &subscription("news", SubscriptionStatus::Active));
+    tx.put_subscription(
+        &t,
+        &kept.id,
+        &subscription("news", SubscriptionStatus::Active),
+    );
+    tx.put_token(&t, &TokenHash([1; 32]), &token("p1", 100));
+    tx.put_token(&t, &TokenHash([2; 32]), &token("p10", 100));
+    tx.put_address_state(&t, &email("a@x.io"), &state(AddressStatus::Quarantined));
+    tx.commit().await.expect("commit");
+
+    let key = ErasureKey([5; 32]);
+    let hash = key.hash(&email("a@x.io"));
+    let stone = Tombstone {
+        all_channels: true,
+        channels: 0,
+    };
+    let erasure = Erasure {
+        erased_at: 9,
+        id: 77,
+        context: ctx(),
+        tombstones: 1,
+        history_entries: 1,
+        subscriptions: 1,
+    };
+    let mut tx = store
+        .begin(vec![
+            Lock::Profile(t.clone(), p.id.clone()),
+            Lock::ErasureKey(t.clone()),
+        ])
+        .await
+        .expect("begin");
+    assert_eq!(tx.erasure_key(&t).await.expect("read"), None);
+    assert_eq!(tx.tombstone(&t, &hash).await.expect("read"), None);
+    tx.put_erasure_key(&t, &key);
+    tx.put_tombstone(&t, &hash, &stone);
+    assert_eq!(
+        tx.erasure_key(&t).await.expect("read"),
+        Some(key.clone()),
+        "a change reads its own write"
+    );
+    assert_eq!(tx.tombstone(&t, &hash).await.expect("read"), Some(stone));
+    let mut stored = tx.profile(&t, &p.id).await.expect("read").expect("there");
+    // What this change staged of the profile goes too.
+    let late = stored
+        .set_consent(
+            Scope::Channel(Channel::Sms),
+            ConsentStatus::OptedOut,
+            &ctx(),
+            3,
+        )
+        .expect("an entry");
+    tx.append_history(&t, &p.id, &late);
+    tx.put_profile(&t, &stored);
+    tx.put_subscription(
+        &t,
+        &p.id,
+        &subscription("digest", SubscriptionStatus::Active),
+    );
+    tx.erase_profile(&t, &stored).await.expect("erase");
+    assert_eq!(
+        tx.profile(&t, &p.id).await.expect("read"),
+        None,
+        "a change reads its own erasure"
+    );
+    tx.put_erasure(&t, &erasure);
+    tx.commit().await.expect("commit");
+    store.sync().await.expect("sync");
+
+    assert_eq!(store.profile(&t, &p.id).await.expect("read"), None);
+    assert!(
+        store
+            .consent_history(&t, &p.id, None, 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert!(
+        store
+            .subscriptions(&t, &p.id)
+            .await
+            .expect("subscriptions")
+            .is_empty()
+    );
+    assert!(
+        store
+            .subscribers(&t, &ServiceId::parse("digest").expect("valid"), None, 10)
+            .await
+            .expect("subscribers")
+            .items
+            .is_empty(),
+        "a subscription staged by the erasing change goes too"
+    );
+    assert_eq!(
+        store
+            .subscribers(&t, &ServiceId::parse("news").expect("valid"), None, 10)
+            .await
+            .expect("subscribers")
+            .items,
+        vec![(kept.id.clone(), SubscriptionStatus::Active)],
+        "only the other profile is a subscriber"
+    );
+    assert_eq!(
+        store
+            .address_users(&t, &email("a@x.io"), 10)
+            .await
+            .expect("users"),
+        (vec![kept.id.clone()], false)
+    );
+    assert_eq!(
+        store
+            .address_state(&t, &email("a@x.io"))
+            .await
+            .expect("state")
+            .map(|s| s.status),
+        Some(AddressStatus::Quarantined),
+        "the address's state stays"
+    );
+    assert_eq!(
+        store.profile(&t, &kept.id).await.expect("read"),
+        Some(kept.clone()),
+        "another profile with the same address stays"
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.last()
+            .is_some_and(|c| c.changes.contains(&Change::ProfileErased {
+                tenant: t.clone(),
+                profile_id: p.id.clone(),
+            })),
+        "the erasure is on the feed"
+    );
+
+    // Read back in a later change; another tenant has none.
+    let mut tx = store
+        .begin(vec![Lock::ErasureKey(t.clone())])
+        .await
+        .expect("begin");
+    assert_eq!(tx.erasure_key(&t).await.expect("read"), Some(key.clone()));
+    assert_eq!(tx.tombstone(&t, &hash).await.expect("read"), Some(stone));
+    assert_eq!(
+        tx.tombstone(&t, &key.hash(&email("b@x.io")))
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(tx.erasure_key(&tenant("u")).await.expect("read"), None);
+    assert_eq!(tx.tombstone(&tenant("u"), &hash).await.expect("read"), None);
+    drop(tx);
+
+    // The dump holds the tombstone, the secret and the record, and nothing
+    // of the erased profile; a restore carries them.
+    let items: Vec<DumpItem> = store.dump(None).map(|i| i.expect("item")).collect();
+    for item in &items {
+        let erased = match item {
+            DumpItem::Profile { profile, .. } => profile.id == p.id,
+            DumpItem::ConsentEntry { profile_id, .. }
+            | DumpItem::Subscription { profile_id, .. } => profile_id == &p.id,
+            DumpItem::ConfirmationToken { record, .. } => record.profile_id == p.id,
+            _ => false,
+        };
+        assert!(!erased, "nothing of the erased profile is dumped: {item:?}");
+    }
+    for wanted in [
+        DumpItem::ErasureKey {
+            tenant: t.clone(),
+            key: key.clone(),
+        },
+        DumpItem::Tombstone {
+            tenant: t.clone(),
+            hash,
+            tombstone: stone,
+        },
+        DumpItem::Erasure {
+            tenant: t.clone(),
+            erasure: erasure.clone(),
+        },
+    ] {
+        assert!(items.contains(&wanted), "{wanted:?} is dumped");
+    }
+    assert!(
+        items
+            .iter()
+            .any(|i| matches!(i, DumpItem::ConfirmationToken { hash, .. } if hash.0 == [2; 32])),
+        "the other profile's token stays"
+    );
+    empty.restore(&items).await.expect("restore");
+    empty.sync().await.expect("sync");
+    let restored: Vec<DumpItem> = empty.dump(None).map(|i| i.expect("item")).collect();
+    assert_eq!(restored.len(), items.len(), "the same number of records");
+    for item in &items {
+        assert!(restored.contains(item), "{item:?} is restored");
+    }
+    let mut tx = empty
+        .begin(vec![Lock::ErasureKey(t.clone())])
+        .await
+        .expect("begin");
+    assert_eq!(tx.erasure_key(&t).await.expect("read"), Some(key));
+    assert_eq!(tx.tombstone(&t, &hash).await.expect("read"), Some(stone));
+}
+
 /// One `#[tokio::test]` per check, over stores made by `$make` (an
 /// expression giving `(Arc<dyn Store>, guard)`; the guard lives as long as
 /// the test, e.g. a temporary directory).
@@ -1247,6 +1484,17 @@ macro_rules! conformance_suite {
             async fn a_snapshot_is_the_state_when_it_was_taken() {
                 let (store, _guard) = $make;
                 suite::a_snapshot_is_the_state_when_it_was_taken(store.as_ref()).await;
+            }
+
+            #[tokio::test]
+            async fn erasure_removes_the_profile_and_keeps_tombstones() {
+                let (store, _guard) = $make;
+                let (empty, _empty_guard) = $make;
+                suite::erasure_removes_the_profile_and_keeps_tombstones(
+                    store.as_ref(),
+                    empty.as_ref(),
+                )
+                .await;
             }
 
             #[tokio::test]

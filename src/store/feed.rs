@@ -90,6 +90,13 @@ pub enum Change {
         /// The channels it is opted out of ([`AddressConsent::mask`](crate::engine::AddressConsent::mask)).
         opted_out: u8,
     },
+    /// A profile was erased, with its subscriptions (`EraseProfile`).
+    ProfileErased {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The profile that no longer exists.
+        profile_id: ProfileId,
+    },
 }
 
 impl Change {
@@ -102,7 +109,8 @@ impl Change {
             | Change::TenantSettings { tenant, .. }
             | Change::Service { tenant, .. }
             | Change::UsageOptOut { tenant, .. }
-            | Change::AddressConsent { tenant, .. } => Some(tenant),
+            | Change::AddressConsent { tenant, .. }
+            | Change::ProfileErased { tenant, .. } => Some(tenant),
             Change::Reset => None,
         }
     }

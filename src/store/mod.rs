@@ -37,9 +37,10 @@ use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use crate::engine::{
-    Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
-    EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
-    Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressHash, AddressState, AddressStatus,
+    ConsentHistoryEntry, Erasure, ErasureKey, EventId, EventKey, Profile, ProfileId, Service,
+    ServiceId, Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord,
+    Tombstone, UnixMillis, UsageOptOut, UserId,
 };
 
 pub use feed::{Change, Committed, FeedSink, Position};
@@ -137,6 +138,8 @@ pub enum Lock {
     TenantSettings(Tenant),
     /// A product user's usage opt-out.
     UsageUser(Tenant, UserId),
+    /// A tenant's erasure secret (its first erasure makes it).
+    ErasureKey(Tenant),
 }
 
 /// Scan direction of an address's log.
@@ -289,6 +292,30 @@ pub enum DumpItem {
         /// Its opt-outs.
         consent: AddressConsent,
     },
+    /// A tenant's erasure secret (the key of its tombstones' hashes).
+    ErasureKey {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The secret.
+        key: ErasureKey,
+    },
+    /// What an erased person had opted out of, under the keyed hash of one
+    /// of their addresses.
+    Tombstone {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The keyed hash of the address.
+        hash: AddressHash,
+        /// The scope opted out of.
+        tombstone: Tombstone,
+    },
+    /// The record of one erasure (no personal data).
+    Erasure {
+        /// Its tenant.
+        tenant: Tenant,
+        /// The record.
+        erasure: Erasure,
+    },
 }
 
 impl DumpItem {
@@ -344,7 +371,10 @@ impl DumpItem {
             DumpItem::ConsentEntry { .. }
             | DumpItem::AddressEvent { .. }
             | DumpItem::FeedbackEventId { .. }
-            | DumpItem::ConfirmationToken { .. } => return None,
+            | DumpItem::ConfirmationToken { .. }
+            | DumpItem::ErasureKey { .. }
+            | DumpItem::Tombstone { .. }
+            | DumpItem::Erasure { .. } => return None,
         })
     }
 }
@@ -670,6 +700,11 @@ pub trait Txn: Send {
         tenant: &Tenant,
         user: &UserId,
     ) -> Result<Option<UsageOptOut>>;
+    /// A tenant's erasure secret.
+    async fn erasure_key(&mut self, tenant: &Tenant) -> Result<Option<ErasureKey>>;
+    /// The tombstone kept under an address's keyed hash.
+    async fn tombstone(&mut self, tenant: &Tenant, hash: &AddressHash)
+    -> Result<Option<Tombstone>>;
 
     /// Writes a profile (the address → profile index follows its addresses).
     fn put_profile(&mut self, tenant: &Tenant, profile: &Profile);
@@ -706,6 +741,20 @@ pub trait Txn: Send {
     fn delete_usage_opt_out(&mut self, tenant: &Tenant, user: &UserId);
     /// Writes an address's opt-outs.
     fn put_address_consent(&mut self, tenant: &Tenant, address: &Address, consent: &AddressConsent);
+    /// Writes a tenant's erasure secret (once: it is never replaced).
+    fn put_erasure_key(&mut self, tenant: &Tenant, key: &ErasureKey);
+    /// Writes the tombstone of an address's keyed hash, replacing one.
+    fn put_tombstone(&mut self, tenant: &Tenant, hash: &AddressHash, tombstone: &Tombstone);
+    /// Records an erasure.
+    fn put_erasure(&mut self, tenant: &Tenant, erasure: &Erasure);
+    /// Deletes `profile` (as read by this change) and everything of it: its
+    /// record, consent history, subscriptions (with their subscriber index
+    /// entries), its confirmation tokens and its address → profile index
+    /// entries; puts [`Change::ProfileErased`] on the feed. Address states,
+    /// logs and opt-outs are the addresses', not the profile's: they stay.
+    /// Staged like any write; reads of this change no longer see the
+    /// profile.
+    async fn erase_profile(&mut self, tenant: &Tenant, profile: &Profile) -> Result<()>;
 
     /// Applies every staged write as one unit and puts the change on the
     /// feed. Visible to reads at once; durable after [`Store::sync`]. A

@@ -249,6 +249,16 @@ const RPC_TABLE: &[(&str, Shape, &[&str])] = &[
         &["operator"],
     ),
     (
+        "/consent.v1.ProfileService/EraseProfile",
+        Unary,
+        &["operator"],
+    ),
+    (
+        "/consent.v1.ProfileService/ExportProfileData",
+        Unary,
+        &["operator"],
+    ),
+    (
         "/consent.v1.ConsentService/OptOut",
         Unary,
         &["operator", "landing_page"],

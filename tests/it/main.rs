@@ -19,6 +19,7 @@ mod crash_cycle;
 mod data_tools;
 mod docs;
 mod durability;
+mod erasure;
 mod failover;
 mod faults;
 mod fsync_trace;

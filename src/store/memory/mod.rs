@@ -24,9 +24,10 @@ use super::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{
-    Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
-    EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
-    Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressHash, AddressState, AddressStatus,
+    ConsentHistoryEntry, Erasure, ErasureKey, EventId, EventKey, Profile, ProfileId, Service,
+    ServiceId, Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord,
+    Tombstone, UnixMillis, UsageOptOut, UserId,
 };
 
 /// Everything, in typed maps.
@@ -43,6 +44,9 @@ struct State {
     tokens: BTreeMap<(Tenant, TokenHash), TokenRecord>,
     usage: BTreeMap<(Tenant, UserId), UsageOptOut>,
     address_consent: BTreeMap<(Tenant, Address), AddressConsent>,
+    erasure_keys: BTreeMap<Tenant, ErasureKey>,
+    tombstones: BTreeMap<(Tenant, AddressHash), Tombstone>,
+    erasures: BTreeMap<(Tenant, UnixMillis, u64), Erasure>,
 }
 
 /// The in-memory store.
@@ -130,6 +134,10 @@ enum Op {
     Service(Tenant, Service),
     Usage(Tenant, UserId, Option<UsageOptOut>),
     AddressConsent(Tenant, Address, AddressConsent),
+    ErasureKey(Tenant, ErasureKey),
+    Tombstone(Tenant, AddressHash, Tombstone),
+    Erasure(Tenant, Erasure),
+    EraseProfile(Tenant, ProfileId),
 }
 
 fn page<T, K: Ord + Clone>(
@@ -288,6 +296,31 @@ fn all_items(state: &State, tenant: Option<&Tenant>) -> Vec<DumpItem> {
             });
         }
     }
+    for (t, key) in &state.erasure_keys {
+        if mine(t) {
+            items.push(DumpItem::ErasureKey {
+                tenant: t.clone(),
+                key: key.clone(),
+            });
+        }
+    }
+    for ((t, hash), tombstone) in &state.tombstones {
+        if mine(t) {
+            items.push(DumpItem::Tombstone {
+                tenant: t.clone(),
+                hash: *hash,
+                tombstone: *tombstone,
+            });
+        }
+    }
+    for ((t, _, _), erasure) in &state.erasures {
+        if mine(t) {
+            items.push(DumpItem::Erasure {
+                tenant: t.clone(),
+                erasure: erasure.clone(),
+            });
+        }
+    }
     items
 }
 
@@ -384,6 +417,21 @@ fn restore_into(state: &mut State, item: &DumpItem) {
             consent,
         } => {
             state.address_consent.insert((tenant, address), consent);
+        }
+        DumpItem::ErasureKey { tenant, key } => {
+            state.erasure_keys.insert(tenant, key);
+        }
+        DumpItem::Tombstone {
+            tenant,
+            hash,
+            tombstone,
+        } => {
+            state.tombstones.insert((tenant, hash), tombstone);
+        }
+        DumpItem::Erasure { tenant, erasure } => {
+            state
+                .erasures
+                .insert((tenant, erasure.erased_at, erasure.id), erasure);
         }
     }
 }
@@ -810,6 +858,7 @@ impl Txn for MemoryTxn<'_> {
     async fn profile(&mut self, tenant: &Tenant, id: &ProfileId) -> Result<Option<Profile>> {
         if let Some(staged) = self.staged(|op| match op {
             Op::Profile(t, p) if t == tenant && &p.id == id => Some(Some(p.clone())),
+            Op::EraseProfile(t, p) if t == tenant && p == id => Some(None),
             _ => None,
         }) {
             return Ok(staged);
@@ -993,6 +1042,54 @@ impl Txn for MemoryTxn<'_> {
             return Ok(staged);
         }
         self.store.usage_opt_out(tenant, user).await
+    }
+
+    async fn erasure_key(&mut self, tenant: &Tenant) -> Result<Option<ErasureKey>> {
+        if let Some(staged) = self.staged(|op| match op {
+            Op::ErasureKey(t, k) if t == tenant => Some(Some(k.clone())),
+            _ => None,
+        }) {
+            return Ok(staged);
+        }
+        Ok(self.store.state().erasure_keys.get(tenant).cloned())
+    }
+
+    async fn tombstone(
+        &mut self,
+        tenant: &Tenant,
+        hash: &AddressHash,
+    ) -> Result<Option<Tombstone>> {
+        if let Some(staged) = self.staged(|op| match op {
+            Op::Tombstone(t, h, stone) if t == tenant && h == hash => Some(Some(*stone)),
+            _ => None,
+        }) {
+            return Ok(staged);
+        }
+        Ok(self
+            .store
+            .state()
+            .tombstones
+            .get(&(tenant.clone(), *hash))
+            .copied())
+    }
+
+    fn put_erasure_key(&mut self, tenant: &Tenant, key: &ErasureKey) {
+        self.ops.push(Op::ErasureKey(tenant.clone(), key.clone()));
+    }
+
+    fn put_tombstone(&mut self, tenant: &Tenant, hash: &AddressHash, tombstone: &Tombstone) {
+        self.ops
+            .push(Op::Tombstone(tenant.clone(), *hash, *tombstone));
+    }
+
+    fn put_erasure(&mut self, tenant: &Tenant, erasure: &Erasure) {
+        self.ops.push(Op::Erasure(tenant.clone(), erasure.clone()));
+    }
+
+    async fn erase_profile(&mut self, tenant: &Tenant, profile: &Profile) -> Result<()> {
+        self.ops
+            .push(Op::EraseProfile(tenant.clone(), profile.id.clone()));
+        Ok(())
     }
 
     fn put_profile(&mut self, tenant: &Tenant, profile: &Profile) {
@@ -1193,6 +1290,31 @@ impl Txn for MemoryTxn<'_> {
                         opted_out: c.mask(),
                     });
                     state.address_consent.insert((t, a), c);
+                }
+                Op::ErasureKey(t, k) => {
+                    state.erasure_keys.insert(t, k);
+                }
+                Op::Tombstone(t, h, stone) => {
+                    state.tombstones.insert((t, h), stone);
+                }
+                Op::Erasure(t, e) => {
+                    state.erasures.insert((t, e.erased_at, e.id), e);
+                }
+                Op::EraseProfile(t, id) => {
+                    state.profiles.remove(&(t.clone(), id.clone()));
+                    state
+                        .history
+                        .retain(|(ht, hid, _), _| !(ht == &t && hid == &id));
+                    state
+                        .subscriptions
+                        .retain(|(st, sid, _), _| !(st == &t && sid == &id));
+                    state
+                        .tokens
+                        .retain(|(kt, _), record| !(kt == &t && record.profile_id == id));
+                    changes.push(Change::ProfileErased {
+                        tenant: t,
+                        profile_id: id,
+                    });
                 }
             }
         }

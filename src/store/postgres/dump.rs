@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::{Client, Row, types::ToSql};
 
 use super::{Connector, db_error, sql};
-use crate::engine::{EventId, ProfileId, SubscriptionStatus, Tenant};
+use crate::engine::{AddressHash, EventId, ProfileId, SubscriptionStatus, Tenant};
 use crate::store::{DumpItem, Loaded, Result, Snapshot, StoreError, codec};
 
 /// Rows a dump reads ahead of its reader.
@@ -180,6 +180,9 @@ const DUMP_QUERIES: &[&str] = &[
     "SELECT tenant, hash, value FROM consentd_tokens WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, hash",
     "SELECT tenant, user_id, value FROM consentd_usage_opt_outs WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, user_id",
     "SELECT tenant, kind, address, value FROM consentd_address_consent WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, kind, address",
+    "SELECT tenant, value FROM consentd_erasure_keys WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant",
+    "SELECT tenant, hash, value FROM consentd_tombstones WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, hash",
+    "SELECT tenant, value FROM consentd_erasures WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, erased_at, id",
 ];
 
 /// One row of `DUMP_QUERIES[table]` as a dump item.
@@ -241,11 +244,30 @@ fn item(table: usize, row: &Row) -> Result<DumpItem> {
             tenant,
             opt_out: sql::usage(row, 1)?,
         },
-        _ => DumpItem::AddressConsent {
+        10 => DumpItem::AddressConsent {
             tenant,
             address: sql::address(row, 1, 2)?,
             consent: sql::decode("address consent", &sql::bytes(row, 3)?, |v| {
                 codec::decode_address_consent(v)
+            })?,
+        },
+        11 => DumpItem::ErasureKey {
+            tenant,
+            key: sql::decode("erasure key", &sql::bytes(row, 1)?, |v| {
+                codec::decode_erasure_key(v)
+            })?,
+        },
+        12 => DumpItem::Tombstone {
+            tenant,
+            hash: AddressHash(sql::hash32(row, 1)?),
+            tombstone: sql::decode("tombstone", &sql::bytes(row, 2)?, |v| {
+                codec::decode_tombstone(v)
+            })?,
+        },
+        _ => DumpItem::Erasure {
+            tenant,
+            erasure: sql::decode("erasure", &sql::bytes(row, 1)?, |v| {
+                codec::decode_erasure(v)
             })?,
         },
     })

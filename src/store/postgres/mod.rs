@@ -19,7 +19,7 @@
 //!   `load_decision_state`, dumps and snapshots read one REPEATABLE READ
 //!   snapshot.
 //!
-//! The schema (`schema_v1.sql`) is applied at start-up (`schema.rs`).
+//! The schema (`schema_v*.sql`) is applied at start-up (`schema.rs`).
 
 mod dump;
 mod feed;
@@ -50,9 +50,10 @@ use super::{
     locks::{Held, LockTable},
 };
 use crate::engine::{
-    Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
-    EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
-    Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressHash, AddressState, AddressStatus,
+    ConsentHistoryEntry, Erasure, ErasureKey, EventId, EventKey, Profile, ProfileId, Service,
+    ServiceId, Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord,
+    Tombstone, UnixMillis, UsageOptOut, UserId,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -180,6 +181,7 @@ fn advisory_key(lock: &Lock) -> i64 {
         Lock::Services(t) => part(5, &[t.as_str()]),
         Lock::TenantSettings(t) => part(6, &[t.as_str()]),
         Lock::UsageUser(t, id) => part(7, &[t.as_str(), id.as_str()]),
+        Lock::ErasureKey(t) => part(8, &[t.as_str()]),
     }
     let digest = hash.finalize();
     let mut first = [0u8; 8];
@@ -978,6 +980,8 @@ enum Staged {
     Settings(Tenant),
     Service(Tenant, ServiceId),
     Usage(Tenant, UserId),
+    ErasureKey(Tenant),
+    Tombstone(Tenant, AddressHash),
 }
 
 /// A staged value: the record as written (`None`: deleted).
@@ -992,6 +996,8 @@ enum Value {
     Settings(TenantSettings),
     Service(Service),
     Usage(UsageOptOut),
+    ErasureKey(ErasureKey),
+    Tombstone(Tombstone),
 }
 
 /// A change to the PostgreSQL store: one transaction, its staged writes and
@@ -1239,6 +1245,96 @@ impl Txn for PgTxn<'_> {
             });
         }
         read::usage_opt_out(self.client()?, tenant, user).await
+    }
+
+    async fn erasure_key(&mut self, tenant: &Tenant) -> Result<Option<ErasureKey>> {
+        if let Some(staged) = self.staged.get(&Staged::ErasureKey(tenant.clone())) {
+            return Ok(match staged {
+                Some(Value::ErasureKey(k)) => Some(k.clone()),
+                _ => None,
+            });
+        }
+        self.query_opt(
+            "SELECT value FROM consentd_erasure_keys WHERE tenant = $1",
+            &[&tenant.as_str()],
+        )
+        .await?
+        .map(|row| {
+            sql::decode("erasure key", &sql::bytes(&row, 0)?, |v| {
+                codec::decode_erasure_key(v)
+            })
+        })
+        .transpose()
+    }
+
+    async fn tombstone(
+        &mut self,
+        tenant: &Tenant,
+        hash: &AddressHash,
+    ) -> Result<Option<Tombstone>> {
+        if let Some(staged) = self.staged.get(&Staged::Tombstone(tenant.clone(), *hash)) {
+            return Ok(match staged {
+                Some(Value::Tombstone(t)) => Some(*t),
+                _ => None,
+            });
+        }
+        self.query_opt(
+            "SELECT value FROM consentd_tombstones WHERE tenant = $1 AND hash = $2",
+            &[&tenant.as_str(), &hash.0.as_slice()],
+        )
+        .await?
+        .map(|row| sql::decode("tombstone", &sql::bytes(&row, 0)?, codec::decode_tombstone))
+        .transpose()
+    }
+
+    fn put_erasure_key(&mut self, tenant: &Tenant, key: &ErasureKey) {
+        self.stage(
+            Staged::ErasureKey(tenant.clone()),
+            Some(Value::ErasureKey(key.clone())),
+            sql::put_erasure_key(tenant, key),
+        );
+    }
+
+    fn put_tombstone(&mut self, tenant: &Tenant, hash: &AddressHash, tombstone: &Tombstone) {
+        self.stage(
+            Staged::Tombstone(tenant.clone(), *hash),
+            Some(Value::Tombstone(*tombstone)),
+            sql::put_tombstone(tenant, hash, tombstone),
+        );
+    }
+
+    fn put_erasure(&mut self, tenant: &Tenant, erasure: &Erasure) {
+        self.ops.push(sql::put_erasure(tenant, erasure));
+    }
+
+    async fn erase_profile(&mut self, tenant: &Tenant, profile: &Profile) -> Result<()> {
+        // Tokens are found by their hash alone: the tenant's few live ones
+        // are read (retention deletes them once expired).
+        let client = self.client()?;
+        let statement = client
+            .prepare_cached("SELECT hash, value FROM consentd_tokens WHERE tenant = $1")
+            .await
+            .map_err(db_error)?;
+        let rows = client
+            .query(&statement, &[&tenant.as_str()])
+            .await
+            .map_err(db_error)?;
+        let mut tokens = Vec::new();
+        for row in &rows {
+            if sql::token(&sql::bytes(row, 1)?)?.profile_id == profile.id {
+                tokens.push(sql::bytes(row, 0)?);
+            }
+        }
+        self.stage(
+            Staged::Profile(tenant.clone(), profile.id.clone()),
+            None,
+            sql::erase_profile(tenant, &profile.id, tokens),
+        );
+        self.changes.push(Change::ProfileErased {
+            tenant: tenant.clone(),
+            profile_id: profile.id.clone(),
+        });
+        Ok(())
     }
 
     fn put_profile(&mut self, tenant: &Tenant, profile: &Profile) {

@@ -5,9 +5,10 @@
 use tokio_postgres::{Row, types::ToSql};
 
 use crate::engine::{
-    Address, AddressConsent, AddressEvent, AddressKind, AddressState, AddressStatus,
-    ConsentHistoryEntry, EventId, Profile, ProfileId, Service, ServiceId, Subscription, Tenant,
-    TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressHash, AddressKind, AddressState, AddressStatus,
+    ConsentHistoryEntry, Erasure, ErasureKey, EventId, Profile, ProfileId, Service, ServiceId,
+    Subscription, Tenant, TenantSettings, TokenHash, TokenRecord, Tombstone, UnixMillis,
+    UsageOptOut, UserId,
 };
 use crate::store::{Change, DumpItem, Result, StoreError, codec};
 
@@ -280,6 +281,60 @@ pub(super) fn put_address_consent(
     )
 }
 
+/// Writes a tenant's erasure secret.
+pub(super) fn put_erasure_key(tenant: &Tenant, key: &ErasureKey) -> Op {
+    Op::new(
+        "INSERT INTO consentd_erasure_keys (tenant, value) VALUES ($1, $2)
+         ON CONFLICT (tenant) DO UPDATE SET value = EXCLUDED.value",
+        vec![t(tenant), Box::new(codec::encode_erasure_key(key))],
+    )
+}
+
+/// Writes a tombstone.
+pub(super) fn put_tombstone(tenant: &Tenant, hash: &AddressHash, tombstone: &Tombstone) -> Op {
+    Op::new(
+        "INSERT INTO consentd_tombstones (tenant, hash, value) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant, hash) DO UPDATE SET value = EXCLUDED.value",
+        vec![
+            t(tenant),
+            Box::new(hash.0.to_vec()),
+            Box::new(codec::encode_tombstone(tombstone)),
+        ],
+    )
+}
+
+/// Writes an erasure record.
+pub(super) fn put_erasure(tenant: &Tenant, erasure: &Erasure) -> Op {
+    Op::new(
+        "INSERT INTO consentd_erasures (tenant, erased_at, id, value) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant, erased_at, id) DO UPDATE SET value = EXCLUDED.value",
+        vec![
+            t(tenant),
+            Box::new(erasure.erased_at),
+            Box::new(i64::from_be_bytes(erasure.id.to_be_bytes())),
+            Box::new(codec::encode_erasure(erasure)),
+        ],
+    )
+}
+
+/// Deletes a profile and everything of it (history, subscriptions, address
+/// → profile index entries, the tokens named in `tokens`).
+pub(super) fn erase_profile(tenant: &Tenant, id: &ProfileId, tokens: Vec<Vec<u8>>) -> Op {
+    Op::new(
+        "WITH h AS (
+             DELETE FROM consentd_history WHERE tenant = $1 AND profile_id = $2
+         ), s AS (
+             DELETE FROM consentd_subscriptions WHERE tenant = $1 AND profile_id = $2
+         ), u AS (
+             DELETE FROM consentd_address_users WHERE tenant = $1 AND profile_id = $2
+         ), k AS (
+             DELETE FROM consentd_tokens WHERE tenant = $1 AND hash = ANY($3::bytea[])
+         )
+         DELETE FROM consentd_profiles WHERE tenant = $1 AND profile_id = $2",
+        vec![t(tenant), b(id.as_str()), Box::new(tokens)],
+    )
+}
+
 /// Appends a committed transaction's feed entry (none without changes).
 pub(super) fn put_changes(changes: &[Change]) -> Option<Op> {
     if changes.is_empty() {
@@ -341,6 +396,13 @@ pub(super) fn restore(item: &DumpItem) -> Op {
             address,
             consent,
         } => put_address_consent(tenant, address, consent),
+        DumpItem::ErasureKey { tenant, key } => put_erasure_key(tenant, key),
+        DumpItem::Tombstone {
+            tenant,
+            hash,
+            tombstone,
+        } => put_tombstone(tenant, hash, tombstone),
+        DumpItem::Erasure { tenant, erasure } => put_erasure(tenant, erasure),
     }
 }
 
@@ -434,4 +496,10 @@ pub(super) fn token_hash(row: &Row, i: usize) -> Result<TokenHash> {
     <[u8; 32]>::try_from(bytes.as_slice())
         .map(TokenHash)
         .map_err(|_| corrupt("token", "a token hash is not 32 bytes"))
+}
+
+/// A 32-byte hash column (a tombstone's).
+pub(super) fn hash32(row: &Row, i: usize) -> Result<[u8; 32]> {
+    let bytes = bytes(row, i)?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| corrupt("hash", "a hash is not 32 bytes"))
 }

@@ -23,7 +23,9 @@ use super::{
 };
 use crate::engine::Tenant;
 use crate::{
-    engine::{AddressStatus, EventId, ProfileId, ServiceId, TokenHash, UnixMillis, UserId},
+    engine::{
+        AddressHash, AddressStatus, EventId, ProfileId, ServiceId, TokenHash, UnixMillis, UserId,
+    },
     store::{DumpItem, Expired, Loaded, Lock},
 };
 
@@ -146,6 +148,19 @@ pub(crate) fn decode_item(key: &[u8], value: &[u8]) -> Result<Option<DumpItem>> 
                 value,
             )
             .map_err(corrupt(key))?,
+        },
+        KeyParts::ErasureKey { tenant } => DumpItem::ErasureKey {
+            tenant: tenant_of(key, tenant)?,
+            key: codec::decode_erasure_key(value).map_err(corrupt(key))?,
+        },
+        KeyParts::Tombstone { tenant, hash } => DumpItem::Tombstone {
+            tenant: tenant_of(key, tenant)?,
+            hash: AddressHash(*hash),
+            tombstone: codec::decode_tombstone(value).map_err(corrupt(key))?,
+        },
+        KeyParts::Erasure { tenant } => DumpItem::Erasure {
+            tenant: tenant_of(key, tenant)?,
+            erasure: codec::decode_erasure(value).map_err(corrupt(key))?,
         },
     };
     Ok(Some(item))
@@ -451,6 +466,21 @@ fn restore_into(db: &sled::Db, item: &DumpItem, batch: &mut sled::Batch) -> Resu
             keys::address_consent(tenant, address),
             codec::encode_address_consent(consent),
         ),
+        DumpItem::ErasureKey { tenant, key } => {
+            batch.insert(keys::erasure_key(tenant), codec::encode_erasure_key(key));
+        }
+        DumpItem::Tombstone {
+            tenant,
+            hash,
+            tombstone,
+        } => batch.insert(
+            keys::tombstone(tenant, hash),
+            codec::encode_tombstone(tombstone),
+        ),
+        DumpItem::Erasure { tenant, erasure } => batch.insert(
+            keys::erasure(tenant, erasure.erased_at, erasure.id),
+            codec::encode_erasure(erasure),
+        ),
     }
     Ok(())
 }
@@ -484,5 +514,8 @@ pub(crate) fn owner_lock(item: &DumpItem) -> Lock {
         DumpItem::UsageOptOut { tenant, opt_out } => {
             Lock::UsageUser(tenant.clone(), opt_out.user_id.clone())
         }
+        DumpItem::ErasureKey { tenant, .. }
+        | DumpItem::Tombstone { tenant, .. }
+        | DumpItem::Erasure { tenant, .. } => Lock::ErasureKey(tenant.clone()),
     }
 }

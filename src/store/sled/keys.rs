@@ -20,6 +20,9 @@
 //! | `k`  | SHA-256 of a confirmation token (32 bytes) | token record         |
 //! | `x`  | user id                                  | usage opt-out record   |
 //! | `o`  | address kind, address                    | address opt-outs, per channel |
+//! | `r`  | (nothing)                                | the tenant's erasure secret |
+//! | `q`  | keyed hash of an address (32 bytes)      | tombstone: the scope an erased person had opted out of |
+//! | `y`  | erased-at time (sign-flipped BE), id (u64 BE) | erasure record (no personal data) |
 //!
 //! Outside the tenant layout, the watch log (see `store/watch.rs`):
 //!
@@ -40,7 +43,8 @@
 //! Invariant: only this module knows how keys are laid out.
 
 use crate::engine::{
-    Address, AddressStatus, EventKey, ProfileId, ServiceId, Tenant, TokenHash, UnixMillis, UserId,
+    Address, AddressHash, AddressStatus, EventKey, ProfileId, ServiceId, Tenant, TokenHash,
+    UnixMillis, UserId,
 };
 
 use super::codec::{address_kind_byte, address_status_byte};
@@ -97,6 +101,9 @@ const SUBSCRIBER: u8 = b'c';
 const TOKEN: u8 = b'k';
 const USAGE_OPT_OUT: u8 = b'x';
 const ADDRESS_CONSENT: u8 = b'o';
+const ERASURE_KEY: u8 = b'r';
+const TOMBSTONE: u8 = b'q';
+const ERASURE: u8 = b'y';
 
 fn prefix(record_type: u8, tenant: &Tenant, extra: usize) -> Vec<u8> {
     let t = tenant.as_str().as_bytes();
@@ -297,7 +304,7 @@ pub(crate) fn status_index_tail<'k>(tenant: &Tenant, key: &'k [u8]) -> Option<(u
 /// The record types a logical export holds, in export order (settings first,
 /// services before subscriptions). The `u`, `s` and `c` indexes are left
 /// out: they are derived from profiles, address states and subscriptions.
-pub(crate) const DUMPED_TYPES: [u8; 11] = [
+pub(crate) const DUMPED_TYPES: [u8; 14] = [
     TENANT_SETTINGS,
     PROFILE,
     CONSENT_LOG,
@@ -309,6 +316,9 @@ pub(crate) const DUMPED_TYPES: [u8; 11] = [
     TOKEN,
     USAGE_OPT_OUT,
     ADDRESS_CONSENT,
+    ERASURE_KEY,
+    TOMBSTONE,
+    ERASURE,
 ];
 
 /// The prefix of every record of one type: of one tenant, or of all tenants.
@@ -405,6 +415,23 @@ pub(crate) enum KeyParts<'k> {
         /// The user id's bytes.
         user_id: &'k [u8],
     },
+    /// `r`: a tenant's erasure secret.
+    ErasureKey {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+    },
+    /// `q`: a tombstone.
+    Tombstone {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+        /// The keyed hash of the address.
+        hash: &'k [u8; 32],
+    },
+    /// `y`: an erasure record.
+    Erasure {
+        /// The tenant's bytes.
+        tenant: &'k [u8],
+    },
 }
 
 fn take_len16(rest: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -478,6 +505,12 @@ pub(crate) fn parse(key: &[u8]) -> Option<KeyParts<'_>> {
             tenant,
             user_id: rest,
         }),
+        ERASURE_KEY => rest.is_empty().then_some(KeyParts::ErasureKey { tenant }),
+        TOMBSTONE => Some(KeyParts::Tombstone {
+            tenant,
+            hash: rest.try_into().ok()?,
+        }),
+        ERASURE => (rest.len() == 16).then_some(KeyParts::Erasure { tenant }),
         _ => None,
     }
 }
@@ -540,6 +573,31 @@ pub(crate) fn address_consent(tenant: &Tenant, address: &Address) -> Vec<u8> {
     key.push(address_kind_byte(address.kind()));
     key.extend_from_slice(address.as_str().as_bytes());
     key
+}
+
+/// The key of a tenant's erasure secret.
+pub(crate) fn erasure_key(tenant: &Tenant) -> Vec<u8> {
+    prefix(ERASURE_KEY, tenant, 0)
+}
+
+/// The key of a tombstone.
+pub(crate) fn tombstone(tenant: &Tenant, hash: &AddressHash) -> Vec<u8> {
+    let mut key = prefix(TOMBSTONE, tenant, hash.0.len());
+    key.extend_from_slice(&hash.0);
+    key
+}
+
+/// The key of an erasure record.
+pub(crate) fn erasure(tenant: &Tenant, erased_at: UnixMillis, id: u64) -> Vec<u8> {
+    let mut key = prefix(ERASURE, tenant, 16);
+    key.extend_from_slice(&time_bytes(erased_at));
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The prefix of a tenant's confirmation tokens.
+pub(crate) fn tokens_prefix(tenant: &Tenant) -> Vec<u8> {
+    prefix(TOKEN, tenant, 0)
 }
 
 /// The prefix of a tenant's usage opt-outs.
@@ -728,6 +786,21 @@ mod tests {
                 tenant: b"acme",
                 user_id: b"u1"
             })
+        );
+        assert_eq!(
+            parse(&erasure_key(&tenant)),
+            Some(KeyParts::ErasureKey { tenant: b"acme" })
+        );
+        assert_eq!(
+            parse(&tombstone(&tenant, &AddressHash([9; 32]))),
+            Some(KeyParts::Tombstone {
+                tenant: b"acme",
+                hash: &[9; 32]
+            })
+        );
+        assert_eq!(
+            parse(&erasure(&tenant, -3, 8)),
+            Some(KeyParts::Erasure { tenant: b"acme" })
         );
     }
 

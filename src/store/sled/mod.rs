@@ -47,9 +47,10 @@ use super::{
     locks::{Held, LockTable},
 };
 use crate::engine::{
-    Address, AddressConsent, AddressEvent, AddressState, AddressStatus, ConsentHistoryEntry,
-    EventId, EventKey, Profile, ProfileId, Service, ServiceId, Subscription, SubscriptionStatus,
-    Tenant, TenantSettings, TokenHash, TokenRecord, UnixMillis, UsageOptOut, UserId,
+    Address, AddressConsent, AddressEvent, AddressHash, AddressState, AddressStatus,
+    ConsentHistoryEntry, Erasure, ErasureKey, EventId, EventKey, Profile, ProfileId, Service,
+    ServiceId, Subscription, SubscriptionStatus, Tenant, TenantSettings, TokenHash, TokenRecord,
+    Tombstone, UnixMillis, UsageOptOut, UserId,
 };
 
 pub use codec::CodecError;
@@ -1104,6 +1105,105 @@ impl Txn for SledTxn<'_> {
         self.read(&key)?
             .map(|bytes| codec::decode_usage_opt_out(user.clone(), &bytes).map_err(corrupt(&key)))
             .transpose()
+    }
+
+    async fn erasure_key(&mut self, tenant: &Tenant) -> Result<Option<ErasureKey>> {
+        let key = keys::erasure_key(tenant);
+        self.read(&key)?
+            .map(|bytes| codec::decode_erasure_key(&bytes).map_err(corrupt(&key)))
+            .transpose()
+    }
+
+    async fn tombstone(
+        &mut self,
+        tenant: &Tenant,
+        hash: &AddressHash,
+    ) -> Result<Option<Tombstone>> {
+        let key = keys::tombstone(tenant, hash);
+        self.read(&key)?
+            .map(|bytes| codec::decode_tombstone(&bytes).map_err(corrupt(&key)))
+            .transpose()
+    }
+
+    fn put_erasure_key(&mut self, tenant: &Tenant, key: &ErasureKey) {
+        self.stage(
+            keys::erasure_key(tenant),
+            Some(codec::encode_erasure_key(key)),
+            OpKind::Other,
+        );
+    }
+
+    fn put_tombstone(&mut self, tenant: &Tenant, hash: &AddressHash, tombstone: &Tombstone) {
+        self.stage(
+            keys::tombstone(tenant, hash),
+            Some(codec::encode_tombstone(tombstone)),
+            OpKind::Other,
+        );
+    }
+
+    fn put_erasure(&mut self, tenant: &Tenant, erasure: &Erasure) {
+        self.stage(
+            keys::erasure(tenant, erasure.erased_at, erasure.id),
+            Some(codec::encode_erasure(erasure)),
+            OpKind::Other,
+        );
+    }
+
+    async fn erase_profile(&mut self, tenant: &Tenant, profile: &Profile) -> Result<()> {
+        let db = self.store.db();
+        let id = &profile.id;
+        let mut removed: Vec<Vec<u8>> = Vec::new();
+        let history = keys::consent_log_prefix(tenant, id);
+        let prefix = keys::subscriptions_prefix(tenant, id);
+        // What is stored, and what this change staged before.
+        let mut found: Vec<Vec<u8>> = self
+            .staged
+            .keys()
+            .filter(|k| k.starts_with(&history) || k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for key in db.scan_prefix(&history).keys() {
+            found.push(key?.to_vec());
+        }
+        for key in db.scan_prefix(&prefix).keys() {
+            found.push(key?.to_vec());
+        }
+        for key in found {
+            if key.starts_with(&prefix) {
+                let service = ServiceId::from_trusted(utf8_tail(&key, prefix.len())?);
+                removed.push(keys::subscriber(tenant, &service, id));
+            }
+            removed.push(key);
+        }
+        // Tokens are found by their hash alone: the tenant's few live ones
+        // are read (retention deletes them once expired).
+        for item in db.scan_prefix(keys::tokens_prefix(tenant)) {
+            let (key, value) = item?;
+            let record =
+                codec::decode_token(&value, migrate::LEGACY_TOKEN_EXPIRY).map_err(corrupt(&key))?;
+            if &record.profile_id == id {
+                removed.push(key.to_vec());
+            }
+        }
+        let stored = self.read_profile(tenant, id)?;
+        for address in stored
+            .iter()
+            .flat_map(|p| p.all_addresses())
+            .chain(profile.all_addresses())
+        {
+            removed.push(keys::address_user(tenant, address, id));
+        }
+        removed.push(keys::profile(tenant, id));
+        removed.sort();
+        removed.dedup();
+        for key in removed {
+            self.stage(key, None, OpKind::Other);
+        }
+        self.changes.push(Change::ProfileErased {
+            tenant: tenant.clone(),
+            profile_id: id.clone(),
+        });
+        Ok(())
     }
 
     fn put_profile(&mut self, tenant: &Tenant, profile: &Profile) {
