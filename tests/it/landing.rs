@@ -961,3 +961,34 @@ async fn the_binary_serves_links_made_with_a_generated_key_and_refuses_a_bad_key
         assert!(stderr.contains(expected), "{case}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_link_to_an_erased_profile_opens_the_neutral_page_and_one_click_recreates_nothing() {
+    let app = spawn_linked().await;
+    upsert(&app, "p1", &["p1@example.com"], &[]).await;
+    let link = link(&app, "p1").await;
+    let neutral = get(&app, &format!("/p/{TENANT}/not-a-token")).await.body;
+    app.profiles
+        .clone()
+        .erase_profile(consentd::pb::EraseProfileRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: "p1".to_owned(),
+            context: operator("dpo", "erasure request"),
+        })
+        .await
+        .expect("EraseProfile");
+    let page = get(&app, &path_of(&link.url)).await;
+    assert_eq!(
+        (page.status, page.body),
+        (404, neutral),
+        "nothing says who existed"
+    );
+    let done = one_click(&app, &path_of(&link.one_click_url)).await;
+    assert_eq!(done.status, 200, "nothing is left to contact");
+    let profile = crate::common::get_profile(&app, "p1").await;
+    assert_eq!(
+        profile.expect_err("still erased").code(),
+        Code::NotFound,
+        "a one-click unsubscribe never creates a profile"
+    );
+}
