@@ -216,7 +216,7 @@ impl Metrics {
 
     /// Counts the decisions summed up in `summary`.
     pub fn decisions(&self, channel: Channel, summary: &Summary) {
-        let channel = channel_label(channel);
+        let channel = channel.short_name();
         if summary.eligible > 0 {
             self.decisions
                 .with_label_values(&[channel, "eligible"])
@@ -242,7 +242,7 @@ impl Metrics {
             .get_or_init(|| {
                 let label = primary.map_or("eligible", reason_label);
                 self.decisions
-                    .with_label_values(&[channel_label(channel), label])
+                    .with_label_values(&[channel.short_name(), label])
             })
             .inc();
     }
@@ -328,16 +328,6 @@ fn served_methods() -> HashSet<String> {
         }
     }
     methods
-}
-
-fn channel_label(channel: Channel) -> &'static str {
-    match channel {
-        Channel::Email => "email",
-        Channel::Sms => "sms",
-        Channel::Push => "push",
-        Channel::Voice => "voice",
-        Channel::DirectMail => "direct_mail",
-    }
 }
 
 fn reason_label(reason: ExclusionReason) -> &'static str {

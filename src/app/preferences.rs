@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::{
     App,
-    subscriptions::{SERVICES_PER_TENANT_MAX, record, retire_pending},
+    subscriptions::{SERVICES_PER_TENANT_MAX, unsubscribe_in},
 };
 use crate::{
     engine::{
@@ -188,24 +188,12 @@ impl App {
         }
         tx.put_profile(tenant, &profile);
         for service_id in &changes.unsubscribe {
-            let Some(service) = tx.service(tenant, service_id).await? else {
-                continue;
-            };
-            let current = tx.subscription(tenant, id, service_id).await?;
-            if let Some((subscription, change)) = crate::engine::unsubscribe(current.as_ref(), now)
-            {
-                retire_pending(tx.as_mut(), tenant, current.as_ref());
-                record(
-                    tx.as_mut(),
-                    tenant,
-                    &mut profile,
-                    &service,
-                    &subscription,
-                    Some(change),
-                    context,
-                    now,
-                );
-                written += 1;
+            // Services are never deleted; one that is missing changes nothing.
+            if let Some(service) = tx.service(tenant, service_id).await? {
+                let ended =
+                    unsubscribe_in(tx.as_mut(), tenant, &mut profile, &service, context, now)
+                        .await?;
+                written += usize::from(ended.changed);
             }
         }
         let position = tx.commit().await?;

@@ -34,7 +34,7 @@ pub struct Confirmed {
 /// Numbers a subscription change as the profile's next history entry and
 /// stages the entry, the profile and the subscription.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn record(
+fn record(
     tx: &mut (dyn Txn + '_),
     tenant: &Tenant,
     profile: &mut Profile,
@@ -62,14 +62,48 @@ pub(super) fn record(
 
 /// Deletes the record of the token a subscription was waiting for, if any:
 /// the change at hand supersedes it.
-pub(super) fn retire_pending(
-    tx: &mut (dyn Txn + '_),
-    tenant: &Tenant,
-    current: Option<&Subscription>,
-) {
+fn retire_pending(tx: &mut (dyn Txn + '_), tenant: &Tenant, current: Option<&Subscription>) {
     if let Some(pending) = current.and_then(|s| s.pending) {
         tx.delete_token(tenant, &pending.token_hash);
     }
+}
+
+/// Ends `profile`'s subscription to `service` in `tx`, staging the
+/// subscription, its history entry and the retirement of a pending token.
+/// The subscription after, and whether it changed (an ended or absent
+/// subscription stays as it is).
+pub(super) async fn unsubscribe_in(
+    tx: &mut (dyn Txn + '_),
+    tenant: &Tenant,
+    profile: &mut Profile,
+    service: &Service,
+    context: &ChangeContext,
+    now: UnixMillis,
+) -> Result<Written<Option<Subscription>>> {
+    let current = tx.subscription(tenant, &profile.id, &service.id).await?;
+    Ok(match crate::engine::unsubscribe(current.as_ref(), now) {
+        None => Written {
+            value: current,
+            changed: false,
+        },
+        Some((subscription, change)) => {
+            retire_pending(tx, tenant, current.as_ref());
+            record(
+                tx,
+                tenant,
+                profile,
+                service,
+                &subscription,
+                Some(change),
+                context,
+                now,
+            );
+            Written {
+                value: Some(subscription),
+                changed: true,
+            }
+        }
+    })
 }
 
 impl App {
@@ -307,30 +341,8 @@ impl App {
             .profile(tenant, profile)
             .await?
             .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))?;
-        let current = tx.subscription(tenant, profile, &service.id).await?;
-        let written = match crate::engine::unsubscribe(current.as_ref(), now) {
-            None => Written {
-                value: current,
-                changed: false,
-            },
-            Some((subscription, change)) => {
-                retire_pending(tx.as_mut(), tenant, current.as_ref());
-                record(
-                    tx.as_mut(),
-                    tenant,
-                    &mut record_of,
-                    &service,
-                    &subscription,
-                    Some(change),
-                    context,
-                    now,
-                );
-                Written {
-                    value: Some(subscription),
-                    changed: true,
-                }
-            }
-        };
+        let written =
+            unsubscribe_in(tx.as_mut(), tenant, &mut record_of, &service, context, now).await?;
         let position = tx.commit().await?;
         self.settle(position).await?;
         Ok(written)

@@ -167,6 +167,18 @@ impl Channel {
         }
     }
 
+    /// The channel's short name, in lower case (`email`, `direct_mail`):
+    /// the metrics label and the preference page's form value.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+            Channel::Voice => "voice",
+            Channel::DirectMail => "direct_mail",
+        }
+    }
+
     /// Every channel's [`Channel::api_name`], for "one of …" in messages.
     pub fn api_names() -> String {
         Channel::ALL.map(Channel::api_name).join(", ")
@@ -531,6 +543,10 @@ mod tests {
         assert_eq!(
             Channel::api_names(),
             "CHANNEL_EMAIL, CHANNEL_SMS, CHANNEL_PUSH, CHANNEL_VOICE, CHANNEL_DIRECT_MAIL"
+        );
+        assert_eq!(
+            Channel::ALL.map(Channel::short_name),
+            ["email", "sms", "push", "voice", "direct_mail"]
         );
     }
 

@@ -601,10 +601,7 @@ async fn submit(
     for (name, value) in &pairs {
         match name.as_str() {
             "ch" => {
-                if let Some(channel) = Channel::ALL
-                    .into_iter()
-                    .find(|c| page::channel_field(*c) == value)
-                {
+                if let Some(channel) = Channel::ALL.into_iter().find(|c| c.short_name() == value) {
                     choice.channels[channel.index()] = true;
                 }
             }

@@ -103,17 +103,6 @@ fn status_line(text: &Text, status: ConsentStatus, regime: Regime) -> &'static s
     }
 }
 
-/// The name used for a channel in forms.
-pub(crate) fn channel_field(channel: Channel) -> &'static str {
-    match channel {
-        Channel::Email => "email",
-        Channel::Sms => "sms",
-        Channel::Push => "push",
-        Channel::Voice => "voice",
-        Channel::DirectMail => "direct_mail",
-    }
-}
-
 /// The preference page: the person's state and the form that changes it.
 /// `path` is the page's own path (the form posts back to it).
 pub(crate) fn preferences(
@@ -159,7 +148,7 @@ pub(crate) fn preferences(
         escape(text.channels)
     );
     for channel in Channel::ALL {
-        let field = channel_field(channel);
+        let field = channel.short_name();
         let ticked = channel_ticked(consent, settings, channel);
         let _ = writeln!(
             body,

@@ -173,6 +173,59 @@ fn form_without(page: &str, untick: &[&str]) -> String {
     form
 }
 
+/// Creates e-mail service `id` named `name` and subscribes profile `profile` to it.
+async fn subscribed(app: &TestApp, profile: &str, id: &str, name: &str) {
+    let mut subs = SubscriptionServiceClient::new(app.channel.clone());
+    subs.create_service(CreateServiceRequest {
+        tenant: TENANT.to_owned(),
+        service_id: id.to_owned(),
+        name: name.to_owned(),
+        channel: consentd::pb::Channel::Email as i32,
+        double_opt_in: false,
+        context: operator("ops", "setup"),
+    })
+    .await
+    .expect("CreateService");
+    subs.subscribe(SubscribeRequest {
+        tenant: TENANT.to_owned(),
+        profile_id: profile.to_owned(),
+        service_id: id.to_owned(),
+        context: operator("ops", "signed up"),
+    })
+    .await
+    .expect("Subscribe");
+}
+
+/// The status of each of a profile's subscriptions, by service id.
+async fn subscription_status(app: &TestApp, profile: &str, id: &str) -> Option<SubscriptionStatus> {
+    SubscriptionServiceClient::new(app.channel.clone())
+        .list_subscriptions(ListSubscriptionsRequest {
+            tenant: TENANT.to_owned(),
+            profile_id: profile.to_owned(),
+        })
+        .await
+        .expect("ListSubscriptions")
+        .into_inner()
+        .subscriptions
+        .iter()
+        .find(|s| s.service_id == id)
+        .map(|s| s.status())
+}
+
+/// Gives the tenant a display name and a privacy-policy address.
+async fn brand(app: &TestApp, name: &str) {
+    TenantServiceClient::new(app.channel.clone())
+        .update_tenant_settings(UpdateTenantSettingsRequest {
+            tenant: TENANT.to_owned(),
+            display_name: Some(name.to_owned()),
+            privacy_policy_url: Some("https://acme.example/privacy".to_owned()),
+            context: operator("ops", "branding"),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateTenantSettings");
+}
+
 async fn history_len(app: &TestApp, id: &str) -> usize {
     consent_history(app, id, 100, "").await.entries.len()
 }
@@ -357,26 +410,8 @@ async fn the_form_saves_only_what_changed_with_proof_captured_by_the_server() {
 async fn unsubscribe_from_everything_and_services_on_the_page() {
     let app = spawn_linked().await;
     upsert(&app, "p1", &["p1@example.com"], &[]).await;
-    let mut subs = SubscriptionServiceClient::new(app.channel.clone());
     for id in ["news", "offers"] {
-        subs.create_service(CreateServiceRequest {
-            tenant: TENANT.to_owned(),
-            service_id: id.to_owned(),
-            name: format!("The {id} <letter>"),
-            channel: consentd::pb::Channel::Email as i32,
-            double_opt_in: false,
-            context: operator("ops", "setup"),
-        })
-        .await
-        .expect("CreateService");
-        subs.subscribe(SubscribeRequest {
-            tenant: TENANT.to_owned(),
-            profile_id: "p1".to_owned(),
-            service_id: id.to_owned(),
-            context: operator("ops", "signed up"),
-        })
-        .await
-        .expect("Subscribe");
+        subscribed(&app, "p1", id, &format!("The {id} <letter>")).await;
     }
     let link = link(&app, "p1").await;
     let path = path_of(&link.url);
@@ -395,22 +430,14 @@ async fn unsubscribe_from_everything_and_services_on_the_page() {
         consent.all_channels.as_ref().map(|m| m.status()),
         Some(ConsentStatus::OptedOut)
     );
-    let list = subs
-        .list_subscriptions(ListSubscriptionsRequest {
-            tenant: TENANT.to_owned(),
-            profile_id: "p1".to_owned(),
-        })
-        .await
-        .expect("ListSubscriptions")
-        .into_inner();
-    let status_of = |id: &str| {
-        list.subscriptions
-            .iter()
-            .find(|s| s.service_id == id)
-            .map(|s| s.status())
-    };
-    assert_eq!(status_of("news"), Some(SubscriptionStatus::Unsubscribed));
-    assert_eq!(status_of("offers"), Some(SubscriptionStatus::Active));
+    assert_eq!(
+        subscription_status(&app, "p1", "news").await,
+        Some(SubscriptionStatus::Unsubscribed)
+    );
+    assert_eq!(
+        subscription_status(&app, "p1", "offers").await,
+        Some(SubscriptionStatus::Active)
+    );
     let page = get(&app, &path).await.body;
     assert!(page.contains("id=\"everything\" name=\"everything\" value=\"on\" aria-describedby=\"everything-hint\" checked"));
 }
@@ -526,41 +553,15 @@ async fn one_click_opts_out_of_the_link_s_scope_once_and_get_never_does() {
 async fn one_click_on_a_service_link_ends_that_subscription() {
     let app = spawn_linked().await;
     upsert(&app, "p1", &["p1@example.com"], &[]).await;
-    let mut subs = SubscriptionServiceClient::new(app.channel.clone());
-    subs.create_service(CreateServiceRequest {
-        tenant: TENANT.to_owned(),
-        service_id: "news".to_owned(),
-        name: "News".to_owned(),
-        channel: consentd::pb::Channel::Email as i32,
-        double_opt_in: false,
-        context: operator("ops", "setup"),
-    })
-    .await
-    .expect("CreateService");
-    subs.subscribe(SubscribeRequest {
-        tenant: TENANT.to_owned(),
-        profile_id: "p1".to_owned(),
-        service_id: "news".to_owned(),
-        context: ctx(Source::Api),
-    })
-    .await
-    .expect("Subscribe");
+    subscribed(&app, "p1", "news", "News").await;
     let link = create_link(&app, "p1", 0, "news").await.expect("a link");
     assert_eq!(
         one_click(&app, &path_of(&link.one_click_url)).await.status,
         200
     );
-    let list = subs
-        .list_subscriptions(ListSubscriptionsRequest {
-            tenant: TENANT.to_owned(),
-            profile_id: "p1".to_owned(),
-        })
-        .await
-        .expect("ListSubscriptions")
-        .into_inner();
     assert_eq!(
-        list.subscriptions[0].status(),
-        SubscriptionStatus::Unsubscribed
+        subscription_status(&app, "p1", "news").await,
+        Some(SubscriptionStatus::Unsubscribed)
     );
     let consent = get_consent(&app, "p1").await;
     assert_eq!(
@@ -705,16 +706,7 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_recorded() {
 async fn the_page_speaks_english_swedish_and_dutch_and_shows_the_tenant() {
     let app = spawn_linked().await;
     upsert(&app, "p1", &["p1@example.com"], &[]).await;
-    TenantServiceClient::new(app.channel.clone())
-        .update_tenant_settings(UpdateTenantSettingsRequest {
-            tenant: TENANT.to_owned(),
-            display_name: Some("Acme <Mail> & Co".to_owned()),
-            privacy_policy_url: Some("https://acme.example/privacy".to_owned()),
-            context: operator("ops", "branding"),
-            ..Default::default()
-        })
-        .await
-        .expect("UpdateTenantSettings");
+    brand(&app, "Acme <Mail> & Co").await;
     let path = path_of(&link(&app, "p1").await.url);
     let page = |headers: &'static [(&'static str, &'static str)], query: &'static str| {
         let path = format!("{path}{query}");
@@ -779,35 +771,8 @@ async fn a_person_unticks_e_mail_in_a_real_browser_and_the_proof_is_kept() {
     }
     let app = spawn_linked().await;
     upsert(&app, "p1", &["p1@example.com"], &[]).await;
-    TenantServiceClient::new(app.channel.clone())
-        .update_tenant_settings(UpdateTenantSettingsRequest {
-            tenant: TENANT.to_owned(),
-            display_name: Some("Acme Newsletters".to_owned()),
-            privacy_policy_url: Some("https://acme.example/privacy".to_owned()),
-            context: operator("ops", "branding"),
-            ..Default::default()
-        })
-        .await
-        .expect("UpdateTenantSettings");
-    let mut subs = SubscriptionServiceClient::new(app.channel.clone());
-    subs.create_service(CreateServiceRequest {
-        tenant: TENANT.to_owned(),
-        service_id: "weekly".to_owned(),
-        name: "The weekly letter".to_owned(),
-        channel: consentd::pb::Channel::Email as i32,
-        double_opt_in: false,
-        context: operator("ops", "setup"),
-    })
-    .await
-    .expect("CreateService");
-    subs.subscribe(SubscribeRequest {
-        tenant: TENANT.to_owned(),
-        profile_id: "p1".to_owned(),
-        service_id: "weekly".to_owned(),
-        context: operator("ops", "signed up at the counter"),
-    })
-    .await
-    .expect("Subscribe");
+    brand(&app, "Acme Newsletters").await;
+    subscribed(&app, "p1", "weekly", "The weekly letter").await;
     let link = link(&app, "p1").await;
     let url = format!("http://{}{}", app.page_addr, path_of(&link.url));
     // CONSENTD_SCREENSHOT=docs/preference-page.png renews the README's picture.
