@@ -23,13 +23,7 @@ impl App {
         context: &ChangeContext,
     ) -> Result<Written<Profile>> {
         let now = self.now();
-        let mut tx = self
-            .begin(vec![Lock::Profile(tenant.clone(), id.clone())])
-            .await?;
-        let mut profile = tx
-            .profile(tenant, id)
-            .await?
-            .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))?;
+        let (mut tx, mut profile) = self.begin_on_profile(tenant, id).await?;
         let changed = match profile.set_consent(scope, status, context, now) {
             Some(entry) => {
                 // The entry first, then the profile that counts it (see

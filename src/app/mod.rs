@@ -43,7 +43,7 @@ pub use crate::index::Delivery;
 use crate::{
     clock::Clock,
     connection::ConnectionLimits,
-    engine::{LogLimits, QuarantineRules, Tenant, UnixMillis},
+    engine::{LogLimits, Profile, ProfileId, QuarantineRules, Tenant, UnixMillis},
     error::{Error, Result},
     index::{Index, Readiness},
     metrics::Metrics,
@@ -404,6 +404,23 @@ impl App {
     async fn begin(&self, locks: Vec<Lock>) -> Result<Box<dyn Txn + '_>> {
         self.ready().await?;
         Ok(self.store.begin(locks).await?)
+    }
+
+    /// Begins a change that locks one profile, and reads the profile:
+    /// `ProfileNotFound` when it does not exist.
+    async fn begin_on_profile(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+    ) -> Result<(Box<dyn Txn + '_>, Profile)> {
+        let mut tx = self
+            .begin(vec![Lock::Profile(tenant.clone(), id.clone())])
+            .await?;
+        let profile = tx
+            .profile(tenant, id)
+            .await?
+            .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))?;
+        Ok((tx, profile))
     }
 
     /// Waits until every write so far is durable and in the decision index.

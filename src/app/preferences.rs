@@ -19,7 +19,6 @@ use crate::{
     },
     error::{Error, Result},
     links::{LinkClaims, LinkKeys, LinkRefusal, LinkScope},
-    store::Lock,
 };
 
 /// Default lifetime of a preference link.
@@ -165,13 +164,7 @@ impl App {
     ) -> Result<usize> {
         let settings = self.tenant_settings(tenant).await?;
         let now = self.now();
-        let mut tx = self
-            .begin(vec![Lock::Profile(tenant.clone(), id.clone())])
-            .await?;
-        let mut profile = tx
-            .profile(tenant, id)
-            .await?
-            .ok_or_else(|| Error::ProfileNotFound(id.as_str().to_owned()))?;
+        let (mut tx, mut profile) = self.begin_on_profile(tenant, id).await?;
         let current = self.store.subscriptions(tenant, id).await?;
         let changes = preference_changes(&profile.consent, &settings, &current, choice);
         let mut written = 0;

@@ -189,13 +189,7 @@ impl App {
         getrandom::fill(&mut random)
             .map_err(|e| Error::Unavailable(format!("no randomness for a token: {e}")))?;
         let now = self.now();
-        let mut tx = self
-            .begin(vec![Lock::Profile(tenant.clone(), profile.clone())])
-            .await?;
-        let mut record_of = tx
-            .profile(tenant, profile)
-            .await?
-            .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))?;
+        let (mut tx, mut record_of) = self.begin_on_profile(tenant, profile).await?;
         let current = tx.subscription(tenant, profile, &service.id).await?;
         let subscribed = crate::engine::subscribe(current.as_ref(), &service, now, ttl_ms, || {
             Token::from_random(random)
@@ -334,13 +328,7 @@ impl App {
     ) -> Result<Written<Option<Subscription>>> {
         let service = self.service(tenant, service).await?;
         let now = self.now();
-        let mut tx = self
-            .begin(vec![Lock::Profile(tenant.clone(), profile.clone())])
-            .await?;
-        let mut record_of = tx
-            .profile(tenant, profile)
-            .await?
-            .ok_or_else(|| Error::ProfileNotFound(profile.as_str().to_owned()))?;
+        let (mut tx, mut record_of) = self.begin_on_profile(tenant, profile).await?;
         let written =
             unsubscribe_in(tx.as_mut(), tenant, &mut record_of, &service, context, now).await?;
         let position = tx.commit().await?;
