@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::{
     App,
-    subscriptions::{SERVICES_PER_TENANT_MAX, unsubscribe_in},
+    subscriptions::{SERVICES_PER_TENANT_MAX, subscribe_without_confirmation_in, unsubscribe_in},
 };
 use crate::{
     engine::{
@@ -55,8 +55,9 @@ pub struct Preferences {
     pub profile: Profile,
     /// The tenant's settings (regimes, display name, privacy policy).
     pub settings: TenantSettings,
-    /// The profile's subscriptions, each with its service.
-    pub subscriptions: Vec<(Service, Subscription)>,
+    /// The tenant's services (at most [`SERVICES_PER_TENANT_MAX`]), each
+    /// with the profile's subscription to it.
+    pub services: Vec<(Service, Option<Subscription>)>,
 }
 
 /// The path of a page link under the public address.
@@ -133,22 +134,38 @@ impl App {
     pub async fn preferences(&self, tenant: &Tenant, id: &ProfileId) -> Result<Preferences> {
         let profile = self.profile(tenant, id).await?;
         let settings = self.tenant_settings(tenant).await?;
-        let mut subscriptions = Vec::new();
-        for subscription in self.store.subscriptions(tenant, id).await? {
-            // A subscription's service exists: services are never deleted.
-            if let Some(service) = self.store.service(tenant, &subscription.service_id).await? {
-                subscriptions.push((service, subscription));
-            }
-            if subscriptions.len() >= SERVICES_PER_TENANT_MAX {
-                break;
-            }
-        }
+        let services = self.services_with_subscriptions(tenant, id).await?;
         self.settle(self.store.position()).await?;
         Ok(Preferences {
             profile,
             settings,
-            subscriptions,
+            services,
         })
+    }
+
+    /// The tenant's services, each with `id`'s subscription to it.
+    async fn services_with_subscriptions(
+        &self,
+        tenant: &Tenant,
+        id: &ProfileId,
+    ) -> Result<Vec<(Service, Option<Subscription>)>> {
+        let mut subscriptions = self.store.subscriptions(tenant, id).await?;
+        // At most SERVICES_PER_TENANT_MAX: one page holds them all.
+        let services = self
+            .store
+            .services(tenant, None, SERVICES_PER_TENANT_MAX)
+            .await?
+            .items;
+        Ok(services
+            .into_iter()
+            .map(|service| {
+                let at = subscriptions
+                    .iter()
+                    .position(|s| s.service_id == service.id);
+                let subscription = at.map(|at| subscriptions.swap_remove(at));
+                (service, subscription)
+            })
+            .collect())
     }
 
     /// Applies what the person submitted on the page: every change in one
@@ -165,8 +182,9 @@ impl App {
         let settings = self.tenant_settings(tenant).await?;
         let now = self.now();
         let (mut tx, mut profile) = self.begin_on_profile(tenant, id).await?;
-        let current = self.store.subscriptions(tenant, id).await?;
-        let changes = preference_changes(&profile.consent, &settings, &current, choice);
+        // Subscriptions change only under the profile's lock, held here.
+        let services = self.services_with_subscriptions(tenant, id).await?;
+        let changes = preference_changes(&profile.consent, &settings, &services, choice);
         let mut written = 0;
         for &(scope, status) in &changes.consent {
             if status == ConsentStatus::OptedIn {
@@ -187,6 +205,23 @@ impl App {
                     unsubscribe_in(tx.as_mut(), tenant, &mut profile, &service, context, now)
                         .await?;
                 written += usize::from(ended.changed);
+            }
+        }
+        for service_id in &changes.subscribe {
+            if let Some(service) = tx.service(tenant, service_id).await? {
+                context
+                    .require_proof()
+                    .map_err(|missing| Error::invalid(missing[0].0, missing[0].1.0.clone()))?;
+                let begun = subscribe_without_confirmation_in(
+                    tx.as_mut(),
+                    tenant,
+                    &mut profile,
+                    &service,
+                    context,
+                    now,
+                )
+                .await?;
+                written += usize::from(begun);
             }
         }
         let position = tx.commit().await?;

@@ -106,6 +106,42 @@ pub(super) async fn unsubscribe_in(
     })
 }
 
+/// Subscribes `profile` to `service` in `tx` when the service needs no
+/// confirmation (no double opt-in), staging the subscription and its
+/// history entry. Whether it changed: false for a service with double
+/// opt-in (never subscribed this way) or a subscription already active.
+pub(super) async fn subscribe_without_confirmation_in(
+    tx: &mut (dyn Txn + '_),
+    tenant: &Tenant,
+    profile: &mut Profile,
+    service: &Service,
+    context: &ChangeContext,
+    now: UnixMillis,
+) -> Result<bool> {
+    if service.double_opt_in {
+        return Ok(false);
+    }
+    let current = tx.subscription(tenant, &profile.id, &service.id).await?;
+    // Without double opt-in no token is made: the closure is never called.
+    let subscribed = crate::engine::subscribe(current.as_ref(), service, now, 0, || {
+        Token::from_random([0; crate::engine::TOKEN_BYTES])
+    });
+    let Some(change) = subscribed.change else {
+        return Ok(false);
+    };
+    record(
+        tx,
+        tenant,
+        profile,
+        service,
+        &subscribed.subscription,
+        Some(change),
+        context,
+        now,
+    );
+    Ok(true)
+}
+
 impl App {
     /// Creates a service. Durable when it returns; a service that exists
     /// already, or a tenant that has the most services, is reported once

@@ -29,7 +29,8 @@ pub use erasure::{
     AddressHash, ERASURE_KEY_BYTES, Erasure, ErasureKey, TOMBSTONE_REASON, Tombstone,
 };
 pub use preferences::{
-    PageChoice, PreferenceChanges, channel_ticked, preference_changes, subscription_shown,
+    PageChoice, PreferenceChanges, channel_ticked, preference_changes, service_has_box,
+    service_ticked,
 };
 pub use quarantine::{
     ADDRESS_LOG_EVENTS_MAX_DEFAULT, AddressEvent, AddressEventKind, AddressState, AddressStatus,

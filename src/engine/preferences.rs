@@ -3,12 +3,15 @@
 //! The page shows, per channel, a box that is ticked when the person's own
 //! setting lets the tenant contact them there (opted in, or no preference
 //! under the OPT_OUT regime); an "unsubscribe from everything" box; and a box
-//! per subscription that is active or waiting for confirmation. A submission
-//! changes only what differs from the current state, so a form sent twice,
-//! or sent unchanged, writes nothing.
+//! per service of the tenant, ticked while the subscription is active or
+//! waiting for confirmation. A service with double opt-in that the person is
+//! not subscribed to has no box: subscribing to it needs a confirmation
+//! message, which is the tenant's to send. A submission changes only what
+//! differs from the current state, so a form sent twice, or sent unchanged,
+//! writes nothing.
 
 use super::consent::{ConsentState, ConsentStatus, Scope};
-use super::subscription::{Subscription, SubscriptionStatus};
+use super::subscription::{Service, Subscription, SubscriptionStatus};
 use super::tenant::{Regime, TenantSettings};
 use super::types::{Channel, ServiceId};
 
@@ -22,12 +25,21 @@ pub fn channel_ticked(state: &ConsentState, settings: &TenantSettings, channel: 
     }
 }
 
-/// Whether a subscription has a box: it is active or waiting for confirmation.
-pub fn subscription_shown(subscription: &Subscription) -> bool {
-    matches!(
-        subscription.status,
-        SubscriptionStatus::Active | SubscriptionStatus::PendingConfirmation
-    )
+/// Whether a service's box is ticked: the subscription is active or
+/// waiting for confirmation.
+pub fn service_ticked(subscription: Option<&Subscription>) -> bool {
+    subscription.is_some_and(|s| {
+        matches!(
+            s.status,
+            SubscriptionStatus::Active | SubscriptionStatus::PendingConfirmation
+        )
+    })
+}
+
+/// Whether a service has a box: it is ticked, or the person may subscribe
+/// from the page (the service has no double opt-in).
+pub fn service_has_box(service: &Service, subscription: Option<&Subscription>) -> bool {
+    service_ticked(subscription) || !service.double_opt_in
 }
 
 /// What the person submitted.
@@ -37,8 +49,8 @@ pub struct PageChoice {
     pub everything_off: bool,
     /// The channel boxes, indexed by [`Channel::index`]: ticked or not.
     pub channels: [bool; 5],
-    /// The services whose box is still ticked.
-    pub services_kept: Vec<ServiceId>,
+    /// The services whose box is ticked.
+    pub services_ticked: Vec<ServiceId>,
 }
 
 /// What a submission changes.
@@ -48,23 +60,24 @@ pub struct PreferenceChanges {
     pub consent: Vec<(Scope, ConsentStatus)>,
     /// Subscriptions to end.
     pub unsubscribe: Vec<ServiceId>,
+    /// Services to subscribe to (never one with double opt-in).
+    pub subscribe: Vec<ServiceId>,
 }
 
 impl PreferenceChanges {
     /// True when the submission changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.consent.is_empty() && self.unsubscribe.is_empty()
+        self.consent.is_empty() && self.unsubscribe.is_empty() && self.subscribe.is_empty()
     }
 }
 
 /// The changes that turn the current state into what the person submitted.
-/// Subscriptions not shown (ended ones) are never touched; a service
-/// cannot be subscribed to from the page (double opt-in needs a
-/// confirmation message, which consentd does not send).
+/// `services` are the tenant's services with the profile's subscription to
+/// each. A service without a box is never touched.
 pub fn preference_changes(
     state: &ConsentState,
     settings: &TenantSettings,
-    subscriptions: &[Subscription],
+    services: &[(Service, Option<Subscription>)],
     choice: &PageChoice,
 ) -> PreferenceChanges {
     let mut changes = PreferenceChanges::default();
@@ -87,9 +100,16 @@ pub fn preference_changes(
             changes.consent.push((Scope::Channel(channel), status));
         }
     }
-    for subscription in subscriptions.iter().filter(|s| subscription_shown(s)) {
-        if !choice.services_kept.contains(&subscription.service_id) {
-            changes.unsubscribe.push(subscription.service_id.clone());
+    for (service, subscription) in services {
+        let subscription = subscription.as_ref();
+        if !service_has_box(service, subscription) {
+            continue;
+        }
+        let ticked = choice.services_ticked.contains(&service.id);
+        match (service_ticked(subscription), ticked) {
+            (true, false) => changes.unsubscribe.push(service.id.clone()),
+            (false, true) => changes.subscribe.push(service.id.clone()),
+            _ => {}
         }
     }
     changes
@@ -107,13 +127,32 @@ mod tests {
         }
     }
 
-    fn sub(id: &str, status: SubscriptionStatus) -> Subscription {
-        Subscription {
-            service_id: ServiceId::parse(id).expect("valid"),
-            status,
-            changed_at: 0,
-            pending: None,
+    fn service(id: &str, double_opt_in: bool) -> Service {
+        Service {
+            id: ServiceId::parse(id).expect("valid"),
+            name: id.to_owned(),
+            channel: Channel::Email,
+            double_opt_in,
+            created_at: 0,
         }
+    }
+
+    fn sub(id: &str, status: SubscriptionStatus) -> (Service, Option<Subscription>) {
+        (
+            service(id, false),
+            Some(Subscription {
+                service_id: ServiceId::parse(id).expect("valid"),
+                status,
+                changed_at: 0,
+                pending: None,
+            }),
+        )
+    }
+
+    fn ids(raw: &[&str]) -> Vec<ServiceId> {
+        raw.iter()
+            .map(|id| ServiceId::parse(id).expect("valid"))
+            .collect()
     }
 
     fn sms_opt_in() -> TenantSettings {
@@ -147,7 +186,7 @@ mod tests {
         let choice = PageChoice {
             everything_off: false,
             channels: Channel::ALL.map(|c| channel_ticked(&state, &settings, c)),
-            services_kept: vec![ServiceId::parse("news").expect("valid")],
+            services_ticked: ids(&["news"]),
         };
         assert!(preference_changes(&state, &settings, &subs, &choice).is_empty());
     }
@@ -166,7 +205,7 @@ mod tests {
             &PageChoice {
                 everything_off: true,
                 channels,
-                services_kept: vec![],
+                services_ticked: vec![],
             },
         );
         assert_eq!(
@@ -189,7 +228,7 @@ mod tests {
         let choice = PageChoice {
             everything_off: false,
             channels: [true; 5],
-            services_kept: vec![],
+            services_ticked: vec![],
         };
         assert_eq!(
             preference_changes(&state, &settings, &[], &choice).consent,
@@ -203,29 +242,48 @@ mod tests {
     }
 
     #[test]
-    fn only_shown_subscriptions_left_unticked_are_ended() {
+    fn unticked_subscriptions_end_and_ticked_services_without_double_opt_in_begin() {
         let settings = TenantSettings::default();
         let state = ConsentState::default();
-        let subs = [
+        let services = [
             sub("active", SubscriptionStatus::Active),
             sub("pending", SubscriptionStatus::PendingConfirmation),
             sub("ended", SubscriptionStatus::Unsubscribed),
             sub("kept", SubscriptionStatus::Active),
+            sub("back", SubscriptionStatus::Unsubscribed),
+            (service("new", false), None),
+            (service("untouched", false), None),
+            (service("confirm-first", true), None),
         ];
         let choice = PageChoice {
             everything_off: false,
             channels: [true; 5],
-            services_kept: vec![ServiceId::parse("kept").expect("valid")],
+            services_ticked: ids(&["kept", "back", "new", "confirm-first"]),
         };
-        let changes = preference_changes(&state, &settings, &subs, &choice);
+        let changes = preference_changes(&state, &settings, &services, &choice);
         assert!(changes.consent.is_empty());
+        assert_eq!(changes.unsubscribe, ids(&["active", "pending"]));
         assert_eq!(
-            changes.unsubscribe,
-            vec![
-                ServiceId::parse("active").expect("valid"),
-                ServiceId::parse("pending").expect("valid"),
-            ]
+            changes.subscribe,
+            ids(&["back", "new"]),
+            "never a service with double opt-in, whatever the form says"
         );
-        assert!(!subscription_shown(&subs[2]));
+    }
+
+    #[test]
+    fn a_service_has_a_box_when_ticked_or_open_to_subscribe() {
+        let doi = service("doi", true);
+        let open = service("open", false);
+        let (_, active) = sub("doi", SubscriptionStatus::Active);
+        let (_, ended) = sub("doi", SubscriptionStatus::Unsubscribed);
+        let (_, pending) = sub("doi", SubscriptionStatus::PendingConfirmation);
+        assert!(service_has_box(&doi, active.as_ref()));
+        assert!(service_has_box(&doi, pending.as_ref()));
+        assert!(!service_has_box(&doi, ended.as_ref()));
+        assert!(!service_has_box(&doi, None));
+        assert!(service_has_box(&open, None));
+        assert!(service_has_box(&open, ended.as_ref()));
+        assert!(service_ticked(active.as_ref()) && service_ticked(pending.as_ref()));
+        assert!(!service_ticked(ended.as_ref()) && !service_ticked(None));
     }
 }

@@ -607,7 +607,7 @@ async fn submit(
             }
             "svc" => {
                 if let Ok(service) = ServiceId::parse(value) {
-                    choice.services_kept.push(service);
+                    choice.services_ticked.push(service);
                 }
             }
             _ => {}

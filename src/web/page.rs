@@ -165,27 +165,36 @@ pub(crate) fn preferences(
         );
     }
     body.push_str("</fieldset>\n");
-    let _ = write!(
-        body,
-        "<fieldset>\n<legend>{}</legend>\n",
-        escape(text.subscriptions)
-    );
-    if prefs.subscriptions.is_empty() {
-        let _ = writeln!(body, "<p>{}</p>", escape(text.no_subscriptions));
+    if !prefs.services.is_empty() {
+        let _ = write!(
+            body,
+            "<fieldset>\n<legend>{}</legend>\n",
+            escape(text.subscriptions)
+        );
     }
-    for (i, (service, subscription)) in prefs.subscriptions.iter().enumerate() {
-        let state = match subscription.status {
-            SubscriptionStatus::Active => text.subscribed,
-            SubscriptionStatus::PendingConfirmation => text.pending,
-            SubscriptionStatus::Unsubscribed => text.unsubscribed,
+    for (i, (service, subscription)) in prefs.services.iter().enumerate() {
+        let subscription = subscription.as_ref();
+        let state = match subscription.map(|s| s.status) {
+            Some(SubscriptionStatus::Active) => text.subscribed,
+            Some(SubscriptionStatus::PendingConfirmation) => text.pending,
+            Some(SubscriptionStatus::Unsubscribed) | None if service.double_opt_in => {
+                text.confirm_to_subscribe
+            }
+            Some(SubscriptionStatus::Unsubscribed) => text.unsubscribed,
+            None => text.not_subscribed,
         };
-        if crate::engine::subscription_shown(subscription) {
+        if crate::engine::service_has_box(service, subscription) {
             let _ = writeln!(
                 body,
-                "<div class=\"choice\"><input type=\"checkbox\" id=\"svc-{i}\" name=\"svc\" value=\"{}\" checked \
-                 aria-describedby=\"svc-{i}-state\">\
+                "<div class=\"choice\"><input type=\"checkbox\" id=\"svc-{i}\" name=\"svc\" value=\"{}\" \
+                 aria-describedby=\"svc-{i}-state\"{}>\
                  <label for=\"svc-{i}\">{}<span class=\"state\" id=\"svc-{i}-state\">{}</span></label></div>",
                 escape(service.id.as_str()),
+                if crate::engine::service_ticked(subscription) {
+                    " checked"
+                } else {
+                    ""
+                },
                 escape(&service.name),
                 escape(state),
             );
@@ -198,7 +207,9 @@ pub(crate) fn preferences(
             );
         }
     }
-    body.push_str("</fieldset>\n");
+    if !prefs.services.is_empty() {
+        body.push_str("</fieldset>\n");
+    }
     let _ = write!(
         body,
         "<fieldset class=\"everything\">\n<legend>{}</legend>\n\

@@ -957,3 +957,56 @@ async fn a_link_to_an_erased_profile_opens_the_neutral_page_and_one_click_recrea
         "a one-click unsubscribe never creates a profile"
     );
 }
+
+#[tokio::test]
+async fn the_page_subscribes_to_services_without_double_opt_in_only() {
+    let app = spawn_linked().await;
+    upsert(&app, "p1", &["p1@example.com"], &[]).await;
+    let mut subs = SubscriptionServiceClient::new(app.channel.clone());
+    for (id, double_opt_in) in [("open", false), ("confirmed", true)] {
+        subs.create_service(CreateServiceRequest {
+            tenant: TENANT.to_owned(),
+            service_id: id.to_owned(),
+            name: format!("The {id} letter"),
+            channel: consentd::pb::Channel::Email as i32,
+            double_opt_in,
+            context: operator("ops", "setup"),
+        })
+        .await
+        .expect("CreateService");
+    }
+    let path = path_of(&link(&app, "p1").await.url);
+    let page = get(&app, &path).await.body;
+    assert!(
+        page.contains("value=\"open\" aria-describedby=\"svc-"),
+        "a box for the open service"
+    );
+    assert!(
+        !page.contains("value=\"confirmed\""),
+        "no box for double opt-in"
+    );
+    assert!(page.contains("you will be asked to confirm"));
+    // Tick both: the form cannot subscribe to a double opt-in service, even by hand.
+    let form = format!("{}&svc=open&svc=confirmed", form_without(&page, &[]));
+    let saved = post_form(&app, &path, &form, &[("User-Agent", "test")]).await;
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert_eq!(
+        subscription_status(&app, "p1", "open").await,
+        Some(SubscriptionStatus::Active)
+    );
+    assert_eq!(subscription_status(&app, "p1", "confirmed").await, None);
+    let history = consent_history(&app, "p1", 10, "").await.entries;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].service_id, "open");
+    let context = history[0].context.as_ref().expect("a context");
+    assert_eq!(context.source(), Source::LandingPage);
+    assert_eq!(
+        context.notice_version, NOTICE_VERSION,
+        "a consent given, with its proof"
+    );
+    let page = get(&app, &path).await.body;
+    assert!(
+        page.contains("aria-describedby=\"svc-0-state\" checked")
+            || page.contains("aria-describedby=\"svc-1-state\" checked")
+    );
+}
