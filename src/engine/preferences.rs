@@ -64,13 +64,6 @@ pub struct PreferenceChanges {
     pub subscribe: Vec<ServiceId>,
 }
 
-impl PreferenceChanges {
-    /// True when the submission changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.consent.is_empty() && self.unsubscribe.is_empty() && self.subscribe.is_empty()
-    }
-}
-
 /// The changes that turn the current state into what the person submitted.
 /// `services` are the tenant's services with the profile's subscription to
 /// each. A service without a box is never touched.
@@ -188,7 +181,10 @@ mod tests {
             channels: Channel::ALL.map(|c| channel_ticked(&state, &settings, c)),
             services_ticked: ids(&["news"]),
         };
-        assert!(preference_changes(&state, &settings, &subs, &choice).is_empty());
+        assert_eq!(
+            preference_changes(&state, &settings, &subs, &choice),
+            PreferenceChanges::default()
+        );
     }
 
     #[test]
@@ -238,7 +234,10 @@ mod tests {
             everything_off: true,
             ..choice
         };
-        assert!(preference_changes(&state, &settings, &[], &kept).is_empty());
+        assert_eq!(
+            preference_changes(&state, &settings, &[], &kept),
+            PreferenceChanges::default()
+        );
     }
 
     #[test]

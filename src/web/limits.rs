@@ -177,6 +177,11 @@ mod tests {
         let odd = IpNet::parse("192.168.0.128/25").expect("valid");
         assert!(odd.contains(ip("192.168.0.200")));
         assert!(!odd.contains(ip("192.168.0.127")));
+        let low = IpNet::parse("192.168.0.0/25").expect("valid");
+        for inside in ["192.168.0.0", "192.168.0.1", "192.168.0.127"] {
+            assert!(low.contains(ip(inside)), "{inside}");
+        }
+        assert!(!low.contains(ip("192.168.0.128")));
         let one = IpNet::parse("::1").expect("valid");
         assert!(one.contains(ip("::1")));
         assert!(!one.contains(ip("::2")));
@@ -246,6 +251,12 @@ mod tests {
         assert!(
             !limiter.allow("c", start + second),
             "the table is full of open windows"
+        );
+        let roomy = RateLimiter::new(3, Duration::from_secs(60), 2);
+        assert!(roomy.allow("a", start) && roomy.allow("b", start));
+        assert!(
+            roomy.allow("a", start + second),
+            "a key already counted goes on counting when the table is full"
         );
         let later = start + Duration::from_secs(60);
         assert!(limiter.allow("a", later), "a new window");
