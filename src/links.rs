@@ -565,6 +565,50 @@ mod tests {
     }
 
     #[test]
+    fn lengths_are_checked_at_their_exact_bounds() {
+        let keys = keys(&[("k1", 1)]);
+        let acme = tenant("acme");
+        let token = keys.seal(&claims(LinkScope::AllChannels));
+        // Padded past the limit, a token is refused before any work; at
+        // the limit, it is read and fails to authenticate.
+        let padded = |len: usize| format!("{token}{}", "A".repeat(len - token.len()));
+        assert_eq!(
+            keys.open(&acme, &padded(LINK_TOKEN_LEN_MAX), 0),
+            Err(LinkRefusal::Forged)
+        );
+        assert_eq!(
+            keys.open(&acme, &padded(LINK_TOKEN_LEN_MAX + 2), 0),
+            Err(LinkRefusal::Malformed)
+        );
+        // The shortest token read: the header, a nonce and a tag (no claims).
+        let raw = URL_SAFE_NO_PAD.decode(&token).expect("base64");
+        let shortest = 2 + "k1".len() + NONCE_BYTES + TAG_BYTES;
+        assert_eq!(
+            keys.open(&acme, &URL_SAFE_NO_PAD.encode(&raw[..shortest]), 0),
+            Err(LinkRefusal::Forged)
+        );
+        assert_eq!(
+            keys.open(&acme, &URL_SAFE_NO_PAD.encode(&raw[..shortest - 1]), 0),
+            Err(LinkRefusal::Malformed)
+        );
+    }
+
+    #[test]
+    fn refusals_are_named_for_the_log_and_a_csrf_token_lasts_twelve_hours() {
+        assert_eq!(
+            [
+                LinkRefusal::Malformed,
+                LinkRefusal::UnknownKey,
+                LinkRefusal::Forged,
+                LinkRefusal::Expired
+            ]
+            .map(LinkRefusal::as_str),
+            ["malformed", "unknown_key", "forged", "expired"]
+        );
+        assert_eq!(CSRF_TTL_MS, 43_200_000);
+    }
+
+    #[test]
     fn the_last_key_seals_and_every_key_opens() {
         let old = keys(&[("old", 1)]);
         let rotated = keys(&[("old", 1), ("new", 2)]);
@@ -630,7 +674,9 @@ mod tests {
         let refs: Vec<(&str, u8)> = many.iter().map(|(id, f)| (id.as_str(), *f)).collect();
         assert!(LinkKeys::parse(&key_file(&refs)).is_err());
         assert!(LinkKeys::parse(&key_file(&refs[..LINK_KEYS_MAX])).is_ok());
-        assert!(!format!("{:?}", keys(&[("k1", 7)])).contains("BwcH"));
+        let debug = format!("{:?}", keys(&[("k1", 7), ("k2", 8)]));
+        assert!(!debug.contains("BwcH"), "{debug}");
+        assert_eq!(debug, r#"LinkKeys { ids: ["k1", "k2"] }"#);
     }
 
     #[test]

@@ -266,6 +266,9 @@ mod tests {
 
     #[test]
     fn every_language_names_every_channel() {
+        assert_eq!(EN.channel(Channel::Sms), "Text messages (SMS)");
+        assert_eq!(SV.channel(Channel::DirectMail), "Brev");
+        assert_eq!(NL.channel(Channel::Email), "E-mail");
         for text in ALL {
             assert!(text.channel_names.iter().all(|n| !n.is_empty()));
             assert_eq!(super::text(text.code).map(|t| t.code), Some(text.code));
