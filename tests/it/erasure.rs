@@ -9,9 +9,8 @@ use std::process::Command;
 
 use crate::common::*;
 use consentd::pb::{
-    AddressStatus, AddressType, Channel, CreateServiceRequest, EraseProfileRequest,
-    EraseProfileResponse, ExclusionReason, ExportProfileDataRequest, QuarantineAddressRequest,
-    Source, SubscribeRequest, WatchRequest, subscription_service_client::SubscriptionServiceClient,
+    AddressStatus, AddressType, Channel, EraseProfileRequest, EraseProfileResponse,
+    ExclusionReason, ExportProfileDataRequest, QuarantineAddressRequest, Source, WatchRequest,
     watch_change::Change as Watched, watch_service_client::WatchServiceClient,
 };
 use serde_json::Value;
@@ -245,27 +244,7 @@ async fn the_export_document_holds_everything_about_the_profile() {
         }),
     )
     .await;
-    let mut subscriptions = SubscriptionServiceClient::new(app.channel.clone());
-    subscriptions
-        .create_service(CreateServiceRequest {
-            tenant: TENANT.to_owned(),
-            service_id: "weekly".to_owned(),
-            name: "Weekly".to_owned(),
-            channel: Channel::Email as i32,
-            double_opt_in: false,
-            context: operator("ops", ""),
-        })
-        .await
-        .expect("CreateService");
-    subscriptions
-        .subscribe(SubscribeRequest {
-            tenant: TENANT.to_owned(),
-            profile_id: SECRET_ID.to_owned(),
-            service_id: "weekly".to_owned(),
-            context: operator("ops", "asked by phone"),
-        })
-        .await
-        .expect("Subscribe");
+    subscribed_to_new_service(&app, SECRET_ID, "weekly", "Weekly", false).await;
     let doc = try_export(&app, SECRET_ID).await.expect("export");
     assert_eq!(doc["format"], "consentd-profile-data");
     assert_eq!(doc["version"], 1);
@@ -374,27 +353,7 @@ async fn nothing_readable_about_an_erased_person_is_left_in_an_export() {
     upsert(&app, "someone-else", &["other@example.com"], &[]).await;
     opt_out_all(&app, SECRET_ID).await;
     opt_out(&app, SECRET_ID, Channel::Email).await;
-    let mut subscriptions = SubscriptionServiceClient::new(app.channel.clone());
-    subscriptions
-        .create_service(CreateServiceRequest {
-            tenant: TENANT.to_owned(),
-            service_id: "weekly".to_owned(),
-            name: "Weekly".to_owned(),
-            channel: Channel::Email as i32,
-            double_opt_in: true,
-            context: operator("ops", ""),
-        })
-        .await
-        .expect("CreateService");
-    subscriptions
-        .subscribe(SubscribeRequest {
-            tenant: TENANT.to_owned(),
-            profile_id: SECRET_ID.to_owned(),
-            service_id: "weekly".to_owned(),
-            context: operator("ops", ""),
-        })
-        .await
-        .expect("Subscribe (pending, with a confirmation token)");
+    subscribed_to_new_service(&app, SECRET_ID, "weekly", "Weekly", true).await;
     erase(&app, SECRET_ID).await;
     let (data_dir, _clock) = app.stop().await;
     let export = export_store(data_dir.path());

@@ -11,9 +11,8 @@ use consentd::{
     links::{LinkKeys, generate_link_key},
     pb::{
         ConsentStatus, CreatePreferenceLinkRequest, CreatePreferenceLinkResponse,
-        CreateServiceRequest, ListSubscriptionsRequest, Source, SubscribeRequest,
-        SubscriptionStatus, UpdateTenantSettingsRequest,
-        preference_service_client::PreferenceServiceClient,
+        CreateServiceRequest, ListSubscriptionsRequest, Source, SubscriptionStatus,
+        UpdateTenantSettingsRequest, preference_service_client::PreferenceServiceClient,
         subscription_service_client::SubscriptionServiceClient,
         tenant_service_client::TenantServiceClient,
     },
@@ -25,7 +24,8 @@ use tonic::Code;
 
 use crate::common::{
     DAY_MS, TENANT, TestApp, channel_consent, consent_history, ctx, error_info, get_consent,
-    operator, spawn_app, spawn_app_with, upsert, upsert_in, violated_fields,
+    operator, spawn_app, spawn_app_with, subscribed_to_new_service, upsert, upsert_in,
+    violated_fields,
 };
 
 const PUBLIC_URL: &str = "https://prefs.example.com";
@@ -171,29 +171,6 @@ fn form_without(page: &str, untick: &[&str]) -> String {
         }
     }
     form
-}
-
-/// Creates e-mail service `id` named `name` and subscribes profile `profile` to it.
-async fn subscribed(app: &TestApp, profile: &str, id: &str, name: &str) {
-    let mut subs = SubscriptionServiceClient::new(app.channel.clone());
-    subs.create_service(CreateServiceRequest {
-        tenant: TENANT.to_owned(),
-        service_id: id.to_owned(),
-        name: name.to_owned(),
-        channel: consentd::pb::Channel::Email as i32,
-        double_opt_in: false,
-        context: operator("ops", "setup"),
-    })
-    .await
-    .expect("CreateService");
-    subs.subscribe(SubscribeRequest {
-        tenant: TENANT.to_owned(),
-        profile_id: profile.to_owned(),
-        service_id: id.to_owned(),
-        context: operator("ops", "signed up"),
-    })
-    .await
-    .expect("Subscribe");
 }
 
 /// The status of each of a profile's subscriptions, by service id.
@@ -411,7 +388,7 @@ async fn unsubscribe_from_everything_and_services_on_the_page() {
     let app = spawn_linked().await;
     upsert(&app, "p1", &["p1@example.com"], &[]).await;
     for id in ["news", "offers"] {
-        subscribed(&app, "p1", id, &format!("The {id} <letter>")).await;
+        subscribed_to_new_service(&app, "p1", id, &format!("The {id} <letter>"), false).await;
     }
     let link = link(&app, "p1").await;
     let path = path_of(&link.url);
@@ -553,7 +530,7 @@ async fn one_click_opts_out_of_the_link_s_scope_once_and_get_never_does() {
 async fn one_click_on_a_service_link_ends_that_subscription() {
     let app = spawn_linked().await;
     upsert(&app, "p1", &["p1@example.com"], &[]).await;
-    subscribed(&app, "p1", "news", "News").await;
+    subscribed_to_new_service(&app, "p1", "news", "News", false).await;
     let link = create_link(&app, "p1", 0, "news").await.expect("a link");
     assert_eq!(
         one_click(&app, &path_of(&link.one_click_url)).await.status,
@@ -772,7 +749,7 @@ async fn a_person_unticks_e_mail_in_a_real_browser_and_the_proof_is_kept() {
     let app = spawn_linked().await;
     upsert(&app, "p1", &["p1@example.com"], &[]).await;
     brand(&app, "Acme Newsletters").await;
-    subscribed(&app, "p1", "weekly", "The weekly letter").await;
+    subscribed_to_new_service(&app, "p1", "weekly", "The weekly letter", false).await;
     let link = link(&app, "p1").await;
     let url = format!("http://{}{}", app.page_addr, path_of(&link.url));
     // CONSENTD_SCREENSHOT=docs/preference-page.png renews the README's picture.

@@ -428,6 +428,39 @@ pub(crate) async fn upsert(app: &TestApp, id: &str, emails: &[&str], phones: &[&
         .expect("UpsertProfileResponse.profile is set")
 }
 
+/// Creates e-mail service `service` named `name` (with double opt-in or
+/// not) and subscribes profile `profile` to it: active, or pending with a
+/// confirmation token under double opt-in.
+pub(crate) async fn subscribed_to_new_service(
+    app: &TestApp,
+    profile: &str,
+    service: &str,
+    name: &str,
+    double_opt_in: bool,
+) {
+    let mut subs = consentd::pb::subscription_service_client::SubscriptionServiceClient::new(
+        app.channel.clone(),
+    );
+    subs.create_service(consentd::pb::CreateServiceRequest {
+        tenant: TENANT.to_owned(),
+        service_id: service.to_owned(),
+        name: name.to_owned(),
+        channel: Channel::Email as i32,
+        double_opt_in,
+        context: operator("ops", "setup"),
+    })
+    .await
+    .expect("CreateService");
+    subs.subscribe(consentd::pb::SubscribeRequest {
+        tenant: TENANT.to_owned(),
+        profile_id: profile.to_owned(),
+        service_id: service.to_owned(),
+        context: operator("ops", "signed up"),
+    })
+    .await
+    .expect("Subscribe");
+}
+
 /// Creates or replaces profile `id` of `tenant` with one e-mail address.
 pub(crate) async fn upsert_in(app: &TestApp, tenant: &str, id: &str, email: &str) {
     app.profiles
